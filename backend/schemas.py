@@ -1,0 +1,219 @@
+"""Run configuration: one pydantic model shared by the CLI, the API and the worker.
+
+Importable without FastAPI or torch. A run config has the top-level keys `name`, `scenario`,
+`method`, `dataset`, `model`, `train`, `params` (the method's knobs) and `eval`. The pair
+(scenario, method) selects the params model, so each method validates exactly its own knobs.
+The knob defaults here mirror the keyword defaults of the core's method factories; a test keeps
+the two in step.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+DatasetName = Literal[
+    "digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"
+]
+
+
+class DatasetConfig(_Strict):
+    name: DatasetName = Field(description="Data source; digits and synthetic need no files.")
+    path: str | None = Field(None, description="The .npz file (name: npz).")
+    data_dir: str = Field("data", description="Folder of torchvision datasets.")
+    download: bool = Field(False, description="Allow torchvision to download the dataset.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split used.")
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="Validation share of the train pool.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="Test share, for sources without their own test split."
+    )
+    split_seed: int = Field(0, description="Seed of the fixed train/val/test split.")
+    size: int = Field(600, ge=30, le=100_000, description="Examples in the synthetic set.")
+
+
+class ModelConfig(_Strict):
+    arch: Literal["mlp", "cnn", "resnet20", "resnet32", "resnet56", "resnet18"] = "cnn"
+    width: int = Field(16, ge=1, le=512, description="Base channels (CNN/ResNet) or hidden units / 4 (MLP).")
+    depth: int = Field(2, ge=1, le=8, description="Hidden layers (MLP) or conv blocks (CNN).")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=8192)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, lt=1)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    augment: bool = Field(False, description="Random crop and flip (32x32 colour sets).")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    stats_every: int = Field(20, ge=1, description="Steps between gradient-statistics records.")
+    log_every: int = Field(1, ge=1, description="Steps between loss records.")
+
+
+class EvalConfig(_Strict):
+    panel: Literal["none", "quick", "standard"] = "quick"
+    n: int | None = Field(None, ge=1, description="Test examples attacked; the panel's default if unset.")
+    eps: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="L-inf epsilon grid; the dataset's default if unset."
+    )
+    eps_l2: list[Annotated[float, Field(ge=0, le=100)]] | None = None
+    seed: int = Field(0, description="Seed of the attacked subset and of the attacks.")
+
+
+# ---- method knobs (defaults mirror worker.gat.methods) --------------------------------------
+
+GradNorm = Literal["none", "l2", "standardize"]
+LamSchedule = Literal["constant", "warmup", "dann"]
+
+
+class AuxKnobs(_Strict):
+    grad_norm: GradNorm = Field("l2", description="How g is normalised before A (l2: unit RMS).")
+    aux_arch: Literal["auto", "cnn", "mlp"] = Field("auto", description="A's architecture; auto picks CNN for image-shaped g.")
+    aux_width: int = Field(32, ge=4, le=1024, description="A's channels / hidden units.")
+    aux_lr: float = Field(1e-3, gt=0, le=1, description="A's Adam learning rate.")
+
+
+class AdvKnobs(AuxKnobs):
+    lam: float = Field(0.1, ge=0, le=100, description="Reversal strength lambda (0.1: see docs/results; 1.0 collapses digits models).")
+    lam_schedule: LamSchedule = Field("constant", description="constant, warmup (linear) or dann ramp.")
+    warmup: float = Field(0.1, gt=0, le=1, description="Training fraction of the linear warm-up.")
+    adv_every: int = Field(1, ge=1, description="Apply the adversarial term every k steps.")
+
+
+class ErmParams(_Strict):
+    pass
+
+
+class GreatParams(AdvKnobs):
+    pass
+
+
+class GreaceParams(AuxKnobs):
+    beta: float = Field(1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy).")
+
+
+class GreatGreaceParams(AdvKnobs):
+    beta: float = Field(1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy).")
+
+
+class EpsKnob(_Strict):
+    eps: float | None = Field(None, ge=0, le=1, description="L-inf radius; the dataset's standard one if unset.")
+
+
+class FgsmAtParams(EpsKnob):
+    alpha: float = Field(1.25, gt=0, le=10, description="Step size as a multiple of eps (Wong et al.).")
+
+
+class PgdAtParams(EpsKnob):
+    steps: int = Field(10, ge=1, le=1000)
+    step_mult: float = Field(2.5, gt=0, le=10, description="Step size = step_mult * eps / steps.")
+
+
+class TradesParams(EpsKnob):
+    beta: float = Field(6.0, ge=0, le=100, description="Weight of the robust KL term.")
+    steps: int = Field(10, ge=1, le=1000)
+    step_mult: float = Field(2.5, gt=0, le=10)
+
+
+class IgrParams(_Strict):
+    weight: float = Field(1.0, ge=0, le=1e4, description="Weight of the squared input-gradient norm.")
+
+
+DEFENSE_PARAMS: dict[str, type[BaseModel]] = {
+    "erm": ErmParams,
+    "great": GreatParams,
+    "greace": GreaceParams,
+    "great+greace": GreatGreaceParams,
+    "fgsm_at": FgsmAtParams,
+    "pgd_at": PgdAtParams,
+    "trades": TradesParams,
+    "igr": IgrParams,
+}
+
+METHOD_HELP: dict[tuple[str, str], str] = {
+    ("defense", "erm"): "Plain cross entropy (empirical risk minimisation).",
+    ("defense", "great"): "GREAT: A classifies the input gradient by class; f learns through the GRL to hide it.",
+    ("defense", "greace"): "GREACE loss: negatives A confuses with the true class are pushed down harder.",
+    ("defense", "great+greace"): "GREAT and GREACE together.",
+    ("defense", "fgsm_at"): "FGSM adversarial training with random start (Wong et al. 2020).",
+    ("defense", "pgd_at"): "PGD adversarial training (Madry et al. 2018).",
+    ("defense", "trades"): "TRADES (Zhang et al. 2019).",
+    ("defense", "igr"): "Input-gradient regularisation by double backprop (Ross & Doshi-Velez 2018).",
+}
+
+PARAMS: dict[tuple[str, str], type[BaseModel]] = {
+    ("defense", m): p for m, p in DEFENSE_PARAMS.items()
+}
+
+
+class _RunBase(_Strict):
+    name: str = Field("run", min_length=1, max_length=200)
+    dataset: DatasetConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _run_model(scenario: str, method: str, params: type[BaseModel]) -> type[BaseModel]:
+    """One run model per (scenario, method): typed params, a literal scenario and method."""
+    fields: dict[str, Any] = {
+        "scenario": (Literal[scenario], ...),  # type: ignore[valid-type]
+        "method": (Literal[method], ...),  # type: ignore[valid-type]
+        "params": (params, params()),
+    }
+    title = f"{scenario}:{method}".replace("+", "_")
+    return create_model(title, __base__=_RunBase, **fields)
+
+
+RUN_MODELS = {key: _run_model(*key, params) for key, params in PARAMS.items()}
+
+
+def _tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return f"{value.get('scenario')}:{value.get('method')}"
+    return f"{getattr(value, 'scenario', None)}:{getattr(value, 'method', None)}"
+
+
+_ALLOWED = ", ".join(f"{s}:{m}" for s, m in PARAMS)
+
+RunConfig = Annotated[
+    Union[tuple(Annotated[m, Tag(f"{s}:{me}")] for (s, me), m in RUN_MODELS.items())],  # type: ignore[misc]
+    Discriminator(
+        _tag,
+        custom_error_type="unknown_method",
+        custom_error_message=f"unknown scenario:method; allowed: {_ALLOWED}",
+        custom_error_context={"discriminator": "scenario:method"},
+    ),
+]
+
+
+_ADAPTER: TypeAdapter = TypeAdapter(RunConfig)
+
+
+def parse_run_config(data: Any) -> BaseModel:
+    """Validate a dict into the run model of its (scenario, method)."""
+    return _ADAPTER.validate_python(data)
+
+
+def run_config_schema() -> dict[str, Any]:
+    return _ADAPTER.json_schema()
+
+
+def format_errors(err: ValidationError) -> list[str]:
+    """One readable line per error: 'dataset.fraction: Input should be ...'."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ":" in p))
+        if e["type"] == "unknown_method":
+            loc = "method"
+        lines.append(f"{loc or '(config)'}: {e['msg']}")
+    return lines

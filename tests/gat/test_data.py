@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from worker.gat.data import DataError, load
+
+
+def test_digits_split_is_fixed_and_in_unit_range():
+    a, b = load({"name": "digits"}), load({"name": "digits"})
+    assert a.info["train_hash"] == b.info["train_hash"]
+    assert load({"name": "digits", "split_seed": 1}).info["train_hash"] != a.info["train_hash"]
+    x = a.train.images()
+    assert x.shape[1:] == (1, 8, 8) and x.min() >= 0 and x.max() <= 1
+    assert a.num_classes == 10
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+
+
+def test_fraction_shrinks_only_the_training_split():
+    full, tenth = load({"name": "digits"}), load({"name": "digits", "fraction": 0.1})
+    assert len(tenth.train) == round(len(full.train) * 0.1)
+    assert tenth.test.y.tolist() == full.test.y.tolist()
+
+
+@pytest.mark.parametrize("shape,dtype,scale", [((50, 8, 8), np.uint8, 255), ((50, 3, 6, 6), np.float32, 1.0)])
+def test_npz_loads(tmp_path, shape, dtype, scale):
+    rng = np.random.default_rng(0)
+    x = (rng.random(shape) * scale).astype(dtype)
+    y = np.arange(50) % 3
+    p = tmp_path / "d.npz"
+    np.savez(p, x=x, y=y, parity=y % 2)
+    d = load({"name": "npz", "path": str(p)})
+    assert d.num_classes == 3 and "parity" in d.train.extra
+    assert d.train.images().max() <= 1.0
+
+
+BAD = {
+    "no_y": ({"x": np.zeros((4, 8, 8), np.uint8)}, "has no array 'y'"),
+    "flat_x": ({"x": np.zeros((4, 64)), "y": np.zeros(4, int)}, "N x H x W or N x C x H x W"),
+    "float_out_of_range": ({"x": np.full((4, 8, 8), 3.0), "y": np.zeros(4, int)}, r"\[0, 1\]"),
+    "bad_dtype": ({"x": np.zeros((4, 8, 8), np.int32), "y": np.zeros(4, int)}, "dtype must be uint8"),
+    "label_count": ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)}, "expected a 1-D array of 4 labels"),
+    "float_labels": ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(4)}, "non-negative integers"),
+    "channels_last": ({"x": np.zeros((4, 8, 8, 3), np.uint8), "y": np.zeros(4, int)}, "1 or 3 channels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_npz_gives_a_clear_error(tmp_path, case):
+    arrays, msg = BAD[case]
+    p = tmp_path / "bad.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(DataError, match=msg):
+        load({"name": "npz", "path": str(p)})
+
+
+def test_missing_and_corrupt_npz(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load({"name": "npz", "path": str(tmp_path / "nope.npz")})
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load({"name": "npz", "path": str(tmp_path / "junk.npz")})
+
+
+def test_torchvision_set_missing_without_download_says_how_to_fix(tmp_path):
+    with pytest.raises(DataError, match="download: true"):
+        load({"name": "mnist", "data_dir": str(tmp_path), "download": False})

@@ -1,0 +1,224 @@
+"""Datasets: scikit-learn digits, a synthetic set, user .npz files and torchvision sets.
+
+Every source becomes uint8 or float tensors of shape N x C x H x W with integer labels. Images
+reach the model in [0, 1]; the per-channel mean and std travel with the data so that the model
+normalises inside itself (attacks then work in pixel space). Splits are fixed by `split_seed`
+and recorded as index hashes, independent of the training seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded, with a message meant for the user."""
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # N x C x H x W, uint8 (0-255) or float (0-1)
+    y: torch.Tensor  # N, int64
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # extra targets, N each
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def images(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        x = self.x if idx is None else self.x[idx]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+    def subset(self, idx: torch.Tensor) -> "Split":
+        return Split(self.x[idx], self.y[idx], {k: v[idx] for k, v in self.extra.items()})
+
+
+@dataclass
+class Data:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+# Standard L-inf and L2 radii per source: MNIST-like 0.3, colour sets 8/255 and 0.5 (DESIGN 4).
+# Digits are 8x8 with 17 grey levels, far coarser than MNIST; 0.1 is our own choice there.
+STANDARD_EPS = {
+    "digits": (0.1, 0.5), "synthetic": (0.1, 0.5), "npz": (0.1, 0.5),
+    "mnist": (0.3, 2.0), "fashion_mnist": (0.1, 1.0),
+    "cifar10": (8 / 255, 0.5), "cifar100": (8 / 255, 0.5), "svhn": (8 / 255, 0.5),
+}
+
+
+def load(cfg: dict) -> Data:
+    """Load the dataset a run config's `dataset` section describes."""
+    name = cfg["name"]
+    if name == "digits":
+        x, y, extra, test = *_digits(), None
+    elif name == "synthetic":
+        x, y, extra, test = *_synthetic(cfg.get("size", 600), cfg.get("split_seed", 0)), None
+    elif name == "npz":
+        x, y, extra, test = *load_npz(cfg.get("path")), None
+    else:
+        (x, y), test = _torchvision(name, Path(cfg.get("data_dir", "data")), cfg.get("download", False))
+        extra = {}
+    return _split(name, x, y, extra, test, cfg)
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor, dict]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)  # N x 1 x 8 x 8
+    return x, torch.tensor(d.target, dtype=torch.int64), {}
+
+
+def _synthetic(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Four classes of noisy 8x8 prototypes: learnable in a few steps, for tests."""
+    g = torch.Generator().manual_seed(1234 + seed)
+    protos = torch.rand(4, 1, 8, 8, generator=g)
+    y = torch.arange(size) % 4
+    x = (protos[y] + 0.25 * torch.randn(size, 1, 8, 8, generator=g)).clamp(0, 1)
+    return x, y, {}
+
+
+def load_npz(path: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Read `x` (N x H x W or N x C x H x W; uint8 0-255 or float 0-1), `y` and extra targets."""
+    if not path:
+        raise DataError("dataset.path: an npz dataset needs a path to a .npz file")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"dataset.path: no such file: {path}")
+    try:
+        z = np.load(p, allow_pickle=False)
+        arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise DataError(f"dataset.path: {path} is not a readable .npz file ({e})") from e
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"dataset.path: {path} has no array '{key}' (found: {sorted(arrays)})")
+    x, y = arrays.pop("x"), arrays.pop("y")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"npz x: expected N x H x W or N x C x H x W, got shape {x.shape}")
+    if x.shape[1] not in (1, 3):
+        raise DataError(f"npz x: expected 1 or 3 channels in axis 1 (N x C x H x W), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        xt = torch.from_numpy(x.copy())
+    elif np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise DataError("npz x: float images must be finite and lie in [0, 1]")
+        xt = torch.from_numpy(x.astype(np.float32))
+    else:
+        raise DataError(f"npz x: dtype must be uint8 (0-255) or float (0-1), got {x.dtype}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"npz y: expected a 1-D array of {len(x)} labels, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise DataError("npz y: labels must be non-negative integers")
+    extra = {}
+    for k, v in arrays.items():
+        if v.shape[:1] != (len(x),):
+            raise DataError(f"npz {k}: extra targets need one value per example, got shape {v.shape}")
+        extra[k] = torch.from_numpy(np.ascontiguousarray(v))
+    return xt, torch.from_numpy(y.astype(np.int64)), extra
+
+
+_TV = {
+    "mnist": "MNIST", "fashion_mnist": "FashionMNIST",
+    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN",
+}
+
+
+def _torchvision(name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _TV[name])
+    out = []
+    for train in (True, False):
+        try:
+            if name == "svhn":
+                ds = cls(str(root), split="train" if train else "test", download=download)
+            else:
+                ds = cls(str(root), train=train, download=download)
+        except RuntimeError as e:
+            raise DataError(
+                f"dataset.name: {name} is not in data_dir {root} ({e}); set dataset.download: true "
+                "to allow downloading it"
+            ) from e
+        x = torch.as_tensor(np.asarray(ds.data))
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        elif x.shape[-1] == 3:  # CIFAR stores N x H x W x C
+            x = x.permute(0, 3, 1, 2).contiguous()
+        y = torch.as_tensor(np.asarray(getattr(ds, "targets", None) if name != "svhn" else ds.labels))
+        out.append((x, y.long()))
+    return out[0], out[1]
+
+
+def _split(name, x, y, extra, test, cfg) -> Data:
+    g = torch.Generator().manual_seed(cfg.get("split_seed", 0))
+    perm = torch.randperm(len(y), generator=g)
+    pool = Split(x, y, extra)
+    if test is None:
+        n_test = max(1, int(round(len(y) * cfg.get("test_fraction", 0.2))))
+        test_split, perm = pool.subset(perm[:n_test]), perm[n_test:]
+    else:
+        test_split = Split(*test)
+    n_val = int(round(len(perm) * cfg.get("val_fraction", 0.1)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    n_train = max(1, int(round(len(train_idx) * cfg.get("fraction", 1.0))))
+    train_idx = train_idx[:n_train]
+    num_classes = int(max(y.max(), test_split.y.max())) + 1
+    train = pool.subset(train_idx)
+    imgs = train.images()
+    mean = imgs.mean(dim=(0, 2, 3)).tolist()
+    std = imgs.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    info = {
+        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_split),
+        "train_hash": _hash(train_idx), "val_hash": _hash(val_idx),
+        "input_shape": list(x.shape[1:]), "num_classes": num_classes,
+    }
+    return Data(name, train, pool.subset(val_idx), test_split, num_classes, mean, std, info)
+
+
+def _hash(idx: torch.Tensor) -> str:
+    return hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:12]
+
+
+def batches(
+    split: Split, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (indices, images in [0, 1], labels); the order depends only on `seed`."""
+    n = len(split)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield idx, split.images(idx), split.y[idx]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, per example (CIFAR-style)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    out[flip] = out[flip].flip(-1)
+    return out

@@ -1,0 +1,33 @@
+"""A whole job: train a run config, then run its robustness panel. Shared by the CLI and the worker."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import data as gdata
+from .panel import run_panel
+from .recorder import Recorder
+from .train import load_model, pick_device, train
+
+
+def run(config: dict, out_dir: Path, recorder: Recorder, *,
+        should_stop: Callable[[], bool] = lambda: False, device: torch.device | None = None) -> dict:
+    summary = train(config, out_dir, recorder, should_stop=should_stop, device=device)
+    if config["eval"]["panel"] != "none":
+        summary["eval"] = evaluate_run(out_dir, config, recorder, device=device)
+    return summary
+
+
+def evaluate_run(run_dir: Path, config: dict, recorder: Recorder, *, panel: str | None = None,
+                 n: int | None = None, device: torch.device | None = None) -> dict:
+    """The robustness panel on a finished run's final model; rows go to the recorder."""
+    ev = config["eval"]
+    device = device or pick_device(config["train"].get("device", "auto"))
+    data = gdata.load(config["dataset"])
+    model = load_model(run_dir, device)
+    result = run_panel(model, data, config, panel=panel or ev["panel"], n=n or ev.get("n"),
+                       eps=ev.get("eps"), eps_l2=ev.get("eps_l2"), seed=ev.get("seed", 0), device=device)
+    recorder.evaluation(result)
+    return result

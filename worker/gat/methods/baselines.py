@@ -1,0 +1,76 @@
+"""Baselines for adversarial defense, one factory each, all sharing the registry's signature:
+`erm` (cross entropy), `fgsm_at` (FGSM with random start, Wong, Rice & Kolter 2020),
+`pgd_at` (Madry et al. 2018), `trades` (Zhang et al. 2019) and `igr` (input-gradient
+regularisation by double backprop, Ross & Doshi-Velez 2018: the non-adversarial counterpart of
+GAT). `eps` left unset means the dataset's standard L-inf radius (filled in by the trainer).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks.pgd import pgd
+from . import Method
+
+
+def erm(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None) -> Method:
+    def step(x, y, progress, i):
+        loss = F.cross_entropy(model(x), y)
+        return loss, {"loss": loss.detach()}
+
+    return Method(step=step)
+
+
+def fgsm_at(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
+            alpha: float = 1.25) -> Method:
+    def step(x, y, progress, i):
+        x_adv = pgd(model, x, y, eps=eps, steps=1, step_size=alpha * eps, random_start=True)
+        loss = F.cross_entropy(model(x_adv), y)
+        return loss, {"loss": loss.detach()}
+
+    return Method(step=step)
+
+
+def pgd_at(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
+           steps: int = 10, step_mult: float = 2.5) -> Method:
+    def step(x, y, progress, i):
+        x_adv = pgd(model, x, y, eps=eps, steps=steps, step_size=step_mult * eps / steps)
+        loss = F.cross_entropy(model(x_adv), y)
+        return loss, {"loss": loss.detach()}
+
+    return Method(step=step)
+
+
+def trades(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
+           beta: float = 6.0, steps: int = 10, step_mult: float = 2.5) -> Method:
+    def step(x, y, progress, i):
+        was_training = model.training
+        model.eval()  # as the reference code: generate the attack with frozen BN statistics
+        with torch.no_grad():
+            p_clean = model(x).softmax(1)
+        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            kl = F.kl_div(model(x_adv).log_softmax(1), p_clean, reduction="sum")
+            (g,) = torch.autograd.grad(kl, x_adv)
+            x_adv = (x + (x_adv.detach() + step_mult * eps / steps * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+        model.train(was_training)
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        robust = F.kl_div(model(x_adv).log_softmax(1), logits.softmax(1), reduction="batchmean")
+        return ce + beta * robust, {"loss": ce.detach(), "robust_kl": robust.detach()}
+
+    return Method(step=step)
+
+
+def igr(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
+        weight: float = 1.0) -> Method:
+    def step(x, y, progress, i):
+        x = x.clone().requires_grad_(True)
+        ce = F.cross_entropy(model(x), y, reduction="none")  # N
+        (g,) = torch.autograd.grad(ce.sum(), x, create_graph=True)  # N x C x H x W
+        penalty = g.flatten(1).pow(2).sum(1).mean()
+        return ce.mean() + weight * penalty, {"loss": ce.mean().detach(), "grad_penalty": penalty.detach()}
+
+    return Method(step=step)

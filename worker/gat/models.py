@@ -1,0 +1,86 @@
+"""Classifiers taking images in [0, 1]: MLP, small CNN, CIFAR ResNet-20/32/56 (He et al. 2016)
+and ResNet-18. Normalisation is the first layer, so attacks and gradients live in pixel space.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def mlp(in_features: int, num_classes: int, *, width: int = 16, depth: int = 2) -> nn.Sequential:
+    hidden = 4 * width
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i in range(depth):
+        layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU()]
+    layers.append(nn.Linear(hidden if depth else in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(in_channels: int, num_classes: int, *, width: int = 16, depth: int = 2) -> nn.Sequential:
+    """Conv-BN-ReLU blocks, doubling channels and halving resolution after the first."""
+    layers: list[nn.Module] = []
+    c_in, c = in_channels, width
+    for i in range(depth):
+        layers += [nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                   nn.BatchNorm2d(c), nn.ReLU()]
+        c_in, c = c, 2 * c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+def resnet(in_channels: int, num_classes: int, *, blocks: list[int], widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    c_in = widths[0]
+    for stage, (n, c) in enumerate(zip(blocks, widths)):
+        for b in range(n):
+            layers.append(BasicBlock(c_in, c, 2 if (b == 0 and stage > 0) else 1))
+            c_in = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def build(cfg: dict, *, input_shape: tuple[int, int, int], num_classes: int,
+          mean: list[float], std: list[float]) -> nn.Sequential:
+    """The model a run config's `model` section names, behind its normalisation layer."""
+    arch, width, depth = cfg.get("arch", "cnn"), cfg.get("width", 16), cfg.get("depth", 2)
+    c, h, w = input_shape
+    if arch == "mlp":
+        body = mlp(c * h * w, num_classes, width=width, depth=depth)
+    elif arch == "cnn":
+        body = cnn(c, num_classes, width=width, depth=depth)
+    elif arch in ("resnet20", "resnet32", "resnet56"):
+        n = {"resnet20": 3, "resnet32": 5, "resnet56": 9}[arch]
+        body = resnet(c, num_classes, blocks=[n] * 3, widths=[width, 2 * width, 4 * width])
+    elif arch == "resnet18":
+        body = resnet(c, num_classes, blocks=[2] * 4, widths=[4 * width * 2**i for i in range(4)])
+    else:
+        raise ValueError(f"model.arch: unknown architecture {arch!r}")
+    return nn.Sequential(Normalize(mean, std), *body)

@@ -1,0 +1,239 @@
+"""The training loop: plain functions around a method's step.
+
+`train` runs one validated run config (a dict) into a run directory. It reports through a
+recorder, saves a checkpoint every epoch (model, auxiliary networks, optimisers, schedule and
+RNG state), resumes exactly from the last one, and checks a cooperative stop flag between steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as gdata
+from . import models, stats
+from .methods import make as make_method
+from .recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+FINAL = "model.pt"
+
+
+class Stopped(Exception):
+    """Raised when the stop flag is seen between steps."""
+
+
+@dataclass
+class Setup:
+    config: dict
+    data: gdata.Data
+    model: nn.Module
+    device: torch.device
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(config: dict, device: torch.device | None = None) -> Setup:
+    """Data and a freshly initialised model for a run config."""
+    seed_all(config["train"]["seed"])
+    data = gdata.load(config["dataset"])
+    model = models.build(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
+                         mean=data.mean, std=data.std)
+    device = device or pick_device(config["train"].get("device", "auto"))
+    return Setup(config, data, model.to(device), device)
+
+
+def standard_eps(config: dict) -> tuple[float, float]:
+    return gdata.STANDARD_EPS[config["dataset"]["name"]]
+
+
+def _optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                               weight_decay=t["weight_decay"], nesterov=t["momentum"] > 0)
+    return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: gdata.Split, device: torch.device, batch_size: int = 512) -> dict:
+    """Clean loss and accuracy on a split, in eval mode."""
+    was = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    for _, x, y in gdata.batches(split, batch_size, shuffle=False):
+        logits = model(x.to(device))
+        loss += F.cross_entropy(logits, y.to(device), reduction="sum").item()
+        correct += (logits.argmax(1).cpu() == y).sum().item()
+    model.train(was)
+    n = max(1, len(split))
+    return {"loss": loss / n, "acc": correct / n}
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: dict, out_dir: Path, recorder: Recorder, *,
+          should_stop: Callable[[], bool] = lambda: False, device: torch.device | None = None) -> dict:
+    """Train a run config into `out_dir`, resuming from its checkpoint if there is one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    s = setup(config, device)
+    t, p = config["train"], dict(config.get("params", {}))
+    if p.get("eps") is None:  # every factory takes eps; unset means the dataset's standard radius
+        p["eps"] = standard_eps(config)[0]
+    method = make_method(config["scenario"], config["method"], s.model, num_classes=s.data.num_classes,
+                         input_shape=s.data.input_shape, **p)
+    for m in method.aux.values():
+        m.to(s.device)
+    opt = _optimizer(s.model, t)
+    aux_params = [q for m in method.aux.values() for q in m.parameters()]
+    aux_opt = torch.optim.Adam(aux_params, lr=method.aux_lr) if aux_params else None
+    steps_per_epoch = -(-len(s.data.train) // t["batch_size"])
+    total = steps_per_epoch * t["epochs"]
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if t["lr_schedule"] == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    start_epoch, step = _resume(out_dir, s, method, opt, aux_opt, sched)
+    grad_norm = p.get("grad_norm", "l2")
+    edges = stats.hist_edges(grad_norm)
+    t0, step0 = time.monotonic(), step
+    recorder.progress(step, total, None)
+    for epoch in range(start_epoch, t["epochs"]):
+        s.model.train()
+        seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
+        aug_gen = torch.Generator().manual_seed(seed)
+        correct = seen = 0
+        for _, x, y in gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed):
+            if should_stop():
+                raise Stopped(f"stopped at step {step}")
+            if t.get("augment"):
+                x = gdata.augment(x, aug_gen)
+            x, y = x.to(s.device), y.to(s.device)
+            loss, metrics = method.step(x, y, step / total, step)
+            opt.zero_grad(set_to_none=True)
+            if aux_opt:
+                aux_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if aux_opt:
+                aux_opt.step()
+            sched.step()
+            step += 1
+            if step % t["log_every"] == 0 or step == total:
+                row = {f"train/{k}": float(v) for k, v in metrics.items()}
+                row["train/lr"] = sched.get_last_lr()[0]
+                recorder.log(step, row)
+            if step % t["stats_every"] == 0 or step == 1:
+                _record_stats(s, x, y, step, grad_norm, edges, recorder)
+            elapsed = time.monotonic() - t0
+            recorder.progress(step, total, elapsed / (step - step0) * (total - step))
+        val = evaluate(s.model, s.data.val, s.device) if len(s.data.val) else {}
+        recorder.log(step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
+        _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch + 1, step)
+        recorder.flush()
+    test = evaluate(s.model, s.data.test, s.device)
+    recorder.log(step, {f"test/{k}": v for k, v in test.items()})
+    final = {"model": s.model.state_dict(), "model_config": config["model"], "num_classes": s.data.num_classes,
+             "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std}
+    _save_atomic(final, out_dir / FINAL)
+    summary = {"steps": step, "test": test, "data": s.data.info, "device": str(s.device)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    recorder.flush()
+    return summary
+
+
+def _record_stats(s: Setup, x, y, step: int, grad_norm: str, edges: torch.Tensor, recorder: Recorder) -> None:
+    """Statistics of the clean input gradient, taken in eval mode so BN statistics stay untouched."""
+    row = stats.layer_grad_norms(s.model)
+    s.model.eval()
+    g = stats.input_grad(s.model, x, y)
+    s.model.train()
+    row.update(stats.class_stats(g, y, s.data.num_classes))
+    recorder.log(step, row)
+    recorder.histogram(step, "input_grad", edges.tolist(), stats.histogram(g, grad_norm, edges))
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch: int, step: int) -> None:
+    ckpt = {
+        "epoch": epoch, "step": step, "model": s.model.state_dict(),
+        "aux": {k: m.state_dict() for k, m in method.aux.items()},
+        "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict() if aux_opt else None,
+        "sched": sched.state_dict(), "rng": _rng_state(),
+    }
+    _save_atomic(ckpt, out_dir / CHECKPOINT)
+
+
+def _resume(out_dir, s, method, opt, aux_opt, sched) -> tuple[int, int]:
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return 0, 0
+    ckpt = torch.load(path, map_location=s.device, weights_only=False)
+    s.model.load_state_dict(ckpt["model"])
+    for k, m in method.aux.items():
+        m.load_state_dict(ckpt["aux"][k])
+    opt.load_state_dict(ckpt["opt"])
+    if aux_opt and ckpt["aux_opt"]:
+        aux_opt.load_state_dict(ckpt["aux_opt"])
+    sched.load_state_dict(ckpt["sched"])
+    _set_rng_state(ckpt["rng"])
+    log.info("resumed from %s at epoch %d, step %d", path, ckpt["epoch"], ckpt["step"])
+    return ckpt["epoch"], ckpt["step"]
+
+
+def checkpoint_step(out_dir: Path) -> int:
+    """The step of the last checkpoint in a run directory (0 if none)."""
+    path = out_dir / CHECKPOINT
+    return torch.load(path, map_location="cpu", weights_only=False)["step"] if path.exists() else 0
+
+
+def load_model(run_dir: Path, device: torch.device | None = None) -> nn.Module:
+    """The trained model of a finished run directory, in eval mode."""
+    path = run_dir / FINAL
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no {FINAL}: is it a finished run directory?")
+    meta = torch.load(path, map_location="cpu", weights_only=False)
+    model = models.build(meta["model_config"], input_shape=tuple(meta["input_shape"]),
+                         num_classes=meta["num_classes"], mean=meta["mean"], std=meta["std"])
+    model.load_state_dict(meta["model"])
+    return model.to(device or torch.device("cpu")).eval()
