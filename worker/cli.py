@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from backend.schemas import METHOD_HELP, PARAMS, format_errors, parse_run_config
+from backend.methods import methods_table
+from backend.schemas import format_errors, parse_run_config
 
 log = logging.getLogger("gatlab")
 
@@ -122,17 +123,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def methods_table() -> list[dict]:
-    """Scenarios, methods and their knobs with defaults and help: for `gatlab methods` and the API."""
-    out = []
-    for (scenario, method), params in PARAMS.items():
-        knobs = [{"name": k, "default": f.default, "help": f.description or "",
-                  "type": getattr(f.annotation, "__name__", str(f.annotation))}
-                 for k, f in params.model_fields.items()]
-        out.append({"scenario": scenario, "method": method, "help": METHOD_HELP[(scenario, method)], "knobs": knobs})
-    return out
-
-
 def cmd_methods(args) -> int:
     if args.json:
         print(json.dumps(methods_table(), indent=2))
@@ -141,6 +131,75 @@ def cmd_methods(args) -> int:
         print(f"{m['scenario']}:{m['method']}  {m['help']}")
         for k in m["knobs"]:
             print(f"    {k['name']:<14} = {k['default']!r:<12} {k['help']}")
+    return 0
+
+
+def cmd_up(args) -> int:
+    """API and one worker on this machine; SQLite and the embedded broker unless configured."""
+    import os
+    import subprocess
+
+    import uvicorn
+
+    from backend.config import get_settings
+    from backend.migrate import upgrade
+
+    s = get_settings()
+    upgrade()
+    worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=os.environ.copy())
+    print(f"GAT Lab on http://{args.host}:{args.port}  (database {s.db_url.split('@')[-1]}, "
+          f"broker {s.broker.split('@')[-1]}, worker pid {worker.pid}; auth off: embedded mode, local use only)",
+          flush=True)
+    try:
+        uvicorn.run("backend.main:app", host=args.host, port=args.port, log_level="warning")
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """One Celery worker process (one per GPU): solo pool, one task at a time."""
+    import os
+
+    from worker.tasks import app
+
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={app.conf.task_default_queue}",
+                     f"--hostname=gatlab-{os.getpid()}@%h", f"--loglevel={args.loglevel}", "--without-gossip",
+                     "--without-mingle"])
+    return 0
+
+
+def cmd_submit(args) -> int:
+    import httpx
+
+    raw = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else None
+    if not isinstance(raw, dict):
+        raise CliError(f"config file not found or not a mapping: {args.config}")
+    body = {"config": raw, "experiment": args.experiment, "tags": args.tag or []}
+    try:
+        r = httpx.post(f"{args.server.rstrip('/')}/api/runs", json=body, timeout=30)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach {args.server}: {e}") from e
+    if r.status_code == 422:
+        lines = [f"{'.'.join(str(p) for p in d['loc'][1:])}: {d['msg']}" for d in r.json()["detail"]]
+        raise CliError(f"{args.config}: invalid run config\n  " + "\n  ".join(lines))
+    if r.status_code >= 400:
+        raise CliError(f"server answered {r.status_code}: {r.text}")
+    run = r.json()
+    print(f"run {run['id']} {run['status']}: {args.server.rstrip('/')}/api/runs/{run['id']}")
+    return 0
+
+
+def cmd_db(args) -> int:
+    from backend.config import get_settings
+    from backend.migrate import upgrade
+
+    upgrade()
+    print(f"database at head: {get_settings().db_url.split('@')[-1]}")
     return 0
 
 
@@ -165,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("methods", help="list scenarios, methods and their knobs")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_methods)
+    u = sub.add_parser("up", help="start the API and one worker (embedded default: SQLite, no Redis)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=8000)
+    u.set_defaults(func=cmd_up)
+    w = sub.add_parser("worker", help="start one worker for the configured broker and database")
+    w.add_argument("--loglevel", default="INFO")
+    w.set_defaults(func=cmd_worker)
+    sb = sub.add_parser("submit", help="POST a run config to a server")
+    sb.add_argument("config")
+    sb.add_argument("--server", default="http://127.0.0.1:8000")
+    sb.add_argument("--experiment")
+    sb.add_argument("--tag", action="append")
+    sb.set_defaults(func=cmd_submit)
+    d = sub.add_parser("db", help="database maintenance")
+    d.add_argument("action", choices=["upgrade"])
+    d.set_defaults(func=cmd_db)
     return p
 
 

@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import crud
+from backend.api.deps import run_or_404
+from backend.api.schemas import EvalCreate, RunCreate, RunExport, RunList, RunOut, RunPatch, SweepCreate
+from backend.db import get_session, session_scope
+from backend.models import Artifact, EvalResult, Histogram, Metric, Run, SanityCheck, now
+from backend.queue import BrokerUnavailable, enqueue
+from backend.schemas import parse_run_config
+
+router = APIRouter(prefix="/api", tags=["runs"])
+SORTS = Literal["created_at", "-created_at", "name", "-name", "status", "-status", "id", "-id"]
+
+
+def _validated(config: dict, prefix: str = "config") -> dict:
+    try:
+        return parse_run_config(config).model_dump(mode="json")
+    except ValidationError as e:
+        detail = [{**err, "loc": [prefix, *err["loc"]]} for err in e.errors(include_url=False, include_context=False)]
+        for d in detail:
+            d.pop("input", None)
+            if d["type"] == "unknown_method":
+                d["loc"] = [prefix, "method"]
+        raise HTTPException(422, detail=detail) from e
+
+
+def _enqueue_all(ids: list[int]) -> None:
+    """Commit first, then enqueue; a broker that is down fails the runs with a clear error."""
+    try:
+        for run_id in ids:
+            enqueue(run_id)
+    except BrokerUnavailable as e:
+        with session_scope() as s:
+            for run in s.scalars(select(Run).where(Run.id.in_(ids), Run.status == "queued")):
+                run.status, run.error, run.finished_at = "failed", str(e), now()
+        raise HTTPException(503, detail=str(e)) from e
+
+
+@router.post("/runs", status_code=201, response_model=RunOut)
+def create_run(body: RunCreate, s: Session = Depends(get_session)) -> Run:
+    run = crud.create_run(s, config=_validated(body.config), experiment=body.experiment, tags=body.tags)
+    s.commit()
+    _enqueue_all([run.id])
+    s.refresh(run)
+    return run
+
+
+def _set_path(cfg: dict, path: str, value) -> None:
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise HTTPException(422, detail=[{"loc": ["body", "grid", path], "msg": f"{p} is not a section", "type": "value_error"}])
+    node[leaf] = value
+
+
+@router.post("/sweeps", status_code=201, response_model=RunList)
+def create_sweep(body: SweepCreate, s: Session = Depends(get_session)) -> dict:
+    """A grid over knob values x seeds, expanded into queued runs under one experiment."""
+    keys = list(body.grid)
+    combos = list(itertools.product(*body.grid.values(), body.seeds))
+    if len(combos) > 1000:
+        raise HTTPException(422, detail=[{"loc": ["body", "grid"], "msg": "a sweep may expand to at most 1000 runs", "type": "value_error"}])
+    configs = []
+    for combo in combos:
+        cfg = copy.deepcopy(body.config)
+        for k, v in zip(keys, combo[:-1]):
+            _set_path(cfg, k, v)
+        _set_path(cfg, "train.seed", combo[-1])
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo[:-1]))
+        cfg["name"] = f"{cfg.get('name', 'run')}[{label + ',' if label else ''}seed={combo[-1]}]"[:200]
+        configs.append(_validated(cfg))
+    runs = [crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags) for c in configs]
+    s.commit()
+    _enqueue_all([r.id for r in runs])
+    return {"total": len(runs), "items": runs}
+
+
+@router.get("/runs", response_model=RunList)
+def list_runs(s: Session = Depends(get_session), status: str | None = None, scenario: str | None = None,
+              method: str | None = None, experiment: str | None = None, tag: str | None = None,
+              q: str | None = Query(None, max_length=200), sort: SORTS = "-created_at",
+              limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
+    items, total = crud.list_runs(s, status=status, scenario=scenario, method=method, experiment=experiment,
+                                  tag=tag, q=q, sort=sort, limit=limit, offset=offset)
+    return {"total": total, "items": items}
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+def get_run(run: Run = Depends(run_or_404)) -> Run:
+    return run
+
+
+@router.patch("/runs/{run_id}", response_model=RunOut)
+def patch_run(body: RunPatch, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    for k, v in body.model_dump(exclude_none=True).items():
+        setattr(run, k, v)
+    return run
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    if run.status in crud.FINAL:
+        raise HTTPException(409, detail=f"run {run.id} is already {run.status}")
+    crud.request_cancel(s, run=run)
+    return run
+
+
+@router.post("/runs/{run_id}/retry", status_code=201, response_model=RunOut)
+def retry_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    """A new run with the same config (the original is kept as it is)."""
+    new = crud.create_run(s, config=run.config, tags=run.tags, kind=run.kind, parent_id=run.parent_id)
+    new.experiment_id = run.experiment_id
+    s.commit()
+    _enqueue_all([new.id])
+    s.refresh(new)
+    return new
+
+
+@router.delete("/runs/{run_id}", status_code=204)
+def delete_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Response:
+    if run.status == "running":
+        raise HTTPException(409, detail=f"run {run.id} is running: cancel it first")
+    s.delete(run)
+    return Response(status_code=204)
+
+
+@router.get("/runs/{run_id}/metrics")
+def metrics(run: Run = Depends(run_or_404), s: Session = Depends(get_session),
+            keys: str | None = Query(None, description="Comma-separated keys; all if unset"),
+            max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1)) -> dict:
+    """Chart-ready columns; long series come as min/max/last buckets. Poll with after_step."""
+    key_list = [k for k in keys.split(",") if k] if keys else None
+    return {"run_id": run.id, "series": crud.metric_columns(s, run_id=run.id, keys=key_list,
+                                                             max_points=max_points, after_step=after_step)}
+
+
+@router.get("/runs/{run_id}/histograms")
+def histograms(run: Run = Depends(run_or_404), s: Session = Depends(get_session), key: str = "input_grad",
+               limit: int = Query(200, ge=1, le=10_000)) -> dict:
+    rows = s.scalars(select(Histogram).where(Histogram.run_id == run.id, Histogram.key == key)
+                     .order_by(Histogram.step).limit(limit)).all()
+    return {"key": key, "edges": rows[0].edges if rows else [], "step": [r.step for r in rows],
+            "counts": [r.counts for r in rows]}
+
+
+@router.get("/runs/{run_id}/eval")
+def eval_results(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> dict:
+    rows = s.scalars(select(EvalResult).where(EvalResult.run_id == run.id).order_by(EvalResult.id)).all()
+    checks = s.scalars(select(SanityCheck).where(SanityCheck.run_id == run.id).order_by(SanityCheck.id)).all()
+    cols = ("panel", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n")
+    return {"rows": [{c: getattr(r, c) for c in cols} for r in rows],
+            "checks": [{"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
+            "all_passed": all(c.passed for c in checks) if checks else None}
+
+
+@router.post("/runs/{run_id}/eval", status_code=201, response_model=RunOut)
+def queue_eval(body: EvalCreate, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    """Queue the robustness panel on a finished defense run, as its own job."""
+    if run.kind != "train" or run.scenario != "defense" or run.status != "succeeded":
+        raise HTTPException(409, detail="the panel runs on a succeeded defense training run")
+    cfg = copy.deepcopy(run.config)
+    cfg["eval"] = {**cfg["eval"], "panel": body.panel, "n": body.n}
+    job = crud.create_run(s, config=cfg, kind="eval", parent_id=run.id)
+    job.name = f"eval {body.panel}: {run.name}"[:200]
+    s.commit()
+    _enqueue_all([job.id])
+    s.refresh(job)
+    return job
+
+
+@router.get("/runs/{run_id}/artifacts")
+def artifacts(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> list[dict]:
+    rows = s.scalars(select(Artifact).where(Artifact.run_id == run.id).order_by(Artifact.name)).all()
+    return [{"name": a.name, "kind": a.kind, "size": a.size, "url": f"/api/runs/{run.id}/artifacts/{a.name}"} for a in rows]
+
+
+@router.get("/runs/{run_id}/artifacts/{name}")
+def artifact(name: str, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> FileResponse:
+    a = s.scalar(select(Artifact).where(Artifact.run_id == run.id, Artifact.name == name))
+    if a is None or not Path(a.path).is_file():
+        raise HTTPException(404, detail=f"run {run.id} has no artifact {name!r}")
+    return FileResponse(a.path, filename=a.name)
+
+
+@router.get("/export")
+def export(ids: str = Query(..., description="Comma-separated run ids"), format: Literal["csv", "json"] = "csv",
+           s: Session = Depends(get_session)) -> Response:
+    """Metrics of a selection of runs, long format: run_id, key, step, value."""
+    try:
+        id_list = [int(i) for i in ids.split(",") if i]
+    except ValueError:
+        raise HTTPException(422, detail=[{"loc": ["query", "ids"], "msg": "ids must be comma-separated integers", "type": "value_error"}]) from None
+    rows = s.execute(select(Metric.run_id, Metric.key, Metric.step, Metric.value)
+                     .where(Metric.run_id.in_(id_list)).order_by(Metric.run_id, Metric.key, Metric.step)).all()
+    if format == "json":
+        runs = s.scalars(select(Run).where(Run.id.in_(id_list))).all()
+        return Response(RunExport(runs=[RunOut.model_validate(r) for r in runs],
+                                  metrics=[list(r) for r in rows]).model_dump_json(), media_type="application/json")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run_id", "key", "step", "value"])
+    w.writerows(rows)
+    return Response(buf.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="gatlab-export.csv"'})
+

@@ -1,0 +1,76 @@
+"""API request and response bodies (the run config itself lives in backend.schemas)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(description="A run config: name, scenario, method, dataset, model, train, params, eval.")
+    experiment: str | None = Field(None, max_length=200)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class SweepCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted knob path -> values, e.g. {'params.lam': [0.1, 1]}")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
+    experiment: str = Field(min_length=1, max_length=200)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class RunPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    tags: list[str] | None = Field(None, max_length=50)
+    notes: str | None = Field(None, max_length=100_000)
+
+
+class EvalCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    panel: Literal["quick", "standard"] = "quick"
+    n: int | None = Field(None, ge=1, le=100_000)
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    kind: str
+    scenario: str
+    method: str
+    dataset: str
+    experiment_id: int | None
+    parent_id: int | None
+    config: dict[str, Any]
+    tags: list[str]
+    notes: str
+    status: str
+    cancel_requested: bool
+    step: int
+    total_steps: int | None
+    eta_s: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker_host: str | None
+    device: str | None
+    error: str | None
+    traceback: str | None
+    retry_count: int
+    summary: dict[str, Any] | None
+
+
+class RunList(BaseModel):
+    total: int
+    items: list[RunOut]
+
+
+class RunExport(BaseModel):
+    runs: list[RunOut]
+    metrics: list[list[Any]] = Field(description="[run_id, key, step, value] rows")

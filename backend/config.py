@@ -1,0 +1,43 @@
+"""All settings in one place, read from the environment (prefix-free names) or a .env file."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Embedded default: database, broker and run files live here (not $HOME: hence the alias).
+    home: Path = Field(Path(".gatlab"), validation_alias="GATLAB_HOME")
+    database_url: str = ""  # default: sqlite:///<home>/gatlab.db
+    broker_url: str = ""  # default: REDIS_URL if set, else sqla+sqlite:///<home>/broker.db
+    redis_url: str = ""
+    runs_dir: Path | None = None  # default: <home>/runs
+    heartbeat_s: float = 2.0  # the worker writes a heartbeat at most this often
+    stale_after_s: float = 60.0  # a running run silent this long is requeued
+    max_retries: int = 2  # requeues of a stale run before it is marked failed
+    visibility_timeout_s: int = 7 * 24 * 3600  # Redis redelivery: longer than the longest run
+    queue: str = "gpu"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve()}/gatlab.db"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url or f"sqla+sqlite:///{self.home.resolve()}/broker.db"
+
+    @property
+    def runs_path(self) -> Path:
+        return (self.runs_dir or self.home / "runs").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    s = Settings()
+    s.home.mkdir(parents=True, exist_ok=True)
+    return s

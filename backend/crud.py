@@ -1,0 +1,136 @@
+"""Database operations, keyword-only, each taking a session."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Text, cast, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .models import EvalResult, Experiment, Histogram, Metric, Run, SanityCheck, now
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def get_or_create_experiment(s: Session, *, name: str | None) -> int | None:
+    if not name:
+        return None
+    exp = s.scalar(select(Experiment).where(Experiment.name == name))
+    if exp is None:
+        exp = Experiment(name=name)
+        s.add(exp)
+        s.flush()
+    return exp.id
+
+
+def create_run(s: Session, *, config: dict, experiment: str | None = None, tags: list[str] | None = None,
+               kind: str = "train", parent_id: int | None = None) -> Run:
+    run = Run(name=config["name"], scenario=config["scenario"], method=config["method"],
+              dataset=config["dataset"]["name"], config=config, tags=tags or [], kind=kind, parent_id=parent_id,
+              experiment_id=get_or_create_experiment(s, name=experiment), status="queued")
+    s.add(run)
+    s.flush()
+    return run
+
+
+def list_runs(s: Session, *, status=None, scenario=None, method=None, experiment=None, tag=None, q=None,
+              sort="-created_at", limit=50, offset=0) -> tuple[list[Run], int]:
+    stmt = select(Run)
+    if status:
+        stmt = stmt.where(Run.status == status)
+    if scenario:
+        stmt = stmt.where(Run.scenario == scenario)
+    if method:
+        stmt = stmt.where(Run.method == method)
+    if experiment:
+        stmt = stmt.join(Experiment, Run.experiment_id == Experiment.id).where(Experiment.name == experiment)
+    if tag:
+        stmt = stmt.where(cast(Run.tags, Text).like(f'%"{tag}"%'))
+    if q:
+        stmt = stmt.where(or_(Run.name.ilike(f"%{q}%"), Run.notes.ilike(f"%{q}%")))
+    total = s.scalar(select(func.count()).select_from(stmt.subquery()))
+    col = getattr(Run, sort.lstrip("-"))
+    stmt = stmt.order_by(col.desc() if sort.startswith("-") else col.asc(), Run.id.desc())
+    return list(s.scalars(stmt.limit(limit).offset(offset))), total
+
+
+def _insert(s: Session):
+    return pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+
+
+def add_metrics(s: Session, *, rows: list[dict]) -> None:
+    """Idempotent batch insert: a (run, key, step) point already stored is kept, never duplicated."""
+    if rows:
+        s.execute(_insert(s)(Metric).on_conflict_do_nothing(index_elements=["run_id", "key", "step"]), rows)
+
+
+def add_histograms(s: Session, *, rows: list[dict]) -> None:
+    if rows:
+        s.execute(_insert(s)(Histogram).on_conflict_do_nothing(index_elements=["run_id", "key", "step"]), rows)
+
+
+def drop_points_after(s: Session, *, run_id: int, step: int) -> None:
+    """Before a resume from a checkpoint at `step`: the points after it will be recomputed."""
+    s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step))
+    s.execute(delete(Histogram).where(Histogram.run_id == run_id, Histogram.step > step))
+
+
+def store_eval(s: Session, *, run_id: int, result: dict) -> None:
+    """Replace the run's results for this panel with a fresh set."""
+    panel = result["panel"]
+    s.execute(delete(EvalResult).where(EvalResult.run_id == run_id, EvalResult.panel == panel))
+    s.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id, SanityCheck.panel == panel))
+    for r in result["rows"]:
+        s.add(EvalResult(run_id=run_id, panel=panel, attack=r["attack"], norm=r["norm"], eps=r["eps"],
+                         steps=r.get("steps"), restarts=r.get("restarts"), accuracy=r["accuracy"], n=r["n"]))
+    for c in result["checks"]:
+        s.add(SanityCheck(run_id=run_id, panel=panel, name=c["name"], passed=c["passed"], detail=c["detail"]))
+
+
+def metric_columns(s: Session, *, run_id: int, keys: list[str] | None, max_points: int, after_step: int) -> dict:
+    """Chart-ready columns per key; above max_points, min/max/last per step bucket (spikes survive)."""
+    if not keys:
+        keys = list(s.scalars(select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key)))
+    out = {}
+    for key in keys:
+        where = (Metric.run_id == run_id, Metric.key == key, Metric.step > after_step)
+        lo, hi, n = s.execute(select(func.min(Metric.step), func.max(Metric.step), func.count()).where(*where)).one()
+        if not n:
+            out[key] = {"step": [], "value": [], "min": [], "max": []}
+        elif n <= max_points:
+            pts = s.execute(select(Metric.step, Metric.value).where(*where).order_by(Metric.step)).all()
+            vals = [p[1] for p in pts]
+            out[key] = {"step": [p[0] for p in pts], "value": vals, "min": vals, "max": vals}
+        else:
+            width = -(-(hi - lo + 1) // max_points)
+            bucket = ((Metric.step - lo) // width).label("b")
+            rows = s.execute(
+                select(bucket, func.max(Metric.step), func.min(Metric.value), func.max(Metric.value))
+                .where(*where).group_by("b").order_by("b")).all()
+            last = dict(s.execute(select(Metric.step, Metric.value).where(*where, Metric.step.in_([r[1] for r in rows]))).all())
+            out[key] = {"step": [r[1] for r in rows], "value": [last[r[1]] for r in rows],
+                        "min": [r[2] for r in rows], "max": [r[3] for r in rows]}
+    return out
+
+
+def stale_runs(s: Session, *, older_than_s: float) -> list[Run]:
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
+    return list(s.scalars(select(Run).where(Run.status == "running", Run.heartbeat_at < cutoff).with_for_update()))
+
+
+def request_cancel(s: Session, *, run: Run) -> None:
+    if run.status == "queued":
+        run.status, run.finished_at = "cancelled", now()
+    elif run.status == "running":
+        run.cancel_requested = True
+
+
+def set_progress(s: Session, *, run_id: int, step: int, total: int, eta: float | None) -> None:
+    s.execute(update(Run).where(Run.id == run_id).values(step=step, total_steps=total, eta_s=eta))
+
+
+def heartbeat(s: Session, *, run_id: int) -> bool:
+    """Mark the run alive; returns whether a cancel was requested."""
+    s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now()))
+    return bool(s.scalar(select(Run.cancel_requested).where(Run.id == run_id)))

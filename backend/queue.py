@@ -1,0 +1,47 @@
+"""The Celery app as the backend sees it: configuration, and enqueue by task name only
+(the backend never imports the worker or torch)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from .config import Settings, get_settings
+
+TRAIN_TASK = "gatlab.train_run"
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("gatlab", broker=settings.broker)
+    app.conf.update(
+        task_acks_late=True,  # a task is acknowledged when it ends, so a lost worker's task is redelivered
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # the database is the source of truth, not a result backend
+        task_default_queue=settings.queue,
+        # The SQLAlchemy transport hands its options to create_engine, so only Redis gets them.
+        broker_transport_options=({"visibility_timeout": settings.visibility_timeout_s}
+                                  if settings.broker.startswith("redis") else {}),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+@lru_cache
+def celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue(run_id: int) -> None:
+    """Publish the run; fail fast with BrokerUnavailable rather than hang."""
+    try:
+        celery().send_task(TRAIN_TASK, args=[run_id], retry=False)
+    except Exception as e:  # noqa: BLE001 - kombu raises many connection error types
+        raise BrokerUnavailable(f"the job queue (broker) is unavailable: {e.__class__.__name__}: {e}") from e

@@ -1,0 +1,206 @@
+"""Celery tasks: a thin adapter between the queue, the database and the core.
+
+`train_run(run_id)` loads the run, marks it running, trains (or evaluates) through the core with a
+recorder that writes to the database in batches, heartbeats, honours cancel between steps, and
+sets the final status. It is idempotent: a redelivered or requeued task resumes the same run
+from its last checkpoint and never creates a second copy or duplicate metric points.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from celery.signals import worker_ready
+
+from backend import crud
+from backend.config import get_settings
+from backend.db import session_scope
+from backend.models import Artifact, Run, now
+from backend.queue import TRAIN_TASK, make_celery
+
+log = logging.getLogger(__name__)
+app = make_celery(get_settings())
+
+
+class DbRecorder:
+    """Buffers points and writes them in batches; progress is written at most once a second."""
+
+    def __init__(self, run_id: int, *, flush_every: int = 5000, progress_s: float = 1.0):
+        self.run_id, self.flush_every, self.progress_s = run_id, flush_every, progress_s
+        self.rows: list[dict] = []
+        self.hists: list[dict] = []
+        self._last = 0.0
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        t = time.time()
+        self.rows.extend({"run_id": self.run_id, "key": k, "step": step, "value": float(v), "wall_time": t}
+                         for k, v in metrics.items())
+        if len(self.rows) >= self.flush_every:
+            self.flush()
+
+    def histogram(self, step, key, edges, counts) -> None:
+        self.hists.append({"run_id": self.run_id, "key": key, "step": step, "edges": edges, "counts": counts})
+
+    def progress(self, step: int, total: int, eta_s: float | None) -> None:
+        if time.monotonic() - self._last < self.progress_s and step < total:
+            return
+        self._last = time.monotonic()
+        self.flush()  # points first: progress never runs ahead of the stored metrics
+        with session_scope() as s:
+            crud.set_progress(s, run_id=self.run_id, step=step, total=total, eta=eta_s)
+
+    def evaluation(self, result: dict) -> None:
+        with session_scope() as s:
+            crud.store_eval(s, run_id=self.run_id, result=result)
+
+    def flush(self) -> None:
+        rows, hists, self.rows, self.hists = self.rows, self.hists, [], []
+        if rows or hists:
+            with session_scope() as s:
+                crud.add_metrics(s, rows=rows)
+                crud.add_histograms(s, rows=hists)
+
+
+class Heartbeat(threading.Thread):
+    """Beats while the task lives (training or evaluating) and picks up cancel requests."""
+
+    def __init__(self, run_id: int, period_s: float):
+        super().__init__(name=f"heartbeat-{run_id}", daemon=True)
+        self.run_id, self.period_s = run_id, period_s
+        self.cancel = False
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.period_s):
+            try:
+                with session_scope() as s:
+                    self.cancel = crud.heartbeat(s, run_id=self.run_id) or self.cancel
+            except Exception:  # noqa: BLE001 - a missed beat is retried next period
+                log.exception("heartbeat of run %s failed", self.run_id)
+
+
+def _claim(run_id: int) -> dict | None:
+    """Mark the run running unless it is finished or alive elsewhere; returns what the job needs."""
+    settings = get_settings()
+    with session_scope() as s:
+        run = s.get(Run, run_id, with_for_update=True)
+        if run is None or run.status in crud.FINAL:
+            return None
+        fresh = run.heartbeat_at and (now() - _aware(run.heartbeat_at)).total_seconds() < settings.stale_after_s
+        if run.status == "running" and fresh and run.worker_host != _me():
+            log.info("run %s is alive on %s; not starting a second copy", run_id, run.worker_host)
+            return None
+        if run.cancel_requested:
+            run.status, run.finished_at = "cancelled", now()
+            return None
+        run.status, run.worker_host, run.heartbeat_at = "running", _me(), now()
+        run.started_at = run.started_at or now()
+        return {"id": run.id, "kind": run.kind, "config": run.config, "parent_id": run.parent_id}
+
+
+def _aware(t):
+    from datetime import timezone
+
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{__import__('os').getpid()}"
+
+
+def _finish(run_id: int, status: str, **fields) -> None:
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        run.status, run.finished_at, run.cancel_requested = status, now(), False
+        for k, v in fields.items():
+            setattr(run, k, v)
+
+
+def _register_artifacts(run_id: int, out_dir: Path) -> None:
+    kinds = {"checkpoint.pt": "checkpoint", "model.pt": "model"}
+    with session_scope() as s:
+        for f in sorted(out_dir.iterdir()):
+            if f.is_file() and not s.query(Artifact).filter_by(run_id=run_id, name=f.name).first():
+                s.add(Artifact(run_id=run_id, name=f.name, kind=kinds.get(f.name, "file"), path=str(f),
+                               size=f.stat().st_size))
+
+
+@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
+def train_run(run_id: int) -> None:
+    from worker.gat import job
+    from worker.gat.train import Stopped, checkpoint_step, pick_device
+
+    job_info = _claim(run_id)
+    if job_info is None:
+        return
+    settings = get_settings()
+    config = job_info["config"]
+    rec = DbRecorder(run_id)
+    beat = Heartbeat(run_id, settings.heartbeat_s)
+    beat.start()
+    try:
+        device = pick_device(config["train"].get("device", "auto"))
+        with session_scope() as s:
+            s.get(Run, run_id).device = str(device)
+        if job_info["kind"] == "eval":
+            parent = job_info["parent_id"]
+            result = job.evaluate_run(settings.runs_path / str(parent), config, DbRecorder(parent), device=device)
+            _finish(run_id, "succeeded", summary={"panel": result["panel"], "parent": parent})
+            return
+        out_dir = settings.runs_path / str(run_id)
+        start = checkpoint_step(out_dir)
+        if start:
+            log.info("run %s resumes from its checkpoint at step %d", run_id, start)
+        with session_scope() as s:
+            crud.drop_points_after(s, run_id=run_id, step=start)
+        summary = job.run(config, out_dir, rec, should_stop=lambda: beat.cancel, device=device)
+        rec.flush()
+        summary.pop("eval", None)
+        _register_artifacts(run_id, out_dir)
+        _finish(run_id, "succeeded", summary=summary, eta_s=0.0)
+    except Stopped:
+        rec.flush()
+        _finish(run_id, "cancelled")
+    except Exception as e:  # noqa: BLE001 - any failure is recorded on the run
+        log.exception("run %s failed", run_id)
+        rec.flush()
+        _finish(run_id, "failed", error=f"{e.__class__.__name__}: {e}", traceback=traceback.format_exc())
+    finally:
+        beat.done.set()
+
+
+def requeue_stale() -> int:
+    """Runs whose heartbeat stopped: requeue within the retry budget, else mark failed."""
+    settings = get_settings()
+    resend = []
+    with session_scope() as s:
+        for run in crud.stale_runs(s, older_than_s=settings.stale_after_s):
+            if run.retry_count < settings.max_retries:
+                run.status, run.retry_count = "queued", run.retry_count + 1
+                resend.append(run.id)
+            else:
+                run.status, run.finished_at = "failed", now()
+                run.error = f"worker lost (no heartbeat for {settings.stale_after_s:.0f} s), retries exhausted"
+    for run_id in resend:
+        log.warning("run %s lost its worker; requeued", run_id)
+        app.send_task(TRAIN_TASK, args=[run_id])
+    return len(resend)
+
+
+def _reaper() -> None:
+    period = max(1.0, get_settings().stale_after_s / 2)
+    while True:
+        try:
+            requeue_stale()
+        except Exception:  # noqa: BLE001 - the reaper must outlive a database hiccup
+            log.exception("reaper failed")
+        time.sleep(period)
+
+
+@worker_ready.connect
+def _start_reaper(**_) -> None:
+    threading.Thread(target=_reaper, name="gatlab-reaper", daemon=True).start()
