@@ -15,6 +15,9 @@ from pydantic import (
 )
 
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it at the door (422, not 500)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -26,8 +29,8 @@ DatasetName = Literal[
 
 class DatasetConfig(_Strict):
     name: DatasetName = Field(description="Data source; digits and synthetic need no files.")
-    path: str | None = Field(None, description="The .npz file (name: npz).")
-    data_dir: str = Field("data", description="Folder of torchvision datasets.")
+    path: str | None = Field(None, pattern=NO_NUL, description="The .npz file (name: npz).")
+    data_dir: str = Field("data", pattern=NO_NUL, description="Folder of torchvision datasets.")
     download: bool = Field(False, description="Allow torchvision to download the dataset.")
     fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split used.")
     val_fraction: float = Field(0.1, ge=0, lt=0.5, description="Validation share of the train pool.")
@@ -156,7 +159,7 @@ PARAMS: dict[tuple[str, str], type[BaseModel]] = {
 
 
 class _RunBase(_Strict):
-    name: str = Field("run", min_length=1, max_length=200)
+    name: str = Field("run", min_length=1, max_length=200, pattern=NO_NUL)
     dataset: DatasetConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -208,12 +211,17 @@ def run_config_schema() -> dict[str, Any]:
     return _ADAPTER.json_schema()
 
 
+def config_errors(err: ValidationError) -> list[dict]:
+    """Errors with locations in config terms: the union's tag is dropped from the path."""
+    out = []
+    for e in err.errors(include_url=False, include_context=False, include_input=False):
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and ":" in p)]
+        if e["type"] == "unknown_method":
+            loc = ["method"]
+        out.append({"loc": loc, "msg": e["msg"], "type": e["type"]})
+    return out
+
+
 def format_errors(err: ValidationError) -> list[str]:
     """One readable line per error: 'dataset.fraction: Input should be ...'."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and ":" in p))
-        if e["type"] == "unknown_method":
-            loc = "method"
-        lines.append(f"{loc or '(config)'}: {e['msg']}")
-    return lines
+    return [f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in config_errors(err)]

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from backend.schemas import NO_NUL
+
+Text = Annotated[str, StringConstraints(pattern=NO_NUL, max_length=200)]
 
 
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any] = Field(description="A run config: name, scenario, method, dataset, model, train, params, eval.")
-    experiment: str | None = Field(None, max_length=200)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    experiment: Text | None = None
+    tags: list[Text] = Field(default_factory=list, max_length=50)
 
 
 class SweepCreate(BaseModel):
@@ -19,15 +23,15 @@ class SweepCreate(BaseModel):
     config: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted knob path -> values, e.g. {'params.lam': [0.1, 1]}")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
-    experiment: str = Field(min_length=1, max_length=200)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    experiment: Annotated[Text, Field(min_length=1)]
+    tags: list[Text] = Field(default_factory=list, max_length=50)
 
 
 class RunPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, min_length=1, max_length=200)
-    tags: list[str] | None = Field(None, max_length=50)
-    notes: str | None = Field(None, max_length=100_000)
+    name: Annotated[Text, Field(min_length=1)] | None = None
+    tags: list[Text] | None = Field(None, max_length=50)
+    notes: Annotated[str, StringConstraints(pattern=NO_NUL, max_length=100_000)] | None = None
 
 
 class EvalCreate(BaseModel):

@@ -5,9 +5,10 @@ import csv
 import io
 import itertools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import Path as FPath
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -19,9 +20,10 @@ from backend.api.schemas import EvalCreate, RunCreate, RunExport, RunList, RunOu
 from backend.db import get_session, session_scope
 from backend.models import Artifact, EvalResult, Histogram, Metric, Run, SanityCheck, now
 from backend.queue import BrokerUnavailable, enqueue
-from backend.schemas import parse_run_config
+from backend.schemas import NO_NUL, config_errors, parse_run_config
 
 router = APIRouter(prefix="/api", tags=["runs"])
+QText = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 SORTS = Literal["created_at", "-created_at", "name", "-name", "status", "-status", "id", "-id"]
 
 
@@ -29,12 +31,7 @@ def _validated(config: dict, prefix: str = "config") -> dict:
     try:
         return parse_run_config(config).model_dump(mode="json")
     except ValidationError as e:
-        detail = [{**err, "loc": [prefix, *err["loc"]]} for err in e.errors(include_url=False, include_context=False)]
-        for d in detail:
-            d.pop("input", None)
-            if d["type"] == "unknown_method":
-                d["loc"] = [prefix, "method"]
-        raise HTTPException(422, detail=detail) from e
+        raise HTTPException(422, detail=[{**d, "loc": [prefix, *d["loc"]]} for d in config_errors(e)]) from e
 
 
 def _enqueue_all(ids: list[int]) -> None:
@@ -91,10 +88,10 @@ def create_sweep(body: SweepCreate, s: Session = Depends(get_session)) -> dict:
 
 
 @router.get("/runs", response_model=RunList)
-def list_runs(s: Session = Depends(get_session), status: str | None = None, scenario: str | None = None,
-              method: str | None = None, experiment: str | None = None, tag: str | None = None,
-              q: str | None = Query(None, max_length=200), sort: SORTS = "-created_at",
-              limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
+def list_runs(s: Session = Depends(get_session), status: QText = None, scenario: QText = None,
+              method: QText = None, experiment: QText = None, tag: QText = None,
+              q: QText = None, sort: SORTS = "-created_at",
+              limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**31 - 1)) -> dict:
     items, total = crud.list_runs(s, status=status, scenario=scenario, method=method, experiment=experiment,
                                   tag=tag, q=q, sort=sort, limit=limit, offset=offset)
     return {"total": total, "items": items}
@@ -109,6 +106,7 @@ def get_run(run: Run = Depends(run_or_404)) -> Run:
 def patch_run(body: RunPatch, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
     for k, v in body.model_dump(exclude_none=True).items():
         setattr(run, k, v)
+    s.commit()
     return run
 
 
@@ -117,6 +115,7 @@ def cancel_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)
     if run.status in crud.FINAL:
         raise HTTPException(409, detail=f"run {run.id} is already {run.status}")
     crud.request_cancel(s, run=run)
+    s.commit()
     return run
 
 
@@ -136,13 +135,14 @@ def delete_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)
     if run.status == "running":
         raise HTTPException(409, detail=f"run {run.id} is running: cancel it first")
     s.delete(run)
+    s.commit()
     return Response(status_code=204)
 
 
 @router.get("/runs/{run_id}/metrics")
 def metrics(run: Run = Depends(run_or_404), s: Session = Depends(get_session),
-            keys: str | None = Query(None, description="Comma-separated keys; all if unset"),
-            max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1)) -> dict:
+            keys: str | None = Query(None, max_length=2000, pattern=NO_NUL, description="Comma-separated keys; all if unset"),
+            max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1, le=2**31 - 1)) -> dict:
     """Chart-ready columns; long series come as min/max/last buckets. Poll with after_step."""
     key_list = [k for k in keys.split(",") if k] if keys else None
     return {"run_id": run.id, "series": crud.metric_columns(s, run_id=run.id, keys=key_list,
@@ -150,7 +150,7 @@ def metrics(run: Run = Depends(run_or_404), s: Session = Depends(get_session),
 
 
 @router.get("/runs/{run_id}/histograms")
-def histograms(run: Run = Depends(run_or_404), s: Session = Depends(get_session), key: str = "input_grad",
+def histograms(run: Run = Depends(run_or_404), s: Session = Depends(get_session), key: QText = "input_grad",
                limit: int = Query(200, ge=1, le=10_000)) -> dict:
     rows = s.scalars(select(Histogram).where(Histogram.run_id == run.id, Histogram.key == key)
                      .order_by(Histogram.step).limit(limit)).all()
@@ -190,7 +190,7 @@ def artifacts(run: Run = Depends(run_or_404), s: Session = Depends(get_session))
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
-def artifact(name: str, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> FileResponse:
+def artifact(name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> FileResponse:
     a = s.scalar(select(Artifact).where(Artifact.run_id == run.id, Artifact.name == name))
     if a is None or not Path(a.path).is_file():
         raise HTTPException(404, detail=f"run {run.id} has no artifact {name!r}")
@@ -198,13 +198,15 @@ def artifact(name: str, run: Run = Depends(run_or_404), s: Session = Depends(get
 
 
 @router.get("/export")
-def export(ids: str = Query(..., description="Comma-separated run ids"), format: Literal["csv", "json"] = "csv",
+def export(ids: str = Query(..., max_length=4000, description="Comma-separated run ids"), format: Literal["csv", "json"] = "csv",
            s: Session = Depends(get_session)) -> Response:
     """Metrics of a selection of runs, long format: run_id, key, step, value."""
     try:
         id_list = [int(i) for i in ids.split(",") if i]
+        if not all(1 <= i < 2**31 for i in id_list):
+            raise ValueError
     except ValueError:
-        raise HTTPException(422, detail=[{"loc": ["query", "ids"], "msg": "ids must be comma-separated integers", "type": "value_error"}]) from None
+        raise HTTPException(422, detail=[{"loc": ["query", "ids"], "msg": "ids must be comma-separated run ids (positive 32-bit integers)", "type": "value_error"}]) from None
     rows = s.execute(select(Metric.run_id, Metric.key, Metric.step, Metric.value)
                      .where(Metric.run_id.in_(id_list)).order_by(Metric.run_id, Metric.key, Metric.step)).all()
     if format == "json":

@@ -1,0 +1,103 @@
+"""End to end through a real worker process: submit, train, read back, cancel, crash and resume."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import make_stack, tiny_config
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def test_run_succeeds_and_its_results_are_readable(stack):
+    stack.start_worker()
+    r = stack.http.post("/api/runs", json={"config": tiny_config(), "experiment": "e2e", "tags": ["smoke"]})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    assert r.json()["status"] == "queued"
+    run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
+    assert run["status"] == "succeeded", run
+    assert run["step"] == run["total_steps"] == 2 * 21  # 1797 digits -> 1293 train, batches of 64
+    assert run["worker_host"] and run["device"] == "cpu" and run["started_at"] and run["finished_at"]
+
+    series = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,val/acc,train/aux_acc"}).json()["series"]
+    assert series["train/loss"]["step"] == list(range(1, 43))
+    assert len(series["val/acc"]["step"]) == 2
+    assert all(0 <= v <= 1 for v in series["train/aux_acc"]["value"])
+    small = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "max_points": 10}).json()["series"]["train/loss"]
+    assert len(small["step"]) <= 10 and max(small["max"]) == max(series["train/loss"]["value"])  # spikes survive
+    after = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "after_step": 40}).json()
+    assert after["series"]["train/loss"]["step"] == [41, 42]
+
+    ev = stack.http.get(f"/api/runs/{run_id}/eval").json()
+    attacks = {row["attack"] for row in ev["rows"]}
+    assert {"fgsm", "pgd", "autoattack", "square", "transfer", "worst_case"} <= attacks
+    assert len(ev["checks"]) == 7 and all(row["n"] <= 20 for row in ev["rows"])
+    hist = stack.http.get(f"/api/runs/{run_id}/histograms").json()
+    assert hist["step"] and len(hist["counts"][0]) == len(hist["edges"]) - 1
+
+    names = {a["name"] for a in stack.http.get(f"/api/runs/{run_id}/artifacts").json()}
+    assert {"model.pt", "checkpoint.pt", "config.json"} <= names
+    assert stack.http.get(f"/api/runs/{run_id}/artifacts/model.pt").content[:2] == b"PK"  # torch zip
+    csv = stack.http.get("/api/export", params={"ids": str(run_id)}).text.splitlines()
+    assert csv[0] == "run_id,key,step,value" and len(csv) > 42
+
+    listed = stack.http.get("/api/runs", params={"experiment": "e2e", "tag": "smoke", "status": "succeeded"}).json()
+    assert [i["id"] for i in listed["items"]] == [run_id]
+
+
+def test_cancel_stops_a_running_run_within_a_few_steps(stack):
+    cfg = tiny_config(train={"epochs": 200}, eval={"panel": "none"})
+    run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    stack.start_worker()
+    run = stack.wait_for(run_id, lambda r: r["status"] == "running" and r["step"] >= 5, what="started")
+    assert stack.http.post(f"/api/runs/{run_id}/cancel").status_code == 200
+    asked_at = stack.http.get(f"/api/runs/{run_id}").json()["step"]
+    run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, timeout=30, what="cancelled")
+    assert run["status"] == "cancelled"
+    assert run["step"] - asked_at < 100  # heartbeat 0.5 s; a step here is a few ms
+    assert stack.http.post(f"/api/runs/{run_id}/cancel").status_code == 409
+
+
+def test_kill_9_mid_run_resumes_from_checkpoint_without_losing_or_duplicating_points(stack):
+    cfg = tiny_config(train={"epochs": 6, "batch_size": 32}, eval={"panel": "none"})
+    run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    w = stack.start_worker()
+    total = 6 * 41
+    stack.wait_for(run_id, lambda r: r["step"] >= 41 * 2 + 5, what="passed epoch 2")
+    stack.kill_worker(w)
+    killed_at = stack.http.get(f"/api/runs/{run_id}").json()
+    assert killed_at["status"] == "running"
+    stack.start_worker()
+    run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished after the crash")
+    assert run["status"] == "succeeded" and run["retry_count"] == 1, run
+    series = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
+    assert series["train/loss"]["step"] == list(range(1, total + 1))  # none missing, none twice
+    assert series["epoch"]["value"] == [1, 2, 3, 4, 5, 6]
+    log = (stack.home / "worker.log").read_text()
+    assert f"run {run_id} resumes from its checkpoint at step" in log
+
+
+def test_failing_run_stores_its_traceback(stack):
+    stack.start_worker()
+    cfg = tiny_config(dataset={"name": "npz", "path": "/nonexistent/data.npz"})
+    run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
+    assert run["status"] == "failed"
+    assert "dataset.path: no such file" in run["error"]
+    assert "Traceback" in run["traceback"] and "DataError" in run["traceback"]
+
+
+def test_broker_down_at_submit_is_a_clear_error_and_leaves_no_queued_run(tmp_path, pg_database):
+    s = make_stack(tmp_path, "lab", pg_database, REDIS_URL="redis://127.0.0.1:6399/0")  # nothing listens there
+    try:
+        t = time.monotonic()
+        r = s.http.post("/api/runs", json={"config": tiny_config()})
+        assert r.status_code == 503 and "broker" in r.json()["detail"]
+        assert time.monotonic() - t < 20
+        runs = s.http.get("/api/runs").json()["items"]
+        assert runs and all(x["status"] != "queued" for x in runs)
+        assert "broker" in runs[0]["error"]
+    finally:
+        s.stop()
