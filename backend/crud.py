@@ -8,6 +8,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from . import series
 from .models import EvalResult, Experiment, Histogram, Metric, Run, SanityCheck, now
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -59,12 +60,6 @@ def _insert(s: Session):
     return pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
 
 
-def add_metrics(s: Session, *, rows: list[dict]) -> None:
-    """Idempotent batch insert: a (run, key, step) point already stored is kept, never duplicated."""
-    if rows:
-        s.execute(_insert(s)(Metric).on_conflict_do_nothing(index_elements=["run_id", "key", "step"]), rows)
-
-
 def add_histograms(s: Session, *, rows: list[dict]) -> None:
     if rows:
         s.execute(_insert(s)(Histogram).on_conflict_do_nothing(index_elements=["run_id", "key", "step"]), rows)
@@ -72,7 +67,7 @@ def add_histograms(s: Session, *, rows: list[dict]) -> None:
 
 def drop_points_after(s: Session, *, run_id: int, step: int) -> None:
     """Before a resume from a checkpoint at `step`: the points after it will be recomputed."""
-    s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step))
+    series.drop_after(s, run_id=run_id, step=step)
     s.execute(delete(Histogram).where(Histogram.run_id == run_id, Histogram.step > step))
 
 
@@ -89,29 +84,10 @@ def store_eval(s: Session, *, run_id: int, result: dict) -> None:
 
 
 def metric_columns(s: Session, *, run_id: int, keys: list[str] | None, max_points: int, after_step: int) -> dict:
-    """Chart-ready columns per key; above max_points, min/max/last per step bucket (spikes survive)."""
+    """Chart-ready columns per key; long series come as min/max/last buckets (see backend.series)."""
     if not keys:
         keys = list(s.scalars(select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key)))
-    out = {}
-    for key in keys:
-        where = (Metric.run_id == run_id, Metric.key == key, Metric.step > after_step)
-        lo, hi, n = s.execute(select(func.min(Metric.step), func.max(Metric.step), func.count()).where(*where)).one()
-        if not n:
-            out[key] = {"step": [], "value": [], "min": [], "max": []}
-        elif n <= max_points:
-            pts = s.execute(select(Metric.step, Metric.value).where(*where).order_by(Metric.step)).all()
-            vals = [p[1] for p in pts]
-            out[key] = {"step": [p[0] for p in pts], "value": vals, "min": vals, "max": vals}
-        else:
-            width = -(-(hi - lo + 1) // max_points)
-            bucket = ((Metric.step - lo) // width).label("b")
-            rows = s.execute(
-                select(bucket, func.max(Metric.step), func.min(Metric.value), func.max(Metric.value))
-                .where(*where).group_by("b").order_by("b")).all()
-            last = dict(s.execute(select(Metric.step, Metric.value).where(*where, Metric.step.in_([r[1] for r in rows]))).all())
-            out[key] = {"step": [r[1] for r in rows], "value": [last[r[1]] for r in rows],
-                        "min": [r[2] for r in rows], "max": [r[3] for r in rows]}
-    return out
+    return {k: series.columns(s, run_id=run_id, key=k, max_points=max_points, after_step=after_step) for k in keys}
 
 
 def stale_runs(s: Session, *, older_than_s: float) -> list[Run]:

@@ -61,6 +61,21 @@ class Metric(Base):
     wall_time: Mapped[float] = mapped_column(Float)
 
 
+class MetricRollup(Base):
+    """min/max/last of a metric per bucket of `width` steps, kept up to date as points arrive,
+    so a downsampled read of a long series touches thousands of rows, not millions."""
+
+    __tablename__ = "metric_rollups"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # step // width
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+    last_step: Mapped[int] = mapped_column(Integer)
+    last_value: Mapped[float] = mapped_column(Float)
+
+
 class Histogram(Base):
     __tablename__ = "histograms"
     __table_args__ = (UniqueConstraint("run_id", "key", "step"),)

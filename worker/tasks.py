@@ -16,7 +16,7 @@ from pathlib import Path
 
 from celery.signals import worker_ready
 
-from backend import crud
+from backend import crud, series
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Artifact, Run, now
@@ -37,8 +37,7 @@ class DbRecorder:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         t = time.time()
-        self.rows.extend({"run_id": self.run_id, "key": k, "step": step, "value": float(v), "wall_time": t}
-                         for k, v in metrics.items())
+        self.rows.extend((self.run_id, k, step, float(v), t) for k, v in metrics.items())
         if len(self.rows) >= self.flush_every:
             self.flush()
 
@@ -61,7 +60,7 @@ class DbRecorder:
         rows, hists, self.rows, self.hists = self.rows, self.hists, [], []
         if rows or hists:
             with session_scope() as s:
-                crud.add_metrics(s, rows=rows)
+                series.add_points(s, rows)
                 crud.add_histograms(s, rows=hists)
 
 
