@@ -1,12 +1,20 @@
-"""Helpers for the service benchmarks: fresh SQLite and PostgreSQL databases at head."""
+"""Shared by the service benchmarks and tests: fresh databases at head, and a lab stack of real
+processes (migrations, API, workers) started as `gatlab up` and docker compose start them."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
 
+import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -44,3 +52,79 @@ def database(kind: str) -> Iterator[Session]:
     finally:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """One lab: migrations, an API process and worker processes sharing one environment."""
+
+    @classmethod
+    def create(cls, home: Path, database_url: str | None, redis_url: str | None, **extra: str) -> "Stack":
+        """Embedded (SQLite + SQLAlchemy broker) when both URLs are None; a fresh queue name each time."""
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
+        env.update(GATLAB_HOME=str(home / ".gatlab"), PYTHONUNBUFFERED="1",
+                   QUEUE=f"gatlab-test-{uuid.uuid4().hex[:8]}", PYTHONPATH=str(Path(__file__).parents[1]))
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        env.update(extra)
+        return cls(env, home).start()
+
+    def __init__(self, env: dict, home: Path):
+        self.env, self.home = env, home
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.http = httpx.Client(base_url=self.base, timeout=30)
+
+    def _spawn(self, *args, log: str) -> subprocess.Popen:
+        out = open(self.home / log, "ab")
+        return subprocess.Popen([sys.executable, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=self.home)
+
+    def start(self) -> "Stack":
+        subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=self.env, check=True,
+                       cwd=self.home, capture_output=True)
+        self.api = self._spawn("-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port",
+                               str(self.port), log="api.log")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/api/health").status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("API did not come up:\n" + (self.home / "api.log").read_text())
+
+    def start_worker(self) -> subprocess.Popen:
+        w = self._spawn("-m", "worker.cli", "worker", log="worker.log")
+        self.workers.append(w)
+        return w
+
+    def kill_worker(self, w: subprocess.Popen) -> None:
+        os.killpg(w.pid, signal.SIGKILL)
+        w.wait()
+
+    def stop(self) -> None:
+        for p in [*self.workers, self.api]:
+            if p and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.http.close()
+
+    def wait_for(self, run_id: int, pred, timeout: float = 240, what: str = "", poll: float = 0.2) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.http.get(f"/api/runs/{run_id}").json()
+            if pred(run):
+                return run
+            time.sleep(poll)
+        logs = "\n".join((self.home / f).read_text()[-3000:] for f in ("api.log", "worker.log") if (self.home / f).exists())
+        raise AssertionError(f"run {run_id} never {what}: {run}\n{logs}")

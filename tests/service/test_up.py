@@ -1,0 +1,56 @@
+"""The README's one command: `gatlab up` on a bare directory, then `gatlab submit` to it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import yaml
+
+from bench._common import free_port
+
+from .conftest import tiny_config
+
+
+def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")}
+    up = subprocess.Popen([sys.executable, "-m", "worker.cli", "up", "--port", str(port)], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = up.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in line and "auth off" in line and "sqlite" in line, line
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/api/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(yaml.safe_dump(tiny_config(eval={"panel": "none"})))
+        r = subprocess.run([sys.executable, "-m", "worker.cli", "submit", str(cfg), "--server", base],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("run 1 queued"), r.stdout + r.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run = httpx.get(f"{base}/api/runs/1").json()
+            if run["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.3)
+        assert run["status"] == "succeeded", run
+        assert (tmp_path / ".gatlab" / "gatlab.db").exists() and (tmp_path / ".gatlab" / "runs" / "1" / "model.pt").exists()
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(tiny_config(params={"lam": -1})))
+        r = subprocess.run([sys.executable, "-m", "worker.cli", "submit", str(bad), "--server", base],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 2 and "params.lam" in r.stderr
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
