@@ -83,11 +83,13 @@ def store_eval(s: Session, *, run_id: int, result: dict) -> None:
         s.add(SanityCheck(run_id=run_id, panel=panel, name=c["name"], passed=c["passed"], detail=c["detail"]))
 
 
-def metric_columns(s: Session, *, run_id: int, keys: list[str] | None, max_points: int, after_step: int) -> dict:
+def metric_columns(s: Session, *, run_id: int, keys: list[str] | None, max_points: int, after_step: int,
+                   before_step: int | None = None) -> dict:
     """Chart-ready columns per key; long series come as min/max/last buckets (see backend.series)."""
     if not keys:
         keys = list(s.scalars(select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key)))
-    return {k: series.columns(s, run_id=run_id, key=k, max_points=max_points, after_step=after_step) for k in keys}
+    return {k: series.columns(s, run_id=run_id, key=k, max_points=max_points, after_step=after_step,
+                              before_step=before_step) for k in keys}
 
 
 def stale_runs(s: Session, *, older_than_s: float) -> list[Run]:

@@ -1,11 +1,17 @@
 """The FastAPI app factory."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from .api.routes import meta, runs
+
+
+FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 
 
 def create_app() -> FastAPI:
@@ -13,6 +19,7 @@ def create_app() -> FastAPI:
     app.include_router(meta.router)
     app.include_router(runs.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
     return app
 
 

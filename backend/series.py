@@ -77,9 +77,12 @@ def drop_after(s: Session, *, run_id: int, step: int) -> None:
     _fold(s, _rollups(pts), s.bind.dialect.name)
 
 
-def columns(s: Session, *, run_id: int, key: str, max_points: int, after_step: int) -> dict:
-    """{step, value (last), min, max} with at most max_points entries, for steps > after_step."""
-    where = (Metric.run_id == run_id, Metric.key == key, Metric.step > after_step)
+def columns(s: Session, *, run_id: int, key: str, max_points: int, after_step: int,
+            before_step: int | None = None) -> dict:
+    """{step, value (last), min, max} with at most max_points entries, for after_step < step <= before_step."""
+    where = [Metric.run_id == run_id, Metric.key == key, Metric.step > after_step]
+    if before_step is not None:
+        where.append(Metric.step <= before_step)
     lo = s.scalar(select(func.min(Metric.step)).where(*where))  # index seeks, not scans
     hi = s.scalar(select(func.max(Metric.step)).where(*where))
     if lo is None:
@@ -90,17 +93,25 @@ def columns(s: Session, *, run_id: int, key: str, max_points: int, after_step: i
         vals = [p[1] for p in pts]
         return {"step": [p[0] for p in pts], "value": vals, "min": vals, "max": vals}
     width = next((w for w in WIDTHS if (hi - lo) / w <= 8 * max_points), WIDTHS[-1])
-    first_full = (lo + width - 1) // width  # buckets from here hold only steps > after_step
+    first, end = -(-lo // width), (hi + 1) // width  # whole buckets: first <= bucket < end
     rows = [tuple(r) for r in s.execute(
         select(MetricRollup.bucket, MetricRollup.vmin, MetricRollup.vmax, MetricRollup.last_step, MetricRollup.last_value)
         .where(MetricRollup.run_id == run_id, MetricRollup.key == key, MetricRollup.width == width,
-               MetricRollup.bucket >= first_full).order_by(MetricRollup.bucket)).all()]
-    if lo < first_full * width:  # the partial bucket at the start comes from raw points
-        head = s.execute(select(Metric.step, Metric.value).where(*where, Metric.step < first_full * width)
-                         .order_by(Metric.step)).all()
-        vals = [v for _, v in head]
-        rows.insert(0, (-1, min(vals), max(vals), head[-1][0], head[-1][1]))
+               MetricRollup.bucket >= first, MetricRollup.bucket < end).order_by(MetricRollup.bucket)).all()]
+    # partial buckets at either edge come from raw points
+    head = _raw_bucket(s, where, lo, min(first * width, hi + 1))
+    tail = _raw_bucket(s, where, max(end * width, first * width, lo), hi + 1) if end * width <= hi else None
+    rows = ([head] if head else []) + rows + ([tail] if tail else [])
     return _merge(rows, max_points)
+
+
+def _raw_bucket(s: Session, where: list, start: int, stop: int) -> tuple | None:
+    pts = s.execute(select(Metric.step, Metric.value).where(*where, Metric.step >= start, Metric.step < stop)
+                    .order_by(Metric.step)).all()
+    if not pts:
+        return None
+    vals = [v for _, v in pts]
+    return (-1, min(vals), max(vals), pts[-1][0], pts[-1][1])
 
 
 def _merge(rows: list[tuple], max_points: int) -> dict:

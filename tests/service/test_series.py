@@ -33,13 +33,16 @@ def _run(s) -> int:
     return run.id
 
 
-def _brute(points: dict[int, float], after: int):
-    steps = sorted(k for k in points if k > after)
+def _brute(points: dict[int, float], after: int, before: int | None = None):
+    steps = sorted(k for k in points if k > after and (before is None or k <= before))
     return steps, [points[k] for k in steps]
 
 
-@pytest.mark.parametrize("n,max_points,after", [(50, 100, -1), (20_000, 300, -1), (20_000, 300, 7_777), (70_000, 1000, 100)])
-def test_downsampled_read_is_bounded_and_keeps_extremes(s, n, max_points, after):
+@pytest.mark.parametrize("n,max_points,after,before", [
+    (50, 100, -1, None), (20_000, 300, -1, None), (20_000, 300, 7_777, None), (70_000, 1000, 100, None),
+    (20_000, 200, 1_000, 50_001), (20_000, 200, 29_000, 31_000),  # zoom windows
+])
+def test_downsampled_read_is_bounded_and_keeps_extremes(s, n, max_points, after, before):
     rid = _run(s)
     rng = random.Random(n)
     points = {step: rng.gauss(0, 1) for step in range(0, 3 * n, 3)}  # sparse steps
@@ -49,8 +52,8 @@ def test_downsampled_read_is_bounded_and_keeps_extremes(s, n, max_points, after)
     for i in range(0, len(rows), 4096):
         series.add_points(s, rows[i : i + 4096])
     series.add_points(s, rows[:5000])  # a replayed batch changes nothing
-    out = series.columns(s, run_id=rid, key="loss", max_points=max_points, after_step=after)
-    steps, values = _brute(points, after)
+    out = series.columns(s, run_id=rid, key="loss", max_points=max_points, after_step=after, before_step=before)
+    steps, values = _brute(points, after, before)
     assert len(out["step"]) <= max_points
     assert out["step"] == sorted(out["step"]) and out["step"][-1] == steps[-1] and out["value"][-1] == values[-1]
     assert max(out["max"]) == max(values) and min(out["min"]) == min(values)

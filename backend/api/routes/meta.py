@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
 from fastapi import APIRouter
 from sqlalchemy import text
 
@@ -21,3 +24,12 @@ def health() -> dict:
 def methods() -> dict:
     """Scenarios, methods and knobs with defaults, and the run config's JSON schema for forms."""
     return {"methods": methods_table(), "config_schema": run_config_schema()}
+
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@router.get("/examples")
+def examples() -> list[dict]:
+    """The shipped example configs, as presets for the launch form."""
+    return [{"name": p.stem, "config": yaml.safe_load(p.read_text())} for p in sorted(EXAMPLES.glob("*.yaml"))]

@@ -142,11 +142,12 @@ def delete_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)
 @router.get("/runs/{run_id}/metrics")
 def metrics(run: Run = Depends(run_or_404), s: Session = Depends(get_session),
             keys: str | None = Query(None, max_length=2000, pattern=NO_NUL, description="Comma-separated keys; all if unset"),
-            max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1, le=2**31 - 1)) -> dict:
-    """Chart-ready columns; long series come as min/max/last buckets. Poll with after_step."""
+            max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1, le=2**31 - 1),
+            before_step: int | None = Query(None, ge=0, le=2**31 - 1, description="Upper bound (zoom)")) -> dict:
+    """Chart-ready columns; long series come as min/max/last buckets. Poll with after_step, zoom with both."""
     key_list = [k for k in keys.split(",") if k] if keys else None
-    return {"run_id": run.id, "series": crud.metric_columns(s, run_id=run.id, keys=key_list,
-                                                             max_points=max_points, after_step=after_step)}
+    return {"run_id": run.id, "series": crud.metric_columns(s, run_id=run.id, keys=key_list, max_points=max_points,
+                                                             after_step=after_step, before_step=before_step)}
 
 
 @router.get("/runs/{run_id}/histograms")

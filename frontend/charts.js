@@ -1,0 +1,89 @@
+// Charts: uPlot line charts that re-query the server's downsampled series on zoom, a log-scale
+// toggle, and a canvas heat map for gradient histograms over time.
+import uPlot from "./vendor/uplot-1.6.32/uPlot.esm.js";
+
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777",
+                "#4b5563", "#65a30d", "#7c3aed", "#0d9488"];
+export const color = (i) => COLORS[i % COLORS.length];
+
+// Align several {x:[], y:[]} series on the union of their x values (uPlot wants one x column).
+export function align(series) {
+  const xs = [...new Set(series.flatMap((s) => s.x))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const cols = series.map((s) => {
+    const col = new Array(xs.length).fill(null);
+    s.x.forEach((x, i) => (col[index.get(x)] = s.y[i]));
+    return col;
+  });
+  return [xs, ...cols];
+}
+
+// A line chart in `el`. `load(range)` returns [{label, x, y}] for an x range (null = all);
+// it is called again on zoom so the server sends a finer series for the visible window.
+export function lineChart(el, { title, load, xLabel = "step", log = false, points = false, extraLines = [] }) {
+  el.classList.add("chart");
+  el.innerHTML = `<div class="chart-head"><span>${title}</span>
+    <label><input type="checkbox" class="log" ${log ? "checked" : ""}> log</label></div><div class="plot"></div>`;
+  const plotEl = el.querySelector(".plot");
+  let plot = null;
+  let seriesCache = [];
+
+  const render = (series) => {
+    seriesCache = series;
+    const data = align([...series, ...extraLines.map((l) => ({ ...l, x: series[0]?.x ?? [], y: (series[0]?.x ?? []).map(() => l.value) }))]);
+    const isLog = el.querySelector(".log").checked;
+    const opts = {
+      width: Math.max(300, plotEl.clientWidth || 480), height: 220,
+      scales: { x: { time: false }, y: isLog ? { distr: 3 } : {} },
+      axes: [{ label: xLabel }, {}],
+      legend: { live: true },
+      cursor: { drag: { x: true, y: false } },
+      series: [{ label: xLabel },
+        ...series.map((s, i) => ({ label: s.label, stroke: color(i), width: 1.5, spanGaps: true, points: { show: points } })),
+        ...extraLines.map((l) => ({ label: l.label, stroke: "#6b7280", dash: [6, 4], width: 1.5, spanGaps: true }))],
+      hooks: { setSelect: [(u) => onZoom(u)] },
+    };
+    if (plot) plot.destroy();
+    plot = new uPlot(opts, data, plotEl);
+    const n = series.reduce((a, s) => a + s.y.filter((v) => v !== null).length, 0);
+    el.dataset.points = String(n);
+    el.dataset.series = String(series.length);
+  };
+
+  const onZoom = async (u) => {
+    if (u.select.width < 5) return;
+    const lo = u.posToVal(u.select.left, "x");
+    const hi = u.posToVal(u.select.left + u.select.width, "x");
+    render(await load([lo, hi]));
+    el.dataset.zoomed = "1";
+  };
+
+  el.querySelector(".log").addEventListener("change", () => render(seriesCache));
+  el.addEventListener("dblclick", async () => { delete el.dataset.zoomed; render(await load(null)); });
+  const refresh = async () => { if (!el.dataset.zoomed) render(await load(null)); };
+  return { refresh, render };
+}
+
+// Histograms over time: one column per record, one row per bin, colour = log count.
+export function heatmap(el, { title, steps, edges, counts }) {
+  el.classList.add("chart");
+  el.innerHTML = `<div class="chart-head"><span>${title}</span><span class="muted">bins ${edges[0]?.toFixed(2)} … ${edges.at(-1)?.toFixed(2)}</span></div>`;
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, counts.length);
+  canvas.height = Math.max(1, edges.length - 1);
+  canvas.className = "heat";
+  el.append(canvas);
+  const ctx = canvas.getContext("2d");
+  const max = Math.max(1, ...counts.flat());
+  counts.forEach((col, x) =>
+    col.forEach((c, b) => {
+      const t = Math.log1p(c) / Math.log1p(max);
+      ctx.fillStyle = `rgb(${Math.round(255 - 220 * t)}, ${Math.round(255 - 180 * t)}, ${Math.round(255 - 60 * t)})`;
+      ctx.fillRect(x, canvas.height - 1 - b, 1, 1);
+    }));
+  el.dataset.points = String(counts.length);
+  const foot = document.createElement("div");
+  foot.className = "muted";
+  foot.textContent = `steps ${steps[0] ?? "-"} … ${steps.at(-1) ?? "-"}`;
+  el.append(foot);
+}

@@ -1,0 +1,98 @@
+"""The dashboard in a real headless Chromium (Debian's), against a running app with a real worker."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from bench._common import Stack
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    s = Stack.create(tmp_path_factory.mktemp("ui"), None, None)
+    s.start_worker()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        pg = ctx.new_page()
+        pg.errors, pg.foreign = [], []
+        pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        pg.on("request", lambda r: r.url.startswith(lab.base) or r.url.startswith("data:") or pg.foreign.append(r.url))
+        yield pg
+        browser.close()
+
+
+def goto(page, lab, hash_, ready):
+    page.goto(f"{lab.base}/{hash_}")
+    page.wait_for_selector(f'#app[data-ready="{ready}"]', timeout=30_000)
+
+
+def points(page, selector) -> int:
+    return int(page.get_attribute(selector, "data-points") or 0)
+
+
+def test_launch_watch_robustness_compare_export(page, lab):
+    goto(page, lab, "#/launch", "launch")
+    page.fill('[data-path="train.epochs"]', "3")
+    page.fill('[data-path="model.width"]', "4")
+    page.fill('[data-path="params.lam"]', "-1")
+    page.click("#launch")
+    expect(page.locator('[data-error="params.lam"]')).to_contain_text("greater than or equal to 0")
+    expect(page.locator('[data-path="params.lam"]')).to_have_class("invalid")
+    assert "curl -X POST" in page.inner_text("#curl") and "method: great" in page.inner_text("#yaml")
+    assert [e for e in page.errors if "422" not in e] == []  # Chromium logs the refused POST itself
+    page.errors.clear()
+    page.screenshot(path=ARTIFACTS / "launch.png", full_page=True)
+
+    page.fill('[data-path="params.lam"]', "0.1")
+    page.click("#launch")
+    page.wait_for_url("**/#/run/*")
+    run_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator(".run-head .status")).to_have_text("succeeded", timeout=240_000)
+    page.wait_for_selector('#app[data-ready="run"]')
+    page.wait_for_function("document.querySelectorAll('.badge').length >= 7", timeout=30_000)
+    assert points(page, '[data-chart="loss"]') > 0 and points(page, '[data-chart="accuracy"]') > 0
+    assert points(page, '[data-chart="histogram"]') > 0
+    drawn = page.evaluate("""() => { const c = document.querySelector('[data-chart="loss"] canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let ink = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] < 200) ink++; return ink; }""")
+    assert drawn > 100  # the canvas has lines on it, not just axes space
+    assert points(page, "#robust .rob-chart") > 0
+    assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 7
+    page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
+
+    other = lab.http.post("/api/runs", json={"config": {"name": "baseline", "scenario": "defense", "method": "erm",
+        "dataset": {"name": "digits"}, "model": {"width": 4}, "train": {"epochs": 3}, "eval": {"panel": "none"}}}).json()["id"]
+    lab.wait_for(other, lambda r: r["status"] == "succeeded", what="succeeded")
+    goto(page, lab, "#/runs", "runs")
+    for rid in (run_id, other):
+        page.check(f'tr[data-id="{rid}"] input.sel')
+    href = page.get_attribute("#export", "href")
+    csv = lab.http.get(href).text.splitlines()
+    assert csv[0] == "run_id,key,step,value" and {line.split(",")[0] for line in csv[1:]} == {str(run_id), str(other)}
+    page.screenshot(path=ARTIFACTS / "runs.png", full_page=True)
+    page.click("#compare")
+    page.wait_for_selector('#app[data-ready="compare"]')
+    page.wait_for_function("document.querySelector('#overlay').dataset.series === '2'", timeout=30_000)
+    assert points(page, "#overlay") > 0
+    with page.expect_download() as dl:
+        page.click("#csv")
+    text = Path(dl.value.path()).read_text().splitlines()
+    assert text[0].startswith("run,name,method,seed,last") and len(text) == 3
+    page.screenshot(path=ARTIFACTS / "compare.png", full_page=True)
+
+    assert page.errors == [], page.errors
+    assert page.foreign == [], page.foreign
