@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model,
+    ValidationInfo, field_validator,
 )
 
 
@@ -23,8 +24,12 @@ class _Strict(BaseModel):
 
 
 DatasetName = Literal[
-    "digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"
+    "digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
+    "digits_mt", "multidigits", "multimnist",
 ]
+# Tasks of the built-in multi-task sets (an .npz's tasks are `y` and its extra arrays).
+DATASET_TASKS = {"digits_mt": ["digit", "parity", "gt4", "intensity"],
+                 "multidigits": ["left", "right"], "multimnist": ["left", "right"]}
 
 
 class DatasetConfig(_Strict):
@@ -153,8 +158,113 @@ METHOD_HELP: dict[tuple[str, str], str] = {
     ("defense", "igr"): "Input-gradient regularisation by double backprop (Ross & Doshi-Velez 2018).",
 }
 
+# ---- distillation (DESIGN 3.2) -----------------------------------------------------------
+
+ArchName = Literal["mlp", "cnn", "resnet20", "resnet32", "resnet56", "resnet18"]
+
+
+class TeacherKnobs(_Strict):
+    """Where the fixed teacher comes from: a finished run directory, a run of this lab, or a first
+    phase of the same job (trained with ERM on the full training split)."""
+
+    teacher_dir: str | None = Field(None, pattern=NO_NUL, description="A finished run directory (CLI and API).")
+    teacher_run: int | None = Field(None, ge=1, lt=2**31, description="A succeeded run of this lab (service only).")
+    teacher_arch: ArchName = Field("cnn", description="Phase-1 teacher architecture (no dir/run given).")
+    teacher_width: int = Field(32, ge=1, le=512, description="Phase-1 teacher width.")
+    teacher_epochs: int = Field(20, ge=1, le=10_000, description="Phase-1 teacher epochs.")
+
+
+class StudentParams(TeacherKnobs):
+    pass
+
+
+class SoftTargetParams(TeacherKnobs):
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature tau.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft-target term (1 - alpha on cross entropy).")
+
+
+class JacobianParams(TeacherKnobs):
+    beta: float = Field(1.0, ge=0, le=1e4, description="Weight of the L2 distance between normalised input gradients.")
+
+
+class DistillAdvKnobs(TeacherKnobs, AdvKnobs):
+    grad_wrt: Literal["input", "logits"] = Field("input", description="Which gradient A sees.")
+
+
+class DistillGreatParams(DistillAdvKnobs):
+    pass
+
+
+class DistillGreatSoftParams(DistillAdvKnobs):
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature tau.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft-target term.")
+
+
+DISTILL_PARAMS: dict[str, type[BaseModel]] = {
+    "student": StudentParams,
+    "soft_targets": SoftTargetParams,
+    "jacobian_matching": JacobianParams,
+    "great": DistillGreatParams,
+    "great+soft_targets": DistillGreatSoftParams,
+}
+
+# ---- multi-task learning (DESIGN 3.3) -----------------------------------------------------
+
+
+class SingleTaskParams(_Strict):
+    task: str = Field("", max_length=128, pattern=NO_NUL, description="The task trained (the dataset's first if empty).")
+
+
+class EqualParams(_Strict):
+    weights: dict[str, Annotated[float, Field(ge=0, le=1e4)]] | None = Field(
+        None, description="Fixed loss weight per task (1 for tasks not named).")
+
+
+class UncertaintyParams(_Strict):
+    weight_lr: float = Field(0.01, gt=0, le=1, description="Adam learning rate of the log variances.")
+
+
+class GradNormParams(_Strict):
+    alpha: float = Field(1.5, ge=0, le=10, description="Restoring force towards equal training rates.")
+    weight_lr: float = Field(0.025, gt=0, le=1, description="Adam learning rate of the task weights.")
+
+
+class PcGradParams(_Strict):
+    pass
+
+
+class MultitaskGreatParams(AdvKnobs):
+    pass
+
+
+MULTITASK_PARAMS: dict[str, type[BaseModel]] = {
+    "single_task": SingleTaskParams, "equal": EqualParams, "uncertainty": UncertaintyParams,
+    "gradnorm": GradNormParams, "pcgrad": PcGradParams, "great": MultitaskGreatParams,
+}
+METHOD_HELP.update({
+    ("multitask", "single_task"): "One task alone: the reference for delta-m%.",
+    ("multitask", "equal"): "Sum of task losses with fixed weights.",
+    ("multitask", "uncertainty"): "Kendall et al. 2018: weights from learned homoscedastic uncertainty.",
+    ("multitask", "gradnorm"): "Chen et al. 2018: weights that balance gradient norms at the shared layer.",
+    ("multitask", "pcgrad"): "Yu et al. 2020: project away conflicting task gradients.",
+    ("multitask", "great"): "GREAT: gradient alignment layers trained against a task-id classifier of the gradients.",
+})
+
+# Knobs the trainer consumes (to build the teacher) rather than the method factory.
+TRAINER_KNOBS = set(TeacherKnobs.model_fields)
+
+METHOD_HELP.update({
+    ("distill", "student"): "The student alone: cross entropy on its (possibly small) training set.",
+    ("distill", "soft_targets"): "Hinton et al. 2015: cross entropy plus KL to the teacher's tempered softmax.",
+    ("distill", "jacobian_matching"): "Srinivas & Fleuret 2018: match normalised input gradients of student and teacher.",
+    ("distill", "great"): "GREAT: a binary A tells teacher from student gradients; the student learns to pass as the teacher.",
+    ("distill", "great+soft_targets"): "GREAT plus soft targets.",
+})
+
 PARAMS: dict[tuple[str, str], type[BaseModel]] = {
-    ("defense", m): p for m, p in DEFENSE_PARAMS.items()
+    **{("defense", m): p for m, p in DEFENSE_PARAMS.items()},
+    **{("distill", m): p for m, p in DISTILL_PARAMS.items()},
+    **{("multitask", m): p for m, p in MULTITASK_PARAMS.items()},
 }
 
 
@@ -166,6 +276,27 @@ class _RunBase(_Strict):
     eval: EvalConfig = EvalConfig()
 
 
+class _MultitaskBase(_RunBase):
+    @field_validator("dataset")
+    @classmethod
+    def _multi_task_set(cls, v: DatasetConfig) -> DatasetConfig:
+        if v.name not in DATASET_TASKS and v.name != "npz":
+            raise ValueError(f"{v.name} has one task; multi-task sets: {', '.join(DATASET_TASKS)}, npz")
+        return v
+
+    @field_validator("params", check_fields=False)
+    @classmethod
+    def _tasks_exist(cls, v: BaseModel, info: ValidationInfo) -> BaseModel:
+        """Task names in the knobs must be tasks of a built-in set (an npz's are checked on load)."""
+        ds = info.data.get("dataset")
+        known = DATASET_TASKS.get(ds.name) if ds else None
+        named = [getattr(v, "task", "") or None, *(getattr(v, "weights", None) or {})]
+        bad = [t for t in named if t and known and t not in known]
+        if bad:
+            raise ValueError(f"task(s) {bad} not in {ds.name} (tasks: {', '.join(known)})")
+        return v
+
+
 def _run_model(scenario: str, method: str, params: type[BaseModel]) -> type[BaseModel]:
     """One run model per (scenario, method): typed params, a literal scenario and method."""
     fields: dict[str, Any] = {
@@ -174,7 +305,7 @@ def _run_model(scenario: str, method: str, params: type[BaseModel]) -> type[Base
         "params": (params, params()),
     }
     title = f"{scenario}:{method}".replace("+", "_")
-    return create_model(title, __base__=_RunBase, **fields)
+    return create_model(title, __base__=_MultitaskBase if scenario == "multitask" else _RunBase, **fields)
 
 
 RUN_MODELS = {key: _run_model(*key, params) for key, params in PARAMS.items()}

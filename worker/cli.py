@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
     from worker.gat import job
     from worker.gat.data import DataError
     from worker.gat.recorder import JsonlRecorder
-    from worker.gat.train import checkpoint_step
+    from worker.gat.train import TeacherError, checkpoint_step
 
     config = load_config(args.config)
     out = Path(args.out or f"runs/{config['name']}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -59,12 +59,12 @@ def cmd_train(args) -> int:
     rec = JsonlRecorder(out, resume_step=step, progress_bar=not args.quiet)
     try:
         summary = job.run(config, out, rec)
-    except DataError as e:
+    except (DataError, TeacherError) as e:
         raise CliError(str(e)) from e
     finally:
         rec.close()
     print(f"run directory: {out}")
-    print(f"test accuracy: {summary['test']['acc']:.4f}")
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
     if "eval" in summary:
         print_panel(summary["eval"])
     return 0
@@ -117,9 +117,10 @@ def cmd_export(args) -> int:
         raise CliError(str(e)) from e
     shape = json.loads((run_dir / "summary.json").read_text())["data"]["input_shape"]
     example = torch.rand(2, *shape)
-    scripted = torch.jit.trace(model, example)
+    scripted = torch.jit.trace(model, example, strict=False)  # multi-task models return {task: output}
     scripted.save(args.output)
-    print(f"wrote {args.output}: TorchScript, input N x {' x '.join(map(str, shape))} in [0, 1], output logits")
+    print(f"wrote {args.output}: TorchScript, input N x {' x '.join(map(str, shape))} in [0, 1], "
+          f"output {'a dict of task outputs' if isinstance(model(example), dict) else 'logits'}")
     return 0
 
 

@@ -151,6 +151,10 @@ def train_run(run_id: int) -> None:
             _finish(run_id, "succeeded", summary={"panel": result["panel"], "parent": parent})
             return
         out_dir = settings.runs_path / str(run_id)
+        teacher = config.get("params", {}).get("teacher_run")
+        if teacher is not None:  # the core knows directories, the lab knows run ids
+            config["params"] = {**config["params"], "teacher_run": None,
+                                "teacher_dir": str(settings.runs_path / str(teacher))}
         start = checkpoint_step(out_dir)
         if start:
             log.info("run %s resumes from its checkpoint at step %d", run_id, start)

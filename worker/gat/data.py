@@ -50,6 +50,13 @@ class Data:
     mean: list[float]
     std: list[float]
     info: dict = field(default_factory=dict)
+    # task name -> {"kind": "cls", "classes": K} or {"kind": "reg"}; the first is `y`
+    tasks: dict[str, dict] = field(default_factory=dict)
+
+    def targets(self, split: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All task targets of a batch: the primary task from y, the others from extra."""
+        first = next(iter(self.tasks))
+        return {t: split.y[idx] if t == first else split.extra[t][idx] for t in self.tasks}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -60,6 +67,7 @@ class Data:
 # Digits are 8x8 with 17 grey levels, far coarser than MNIST; 0.1 is our own choice there.
 STANDARD_EPS = {
     "digits": (0.1, 0.5), "synthetic": (0.1, 0.5), "npz": (0.1, 0.5),
+    "digits_mt": (0.1, 0.5), "multidigits": (0.1, 0.5), "multimnist": (0.3, 2.0),
     "mnist": (0.3, 2.0), "fashion_mnist": (0.1, 1.0),
     "cifar10": (8 / 255, 0.5), "cifar100": (8 / 255, 0.5), "svhn": (8 / 255, 0.5),
 }
@@ -74,10 +82,35 @@ def load(cfg: dict) -> Data:
         x, y, extra, test = *_synthetic(cfg.get("size", 600), cfg.get("split_seed", 0)), None
     elif name == "npz":
         x, y, extra, test = *load_npz(cfg.get("path")), None
+    elif name == "digits_mt":
+        x, y, extra, test = *_digits_mt(), None
+    elif name == "multidigits":
+        x, y, _ = _digits()
+        x, y, extra, test = *_overlay(x, y, 3000, shift=4, seed=cfg.get("split_seed", 0)), None
+    elif name == "multimnist":
+        (x, y), (xt, yt) = _torchvision("mnist", Path(cfg.get("data_dir", "data")), cfg.get("download", False))
+        x, y, extra = _overlay(x, y, 60_000, shift=8, seed=cfg.get("split_seed", 0))
+        test = _overlay(xt, yt, 10_000, shift=8, seed=cfg.get("split_seed", 0) + 1)
     else:
         (x, y), test = _torchvision(name, Path(cfg.get("data_dir", "data")), cfg.get("download", False))
         extra = {}
-    return _split(name, x, y, extra, test, cfg)
+    data = _split(name, x, y, extra, test, cfg)
+    data.tasks = _tasks(name, data)
+    data.info["tasks"] = data.tasks
+    return data
+
+
+_PRIMARY = {"digits_mt": "digit", "multidigits": "left", "multimnist": "left"}
+
+
+def _tasks(name: str, data: Data) -> dict[str, dict]:
+    tasks = {_PRIMARY.get(name, "y"): {"kind": "cls", "classes": data.num_classes}}
+    for k, v in data.train.extra.items():
+        if v.dtype.is_floating_point:
+            tasks[k] = {"kind": "reg"}
+        else:
+            tasks[k] = {"kind": "cls", "classes": int(max(v.max(), data.test.extra[k].max())) + 1}
+    return tasks
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -86,6 +119,27 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor, dict]:
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)  # N x 1 x 8 x 8
     return x, torch.tensor(d.target, dtype=torch.int64), {}
+
+
+def _digits_mt() -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Digits with four tasks: the digit, its parity, "greater than four", and the image's mean
+    intensity (a regression target, standardised)."""
+    x, y, _ = _digits()
+    intensity = x.mean(dim=(1, 2, 3))
+    extra = {"parity": y % 2, "gt4": (y > 4).long(), "intensity": (intensity - intensity.mean()) / intensity.std()}
+    return x, y, extra
+
+
+def _overlay(x: torch.Tensor, y: torch.Tensor, n: int, *, shift: int, seed: int):
+    """MultiMNIST-style pairs: one image at the top left, another shifted by `shift` pixels to the
+    bottom right, merged by maximum; tasks `left` (= y) and `right`."""
+    g = torch.Generator().manual_seed(10_007 + seed)
+    i, j = torch.randint(0, len(y), (n,), generator=g), torch.randint(0, len(y), (n,), generator=g)
+    _, c, h, w = x.shape
+    canvas = torch.zeros(n, c, h + shift, w + shift, dtype=x.dtype)
+    canvas[:, :, :h, :w] = x[i]
+    canvas[:, :, shift:, shift:] = torch.maximum(canvas[:, :, shift:, shift:], x[j])
+    return canvas, y[i], {"right": y[j]}
 
 
 def _synthetic(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -179,7 +233,7 @@ def _split(name, x, y, extra, test, cfg) -> Data:
         n_test = max(1, int(round(len(y) * cfg.get("test_fraction", 0.2))))
         test_split, perm = pool.subset(perm[:n_test]), perm[n_test:]
     else:
-        test_split = Split(*test)
+        test_split = Split(*test) if len(test) == 3 else Split(test[0], test[1])
     n_val = int(round(len(perm) * cfg.get("val_fraction", 0.1)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     n_train = max(1, int(round(len(train_idx) * cfg.get("fraction", 1.0))))

@@ -84,3 +84,25 @@ def build(cfg: dict, *, input_shape: tuple[int, int, int], num_classes: int,
     else:
         raise ValueError(f"model.arch: unknown architecture {arch!r}")
     return nn.Sequential(Normalize(mean, std), *body)
+
+
+class MultiTaskNet(nn.Module):
+    """A shared encoder (a classifier's body without its last layer) and one linear head per task.
+    Returns {task: output}: logits for classification, one value for regression. Gradient
+    alignment layers live in the GREAT method's training step, never in this model."""
+
+    def __init__(self, encoder: nn.Sequential, dim: int, tasks: dict[str, dict]):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict({t: nn.Linear(dim, spec.get("classes", 1)) for t, spec in tasks.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.encoder(x)  # N x D
+        return {t: head(f) for t, head in self.heads.items()}
+
+
+def build_multitask(cfg: dict, *, input_shape: tuple[int, int, int], tasks: dict[str, dict],
+                    mean: list[float], std: list[float]) -> MultiTaskNet:
+    full = build(cfg, input_shape=input_shape, num_classes=1, mean=mean, std=std)
+    last = full[-1]
+    return MultiTaskNet(nn.Sequential(*list(full)[:-1]), last.in_features, tasks)

@@ -61,8 +61,12 @@ def setup(config: dict, device: torch.device | None = None) -> Setup:
     """Data and a freshly initialised model for a run config."""
     seed_all(config["train"]["seed"])
     data = gdata.load(config["dataset"])
-    model = models.build(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
-                         mean=data.mean, std=data.std)
+    if config["scenario"] == "multitask":
+        model = models.build_multitask(config["model"], input_shape=data.input_shape, tasks=data.tasks,
+                                       mean=data.mean, std=data.std)
+    else:
+        model = models.build(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
+                             mean=data.mean, std=data.std)
     device = device or pick_device(config["train"].get("device", "auto"))
     return Setup(config, data, model.to(device), device)
 
@@ -76,6 +80,22 @@ def _optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
                                weight_decay=t["weight_decay"], nesterov=t["momentum"] > 0)
     return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+@torch.no_grad()
+def evaluate_tasks(model: nn.Module, data: gdata.Data, split: gdata.Split, device: torch.device) -> dict:
+    """Per-task accuracy (classification) or mean squared error (regression), in eval mode."""
+    was = model.training
+    model.eval()
+    sums = {t: 0.0 for t in data.tasks}
+    for idx, x, _ in gdata.batches(split, 512, shuffle=False):
+        outs, targets = model(x.to(device)), data.targets(split, idx)
+        for t, spec in data.tasks.items():
+            o, y = outs[t].cpu(), targets[t]
+            sums[t] += (o.argmax(1) == y).sum().item() if spec["kind"] == "cls" else (o.squeeze(1) - y).pow(2).sum().item()
+    model.train(was)
+    n = max(1, len(split))
+    return {f"{t}/{'acc' if spec['kind'] == 'cls' else 'mse'}": sums[t] / n for t, spec in data.tasks.items()}
 
 
 @torch.no_grad()
@@ -108,8 +128,16 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
     t, p = config["train"], dict(config.get("params", {}))
     if p.get("eps") is None:  # every factory takes eps; unset means the dataset's standard radius
         p["eps"] = standard_eps(config)[0]
+    extra = {}
+    if config["scenario"] == "distill":
+        extra["teacher"] = prepare_teacher(config, out_dir, recorder, should_stop=should_stop, device=s.device)
+        p = {k: v for k, v in p.items() if k not in TEACHER_KNOBS}
+        seed_all(t["seed"])  # the student's run does not depend on how the teacher was obtained
+    multitask = config["scenario"] == "multitask"
+    if multitask:
+        extra["tasks"] = s.data.tasks
     method = make_method(config["scenario"], config["method"], s.model, num_classes=s.data.num_classes,
-                         input_shape=s.data.input_shape, **p)
+                         input_shape=s.data.input_shape, **p, **extra)
     for m in method.aux.values():
         m.to(s.device)
     opt = _optimizer(s.model, t)
@@ -129,20 +157,25 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
         seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
         aug_gen = torch.Generator().manual_seed(seed)
         correct = seen = 0
-        for _, x, y in gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed):
+        for idx, x, y in gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed):
             if should_stop():
                 raise Stopped(f"stopped at step {step}")
             if t.get("augment"):
                 x = gdata.augment(x, aug_gen)
-            x, y = x.to(s.device), y.to(s.device)
-            loss, metrics = method.step(x, y, step / total, step)
+            x = x.to(s.device)
+            y = ({k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()} if multitask
+                 else y.to(s.device))
             opt.zero_grad(set_to_none=True)
             if aux_opt:
                 aux_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, metrics = method.step(x, y, step / total, step)
+            if not method.manual_backward:
+                loss.backward()
             opt.step()
             if aux_opt:
                 aux_opt.step()
+            if method.post_step:
+                method.post_step()
             sched.step()
             step += 1
             if step % t["log_every"] == 0 or step == total:
@@ -150,22 +183,77 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
                 row["train/lr"] = sched.get_last_lr()[0]
                 recorder.log(step, row)
             if step % t["stats_every"] == 0 or step == 1:
-                _record_stats(s, x, y, step, grad_norm, edges, recorder)
+                if multitask:
+                    _record_task_stats(s, x, y, step, recorder)
+                else:
+                    _record_stats(s, x, y, step, grad_norm, edges, recorder)
             elapsed = time.monotonic() - t0
             recorder.progress(step, total, elapsed / (step - step0) * (total - step))
-        val = evaluate(s.model, s.data.val, s.device) if len(s.data.val) else {}
+        ev = (lambda split: evaluate_tasks(s.model, s.data, split, s.device)) if multitask else \
+            (lambda split: evaluate(s.model, split, s.device))
+        val = ev(s.data.val) if len(s.data.val) else {}
         recorder.log(step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
         _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch + 1, step)
         recorder.flush()
-    test = evaluate(s.model, s.data.test, s.device)
+    test = ev(s.data.test)
+    if "teacher" in extra:
+        test["agreement"] = agreement(s.model, extra["teacher"], s.data.test, s.device)
     recorder.log(step, {f"test/{k}": v for k, v in test.items()})
     final = {"model": s.model.state_dict(), "model_config": config["model"], "num_classes": s.data.num_classes,
-             "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std}
+             "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std,
+             "tasks": s.data.tasks if multitask else None}
     _save_atomic(final, out_dir / FINAL)
     summary = {"steps": step, "test": test, "data": s.data.info, "device": str(s.device)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     recorder.flush()
     return summary
+
+
+TEACHER_KNOBS = ("teacher_dir", "teacher_run", "teacher_arch", "teacher_width", "teacher_epochs")
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be had, with a message naming the knob."""
+
+
+class _PhaseOne(Recorder):
+    """The teacher phase reports progress only; its per-step points would clash with the student's."""
+
+    def __init__(self, inner: Recorder):
+        self.inner = inner
+
+    def progress(self, step, total, eta_s):
+        self.inner.progress(step, total, eta_s)
+
+
+def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_stop, device) -> nn.Module:
+    """The fixed teacher: a finished run directory, or ERM trained on the full training split in a
+    first phase of this job (kept in out_dir/teacher, so a resumed job does not train it again)."""
+    p = config["params"]
+    if p.get("teacher_dir"):
+        try:
+            return load_model(Path(p["teacher_dir"]), device)
+        except FileNotFoundError as e:
+            raise TeacherError(f"params.teacher_dir: {e}") from e
+    if p.get("teacher_run"):
+        raise TeacherError("params.teacher_run: run ids are resolved by the lab service; locally, give params.teacher_dir")
+    tdir = out_dir / "teacher"
+    if not (tdir / FINAL).exists():
+        tcfg = {**config, "scenario": "defense", "method": "erm", "params": {},
+                "model": {**config["model"], "arch": p["teacher_arch"], "width": p["teacher_width"]},
+                "dataset": {**config["dataset"], "fraction": 1.0},
+                "train": {**config["train"], "epochs": p["teacher_epochs"]}, "eval": {**config["eval"], "panel": "none"}}
+        summary = train(tcfg, tdir, _PhaseOne(recorder), should_stop=should_stop, device=device)
+        recorder.log(0, {"teacher/test/acc": summary["test"]["acc"]})
+    return load_model(tdir, device)
+
+
+@torch.no_grad()
+def agreement(student: nn.Module, teacher: nn.Module, split: gdata.Split, device: torch.device) -> float:
+    student.eval()
+    same = sum((student(x.to(device)).argmax(1) == teacher(x.to(device)).argmax(1)).sum().item()
+               for _, x, _ in gdata.batches(split, 512, shuffle=False))
+    return same / max(1, len(split))
 
 
 def _record_stats(s: Setup, x, y, step: int, grad_norm: str, edges: torch.Tensor, recorder: Recorder) -> None:
@@ -177,6 +265,24 @@ def _record_stats(s: Setup, x, y, step: int, grad_norm: str, edges: torch.Tensor
     row.update(stats.class_stats(g, y, s.data.num_classes))
     recorder.log(step, row)
     recorder.histogram(step, "input_grad", edges.tolist(), stats.histogram(g, grad_norm, edges))
+
+
+def _record_task_stats(s: Setup, x, targets: dict, step: int, recorder: Recorder) -> None:
+    """Per-task gradient norms at the shared features and their pairwise cosine similarity."""
+    from .methods.multitask import task_loss
+
+    row = stats.layer_grad_norms(s.model)
+    s.model.eval()
+    f = s.model.encoder(x)
+    grads = {t: torch.autograd.grad(task_loss(h(f), targets[t], s.data.tasks[t]), f, retain_graph=True)[0].flatten()
+             for t, h in s.model.heads.items()}
+    s.model.train()
+    names = list(grads)
+    for i, a in enumerate(names):
+        row[f"task_grad_norm/{a}"] = grads[a].norm().item()
+        for b in names[i + 1 :]:
+            row[f"task_cos/{a}~{b}"] = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0).item()
+    recorder.log(step, row)
 
 
 def _rng_state() -> dict:
@@ -233,7 +339,11 @@ def load_model(run_dir: Path, device: torch.device | None = None) -> nn.Module:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no {FINAL}: is it a finished run directory?")
     meta = torch.load(path, map_location="cpu", weights_only=False)
-    model = models.build(meta["model_config"], input_shape=tuple(meta["input_shape"]),
-                         num_classes=meta["num_classes"], mean=meta["mean"], std=meta["std"])
+    if meta.get("tasks"):
+        model = models.build_multitask(meta["model_config"], input_shape=tuple(meta["input_shape"]),
+                                       tasks=meta["tasks"], mean=meta["mean"], std=meta["std"])
+    else:
+        model = models.build(meta["model_config"], input_shape=tuple(meta["input_shape"]),
+                             num_classes=meta["num_classes"], mean=meta["mean"], std=meta["std"])
     model.load_state_dict(meta["model"])
     return model.to(device or torch.device("cpu")).eval()

@@ -34,6 +34,17 @@ def _validated(config: dict, prefix: str = "config") -> dict:
         raise HTTPException(422, detail=[{**d, "loc": [prefix, *d["loc"]]} for d in config_errors(e)]) from e
 
 
+def _check_references(s: Session, config: dict, prefix: str = "config") -> None:
+    """A teacher named by run id must be a succeeded training run of this lab."""
+    teacher = config.get("params", {}).get("teacher_run")
+    if teacher is not None:
+        run = s.get(Run, teacher)
+        if run is None or run.status != "succeeded" or run.kind != "train":
+            state = "does not exist" if run is None else f"is {run.status}" if run.status != "succeeded" else "is not a training run"
+            raise HTTPException(422, detail=[{"loc": [prefix, "params", "teacher_run"], "type": "value_error",
+                                              "msg": f"teacher run {teacher} {state}; it must be a succeeded training run"}])
+
+
 def _enqueue_all(ids: list[int]) -> None:
     """Commit first, then enqueue; a broker that is down fails the runs with a clear error."""
     try:
@@ -48,7 +59,9 @@ def _enqueue_all(ids: list[int]) -> None:
 
 @router.post("/runs", status_code=201, response_model=RunOut)
 def create_run(body: RunCreate, s: Session = Depends(get_session)) -> Run:
-    run = crud.create_run(s, config=_validated(body.config), experiment=body.experiment, tags=body.tags)
+    config = _validated(body.config)
+    _check_references(s, config)
+    run = crud.create_run(s, config=config, experiment=body.experiment, tags=body.tags)
     s.commit()
     _enqueue_all([run.id])
     s.refresh(run)
@@ -81,6 +94,7 @@ def create_sweep(body: SweepCreate, s: Session = Depends(get_session)) -> dict:
         label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo[:-1]))
         cfg["name"] = f"{cfg.get('name', 'run')}[{label + ',' if label else ''}seed={combo[-1]}]"[:200]
         configs.append(_validated(cfg))
+        _check_references(s, configs[-1])
     runs = [crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags) for c in configs]
     s.commit()
     _enqueue_all([r.id for r in runs])

@@ -1,6 +1,7 @@
 """Registry of training methods. A method factory takes the model and the data's shape and
 returns a `Method`: a step that maps a batch to (loss, metrics), plus any auxiliary modules.
-All factories share one signature: `make(model, *, num_classes, input_shape, eps, **knobs)`.
+All factories share one signature: `make(model, *, num_classes, input_shape, eps, **knobs)`;
+distillation factories also take the frozen `teacher`, multi-task ones the dataset's `tasks`.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ class Method:
     step: StepFn
     aux: dict[str, nn.Module] = field(default_factory=dict)  # trained by their own Adam
     aux_lr: float = 1e-3
+    manual_backward: bool = False  # the step already filled .grad (PCGrad)
+    post_step: Callable[[], None] | None = None  # after the optimiser steps (GradNorm's renormalisation)
 
 
 def registry() -> dict[tuple[str, str], Callable[..., Method]]:
-    from . import baselines, great
+    from . import baselines, distill, great, multitask
 
     return {
         ("defense", "erm"): baselines.erm,
@@ -33,6 +36,17 @@ def registry() -> dict[tuple[str, str], Callable[..., Method]]:
         ("defense", "pgd_at"): baselines.pgd_at,
         ("defense", "trades"): baselines.trades,
         ("defense", "igr"): baselines.igr,
+        ("distill", "student"): distill.student,
+        ("distill", "soft_targets"): distill.soft_targets,
+        ("distill", "jacobian_matching"): distill.jacobian_matching,
+        ("distill", "great"): distill.great,
+        ("distill", "great+soft_targets"): distill.great_soft_targets,
+        ("multitask", "single_task"): multitask.single_task,
+        ("multitask", "equal"): multitask.equal,
+        ("multitask", "uncertainty"): multitask.uncertainty,
+        ("multitask", "gradnorm"): multitask.gradnorm,
+        ("multitask", "pcgrad"): multitask.pcgrad,
+        ("multitask", "great"): multitask.great,
     }
 
 
