@@ -56,6 +56,11 @@ BAD_CONFIGS = {
     "bad schedule": ({**TINY, "params": {"lam_schedule": "cubic"}}, "params.lam_schedule: Input should be 'constant', 'warmup' or 'dann'"),
     "unknown dataset": ({**TINY, "dataset": {"name": "imagenet"}}, "dataset.name: Input should be 'digits'"),
     "negative epochs": ({**TINY, "train": {"epochs": -1}}, "train.epochs"),
+    "task not in dataset": ({**TINY, "scenario": "multitask", "method": "single_task", "dataset": {"name": "digits_mt"},
+                             "params": {"task": "colour"}}, "params: Value error, task(s) ['colour'] not in digits_mt"),
+    "one-task dataset": ({**TINY, "scenario": "multitask", "method": "equal", "dataset": {"name": "digits"}},
+                         "dataset: Value error, digits has one task"),
+    "distill knob on defense": ({**TINY, "params": {"teacher_dir": "x"}}, "params.teacher_dir: Extra inputs"),
 }
 
 
@@ -79,6 +84,12 @@ def test_bad_files_give_cli_messages(tmp_path):
     assert r.returncode == 2 and "dataset.path: no such file" in r.stderr and "Traceback" not in r.stderr
     r = gatlab("eval", str(tmp_path))
     assert r.returncode == 2 and "not a run directory" in r.stderr
+    cfg = {**TINY, "scenario": "distill", "method": "soft_targets", "params": {"teacher_dir": str(tmp_path / "nope")}}
+    r = gatlab("train", write(tmp_path, cfg), "--out", str(tmp_path / "r2"))
+    assert r.returncode == 2 and "params.teacher_dir:" in r.stderr and "Traceback" not in r.stderr
+    cfg = {**TINY, "scenario": "distill", "method": "student", "params": {"teacher_run": 3}}
+    r = gatlab("train", write(tmp_path, cfg), "--out", str(tmp_path / "r3"))
+    assert r.returncode == 2 and "params.teacher_run: run ids are resolved by the lab service" in r.stderr
 
 
 def test_methods_lists_every_method_with_knob_defaults():
@@ -92,8 +103,21 @@ def test_methods_lists_every_method_with_knob_defaults():
     assert {"name": "lam_schedule", "default": "constant"}.items() <= next(k for k in great["knobs"] if k["name"] == "lam_schedule").items()
 
 
-def test_shipped_example_is_valid():
+@pytest.mark.parametrize("name,scenario", [("defense-digits", "defense"), ("distill-digits", "distill"),
+                                           ("multitask-digits", "multitask")])
+def test_shipped_examples_are_valid(name, scenario):
     from worker.cli import load_config
 
-    cfg = load_config("examples/defense-digits.yaml")
-    assert cfg["method"] == "great" and cfg["dataset"]["name"] == "digits"
+    assert load_config(f"examples/{name}.yaml")["scenario"] == scenario
+
+
+def test_multitask_train_and_export_end_to_end(tmp_path):
+    cfg = {**TINY, "scenario": "multitask", "method": "great", "dataset": {"name": "digits_mt"}, "eval": {"panel": "none"}}
+    out = tmp_path / "mt"
+    r = gatlab("train", write(tmp_path, cfg), "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "digit/acc" in r.stdout and "intensity/mse" in r.stdout
+    r = gatlab("export", str(out), "-o", str(tmp_path / "mt.pt"))
+    assert r.returncode == 0 and "a dict of task outputs" in r.stdout, r.stderr
+    outs = torch.jit.load(str(tmp_path / "mt.pt"))(torch.rand(2, 1, 8, 8))
+    assert set(outs) == {"digit", "parity", "gt4", "intensity"}

@@ -47,4 +47,6 @@ def tiny_config(**over) -> dict:
            "train": {"epochs": 2, "batch_size": 64, "stats_every": 5}, "eval": {"panel": "quick", "n": 20}}
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    if cfg["scenario"] == "distill":
+        cfg["params"] = {"teacher_width": 4, "teacher_epochs": 1, **cfg.get("params", {})}
     return cfg

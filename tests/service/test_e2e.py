@@ -98,3 +98,22 @@ def test_broker_down_at_submit_is_a_clear_error_and_leaves_no_queued_run(tmp_pat
         assert len(runs) == 1 and runs[0]["status"] == "failed" and "broker" in runs[0]["error"]
     finally:
         s.stop()
+
+
+def test_distillation_from_a_teacher_run_of_the_lab(stack):
+    stack.start_worker()
+    teacher = stack.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"})}).json()["id"]
+    bad = stack.http.post("/api/runs", json={"config": tiny_config(scenario="distill", method="student",
+                                                                    params={"teacher_run": teacher}, eval={"panel": "none"})})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["config", "params", "teacher_run"]
+    stack.wait_for(teacher, lambda r: r["status"] == "succeeded", what="succeeded")
+    cfg = tiny_config(scenario="distill", method="great+soft_targets", params={"teacher_run": teacher},
+                      dataset={"fraction": 0.2}, eval={"panel": "none"})
+    run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
+    assert run["status"] == "succeeded", run
+    assert 0 <= run["summary"]["test"]["agreement"] <= 1
+    keys = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/st_cos,train/aux_acc"}).json()["series"]
+    assert keys["train/st_cos"]["step"] and keys["train/aux_acc"]["step"]
+    missing = stack.http.post("/api/runs", json={"config": {**cfg, "params": {"teacher_run": 99999}}})
+    assert missing.status_code == 422 and "does not exist" in missing.json()["detail"][0]["msg"]

@@ -1,0 +1,83 @@
+"""Distillation table: student accuracy per method at several training fractions, mean +- std over
+seeds, and seconds per step of each method against the plain student, in one run.
+
+    python -m bench.distill                   # digits, fractions 1.0 / 0.1 / 0.05, 3 seeds
+    python -m bench.distill --dataset npz --path my.npz --teacher-width 64
+
+One teacher (ERM, full training split, seed 0) serves every student. Every method gets the same
+training schedule (about --steps optimiser steps, lr --lr); nothing is tuned per method.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from backend.schemas import parse_run_config
+from worker.gat import data as gdata
+from worker.gat.recorder import Recorder
+from worker.gat.train import train
+
+METHODS = ["student", "soft_targets", "jacobian_matching", "great", "great+soft_targets"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--path")
+    ap.add_argument("--fractions", default="1.0,0.1,0.05")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--teacher-width", type=int, default=32)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args()
+    ds = {"name": args.dataset, **({"path": args.path} if args.path else {})}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tdir:
+        tcfg = parse_run_config({"name": "teacher", "scenario": "defense", "method": "erm", "dataset": ds,
+                                 "model": {"arch": "cnn", "width": args.teacher_width},
+                                 "train": {"epochs": 20, "batch_size": 64, "seed": 0}, "eval": {"panel": "none"}}).model_dump()
+        teacher = train(tcfg, Path(tdir), Recorder())
+        acc: dict[tuple, list] = {}
+        sps: dict[str, list] = {}
+        for frac in map(float, args.fractions.split(",")):
+            n = len(gdata.load({**ds, "fraction": frac}).train)
+            epochs = max(1, math.ceil(args.steps / math.ceil(n / 32)))
+            for method in args.methods.split(","):
+                for seed in range(args.seeds):
+                    cfg = parse_run_config({"name": "s", "scenario": "distill", "method": method,
+                                            "dataset": {**ds, "fraction": frac}, "model": {"arch": "cnn", "width": args.width},
+                                            "train": {"epochs": epochs, "batch_size": 32, "lr": args.lr, "seed": seed, "log_every": 100, "stats_every": 10**6},
+                                            "params": {"teacher_dir": tdir}, "eval": {"panel": "none"}}).model_dump()
+                    with tempfile.TemporaryDirectory() as d:
+                        t = time.perf_counter()
+                        s = train(cfg, Path(d), Recorder())
+                        sps.setdefault(method, []).append((time.perf_counter() - t) / s["steps"])
+                    acc.setdefault((method, frac), []).append(s["test"]["acc"])
+                    print(method, frac, seed, s["test"], file=sys.stderr)
+    fracs = list(map(float, args.fractions.split(",")))
+    print(f"# Distillation on {args.dataset}: student test accuracy (%)\n")
+    print(f"Command: `python -m bench.distill {' '.join(sys.argv[1:])}`  ")
+    print(f"Teacher: CNN width {args.teacher_width}, ERM on the full training split, test accuracy "
+          f"{100 * teacher['test']['acc']:.1f}%. Student: CNN width {args.width}, ~{args.steps} steps of batch 32, "
+          f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std). {time.time() - t0:.0f} s.\n")
+    print("| method | " + " | ".join(f"fraction {f}" for f in fracs) + " | s/step | × student |")
+    print("|---" * (len(fracs) + 3) + "|")
+    base = statistics.median(sps["student"]) if "student" in sps else None
+    for m in args.methods.split(","):
+        cells = []
+        for f in fracs:
+            v = acc[(m, f)]
+            cells.append(f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}")
+        step = statistics.median(sps[m])
+        print(f"| {m} | " + " | ".join(cells) + f" | {step:.4f} | {step / base:.2f} |" if base else "")
+
+
+if __name__ == "__main__":
+    main()

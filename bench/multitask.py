@@ -1,0 +1,85 @@
+"""Multi-task table: per-task test metrics of every method, mean +- std over seeds, Δm% against
+the single-task models, and seconds per step against `equal`, in one run.
+
+    python -m bench.multitask                     # digits_mt (digit, parity, >4, intensity)
+    python -m bench.multitask --dataset multidigits
+
+Δm% = mean over tasks of (-1)^(lower is better) (M_method - M_single) / M_single x 100 (higher is
+better; Maninis et al. 2019). Same schedule for every method; nothing tuned per method.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from backend.schemas import DATASET_TASKS, parse_run_config
+from worker.gat.recorder import Recorder
+from worker.gat.train import train
+
+METHODS = ["equal", "uncertainty", "gradnorm", "pcgrad", "great"]
+
+
+def run(args, method: str, seed: int, params: dict) -> tuple[dict, float]:
+    cfg = parse_run_config({"name": "mt", "scenario": "multitask", "method": method, "dataset": {"name": args.dataset},
+                            "model": {"arch": "cnn", "width": args.width},
+                            "train": {"epochs": args.epochs, "batch_size": 64, "lr": args.lr, "seed": seed,
+                                      "log_every": 100, "stats_every": 10**6},
+                            "params": params, "eval": {"panel": "none"}}).model_dump()
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        s = train(cfg, Path(d), Recorder())
+        return s["test"], (time.perf_counter() - t) / s["steps"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="digits_mt", choices=sorted(DATASET_TASKS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=0.003)
+    ap.add_argument("--width", type=int, default=8)
+    args = ap.parse_args()
+    t0 = time.time()
+    tasks = DATASET_TASKS[args.dataset]
+    single: dict[str, list] = {}
+    for task in tasks:
+        for seed in range(args.seeds):
+            test, _ = run(args, "single_task", seed, {"task": task})
+            key = next(k for k in test if k.startswith(f"{task}/"))
+            single.setdefault(key, []).append(test[key])
+    results: dict[str, list[dict]] = {}
+    sps: dict[str, list] = {}
+    for m in METHODS:
+        for seed in range(args.seeds):
+            test, step = run(args, m, seed, {})
+            results.setdefault(m, []).append(test)
+            sps.setdefault(m, []).append(step)
+            print(m, seed, test, file=sys.stderr)
+    keys = list(single)
+    ref = {k: statistics.mean(v) for k, v in single.items()}
+
+    def delta(test: dict) -> float:
+        return 100 * statistics.mean((-1 if k.endswith("mse") else 1) * (test[k] - ref[k]) / ref[k] for k in keys)
+
+    fmt = lambda v, k: (f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}" if k.endswith("acc")
+                        else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
+    print(f"# Multi-task learning on {args.dataset}: test metrics (accuracy %, or MSE), mean ± std over {args.seeds} seeds\n")
+    print(f"Command: `python -m bench.multitask {' '.join(sys.argv[1:])}`  ")
+    print(f"Shared CNN width {args.width}, {args.epochs} epochs, Adam lr {args.lr}, batch 64. {time.time() - t0:.0f} s.\n")
+    print("| method | " + " | ".join(keys) + " | Δm% | s/step | × equal |")
+    print("|---" * (len(keys) + 4) + "|")
+    print("| single-task models | " + " | ".join(fmt(single[k], k) for k in keys) + " | 0 | - | - |")
+    base = statistics.median(sps["equal"])
+    for m, rows in results.items():
+        dm = [delta(r) for r in rows]
+        step = statistics.median(sps[m])
+        print(f"| {m} | " + " | ".join(fmt([r[k] for r in rows], k) for k in keys)
+              + f" | {statistics.mean(dm):+.2f} ± {statistics.stdev(dm):.2f} | {step:.4f} | {step / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
