@@ -14,6 +14,7 @@ import torch
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make, registry
+from worker.gat.train import aux_optimizer, train_step
 
 METHODS = [m for (s, m) in registry() if s == "defense"]
 VARIANTS = {m: (m, {}) for m in METHODS} | {"great/every2": ("great", {"adv_every": 2})}
@@ -34,14 +35,7 @@ def time_step(model, method, opt, aux_opt, x, y, i=0) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    loss, _ = method.step(x, y, 0.5, i)
-    opt.zero_grad()
-    if aux_opt:
-        aux_opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if aux_opt:
-        aux_opt.step()
+    train_step(method, opt, aux_opt, x, y, 0.5, i)
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t
@@ -63,9 +57,7 @@ def main() -> None:
             meth = make("defense", name, model, num_classes=k, input_shape=tuple(x.shape[1:]), eps=0.1, **knobs)
             for a in meth.aux.values():
                 a.to(dev)
-            aux = [p for a in meth.aux.values() for p in a.parameters()]
-            runs[m] = (model, meth, torch.optim.SGD(model.parameters(), lr=0.01),
-                       torch.optim.Adam(aux, lr=1e-3) if aux else None)
+            runs[m] = (model, meth, torch.optim.SGD(model.parameters(), lr=0.01), aux_optimizer(meth))
             for _ in range(2):  # warm-up
                 time_step(*runs[m], x, y)
         times = {m: [] for m in VARIANTS}

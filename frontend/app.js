@@ -74,7 +74,7 @@ async function runsPage(params) {
       <td><a href="#/run/${r.id}">${esc(r.name)}</a>${r.kind === "eval" ? ' <span class="muted">(panel)</span>' : ""}</td>
       <td>${esc(r.scenario)}</td><td>${esc(r.method)}</td><td>${esc(r.dataset)}</td>
       <td class="st">${statusCell(r)}</td>
-      <td>${pct(r.summary?.test?.acc)}</td>
+      <td>${pct(r.summary?.test?.acc ?? Object.entries(r.summary?.test ?? {}).find(([k]) => k.endsWith("/acc"))?.[1])}</td>
       <td>${new Date(r.created_at).toLocaleString()}</td><td>${duration(r)}</td>
       <td>${r.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join("")}</td>
       <td>${r.status === "queued" || r.status === "running" ? '<button class="cancel">cancel</button>' : ""}
@@ -103,13 +103,14 @@ async function runsPage(params) {
 
 // ---------------------------------------------------------------- launch page
 const FIELDS = [
-  ["name", "text", "name"], ["dataset.name", "select", "dataset", ["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]],
+  ["name", "text", "name"], ["dataset.name", "select", "dataset", ["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits_mt", "multidigits", "multimnist"]],
   ["dataset.path", "text", ".npz path"], ["dataset.fraction", "number", "train fraction"],
   ["model.arch", "select", "model", ["cnn", "mlp", "resnet20", "resnet32", "resnet56", "resnet18"]], ["model.width", "number", "width"],
   ["train.epochs", "number", "epochs"], ["train.batch_size", "number", "batch size"], ["train.optimizer", "select", "optimizer", ["adam", "sgd"]],
   ["train.lr", "number", "learning rate"], ["train.seed", "number", "seed"], ["train.device", "select", "device", ["auto", "cpu", "cuda"]],
   ["eval.panel", "select", "robustness panel", ["quick", "standard", "none"]],
 ];
+const show = (v) => (v !== null && typeof v === "object" ? JSON.stringify(v) : v);
 const getPath = (o, p) => p.split(".").reduce((a, k) => a?.[k], o);
 function setPath(o, p, v) { const ks = p.split("."); const last = ks.pop(); ks.reduce((a, k) => (a[k] ??= {}), o)[last] = v; }
 
@@ -155,13 +156,18 @@ async function launchPage() {
     form.querySelector("#method-help").textContent = m.methods.find((x) => x.method === config.method && x.scenario === config.scenario)?.help ?? "";
     form.querySelector("#base").innerHTML = FIELDS.map(([p, t, l, o]) => field(p, t, l, o, getPath(config, p) ?? defaults[p])).join("");
     form.querySelector("#knobs").innerHTML = knobsOf().map((k) => field(`params.${k.name}`, k.choices ? "select" : "text",
-      k.name, k.choices, config.params?.[k.name] ?? k.default, `default ${k.default}. ${k.help}`)).join("") || '<p class="muted">no knobs</p>';
+      k.name, k.choices, show(config.params?.[k.name] ?? k.default), `default ${show(k.default)}. ${k.help}`)).join("") || '<p class="muted">no knobs</p>';
     form.querySelector("#sweep-knob").innerHTML = '<option value="">none</option>' + knobsOf().map((k) => `<option>params.${esc(k.name)}</option>`).join("");
     preview();
   };
   const defaults = { name: "run", "dataset.fraction": 1, "model.arch": "cnn", "model.width": 16, "train.epochs": 5, "train.batch_size": 64,
     "train.optimizer": "adam", "train.lr": 0.001, "train.seed": 0, "train.device": "auto", "eval.panel": "quick" };
-  const parse = (v) => (v === "" ? null : v === "true" ? true : v === "false" ? false : isNaN(Number(v)) ? v : Number(v));
+  const parse = (v) => {
+    if (v === "" || v === "null") return null;
+    if (v === "true" || v === "false") return v === "true";
+    if (/^[[{]/.test(v)) { try { return JSON.parse(v); } catch { return v; } }  // e.g. {"parity": 2}
+    return isNaN(Number(v)) ? v : Number(v);
+  };
   const read = () => {
     const c = { scenario: config.scenario, method: config.method, params: {} };
     form.querySelectorAll("#base [data-path], #knobs [data-path]").forEach((el) => {
@@ -255,7 +261,7 @@ async function runPage(id) {
       ${run.worker_host ? `· on ${esc(run.worker_host)} (${esc(run.device)})` : ""} · ${duration(run)}
       ${run.retry_count ? `· requeued ${run.retry_count}×` : ""}
       ${run.status === "running" || run.status === "queued" ? '<button id="cancel">cancel</button>' : '<button id="retry">retry</button>'}</p>
-      ${run.summary?.test ? `<p>test accuracy <b>${pct(run.summary.test.acc)}</b> · split ${esc(run.summary.data?.train_hash)}</p>` : ""}`;
+      ${run.summary?.test ? `<p>test ${Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v)}</b>`).join(" · ")} · split ${esc(run.summary.data?.train_hash)}</p>` : ""}`;
     head.querySelector("#cancel")?.addEventListener("click", async () => { run = await api(`/api/runs/${id}/cancel`, { method: "POST" }); showHead(); });
     head.querySelector("#retry")?.addEventListener("click", async () => { const r = await api(`/api/runs/${id}/retry`, { method: "POST" }); location.hash = `#/run/${r.id}`; });
     app.querySelector("#config").textContent = toYaml(run.config);
@@ -273,6 +279,13 @@ async function runPage(id) {
     ["input-gradient cosine similarity", ["cos/within", "cos/between"]],
     ["per-layer weight-gradient norm", keys.filter((k) => k.startsWith("layer_grad/"))],
     ["lambda and learning rate", ["train/lam", "train/lr"]],
+    ["student-teacher input gradients", ["train/st_cos", "train/st_l2", "train/agreement"]],
+    ["per-task loss", keys.filter((k) => k.startsWith("train/loss/"))],
+    ["per-task validation metric", keys.filter((k) => k.startsWith("val/") && k.split("/").length === 3)],
+    ["task gradient norm at the shared layer", keys.filter((k) => k.startsWith("task_grad_norm/"))],
+    ["task gradient cosine similarity", keys.filter((k) => k.startsWith("task_cos/"))],
+    ["task loss weights", keys.filter((k) => k.startsWith("train/weight/"))],
+    ["gradient alignment scales", keys.filter((k) => k.startsWith("train/gal/"))],
   ].filter(([, ks]) => ks.some((k) => keys.includes(k)));
   const charts = specs.map(([title, ks, extra]) => {
     const el = document.createElement("div");

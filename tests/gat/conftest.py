@@ -4,6 +4,7 @@ import torch
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make
+from worker.gat.train import train_step
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +25,11 @@ def small_cnn(d: gdata.Data, seed: int = 0) -> torch.nn.Module:
 
 def fit_erm(d: gdata.Data, epochs: int = 15, seed: int = 0) -> torch.nn.Module:
     model = small_cnn(d, seed)
-    step = make("defense", "erm", model, num_classes=d.num_classes, input_shape=d.input_shape).step
+    method = make("defense", "erm", model, num_classes=d.num_classes, input_shape=d.input_shape)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for epoch in range(epochs):
         for _, x, y in gdata.batches(d.train, 64, shuffle=True, seed=epoch):
-            loss, _ = step(x, y, 0.0, 0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(method, opt, None, x, y, 0.0, 0)
     return model.eval()
 
 

@@ -9,6 +9,7 @@ from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make, registry
 from worker.gat.methods.great import greace_loss
+from worker.gat.train import aux_optimizer, train_step
 
 from .conftest import small_cnn
 
@@ -48,18 +49,11 @@ def test_greace_with_beta_zero_is_cross_entropy():
 def test_every_defense_method_trains_and_its_loss_falls(key, synthetic):
     model = small_cnn(synthetic)
     method = make(*key, model, num_classes=synthetic.num_classes, input_shape=synthetic.input_shape, eps=0.05)
-    params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2)
-    aux_opt = torch.optim.Adam([p for m in method.aux.values() for p in m.parameters()] or [torch.zeros(1)], lr=1e-3)
+    opt, aux_opt = torch.optim.Adam(model.parameters(), lr=1e-2), aux_optimizer(method)
     losses = []
     for epoch in range(10):
         for _, x, y in gdata.batches(synthetic.train, 64, shuffle=True, seed=epoch):
-            loss, metrics = method.step(x, y, epoch / 10, len(losses))
-            opt.zero_grad()
-            aux_opt.zero_grad()
-            loss.backward()
-            opt.step()
-            aux_opt.step()
+            _, metrics = train_step(method, opt, aux_opt, x, y, epoch / 10, len(losses))
             losses.append(float(metrics["loss"]))
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.5 * first, f"{key}: loss {first:.3f} -> {last:.3f}"

@@ -9,6 +9,7 @@ from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make, registry
 from worker.gat.methods.multitask import gal, project_conflicts
+from worker.gat.train import aux_optimizer, train_step
 
 from .conftest import fit_erm, small_cnn
 
@@ -30,23 +31,11 @@ def _mt_model(d, seed=0):
 
 
 def _train(method, params, batches, epochs, lr=1e-2):
-    opt = torch.optim.Adam(params, lr=lr)
-    aux = [p for m in method.aux.values() for p in m.parameters()]
-    aux_opt = torch.optim.Adam(aux, lr=method.aux_lr) if aux else None
+    opt, aux_opt = torch.optim.Adam(params, lr=lr), aux_optimizer(method)
     losses = []
     for epoch in range(epochs):
-        for i, (x, y) in enumerate(batches(epoch)):
-            opt.zero_grad()
-            if aux_opt:
-                aux_opt.zero_grad()
-            loss, metrics = method.step(x, y, epoch / epochs, len(losses))
-            if not method.manual_backward:
-                loss.backward()
-            opt.step()
-            if aux_opt:
-                aux_opt.step()
-            if method.post_step:
-                method.post_step()
+        for x, y in batches(epoch):
+            _, metrics = train_step(method, opt, aux_opt, x, y, epoch / epochs, len(losses))
             losses.append(float(metrics["loss"]))
     return losses
 

@@ -72,14 +72,13 @@ def train_surrogate(config: dict, data: gdata.Data, epochs: int, device: torch.d
     torch.manual_seed(config["train"]["seed"] + 7919)
     sur = models.build(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
                        mean=data.mean, std=data.std).to(device)
-    step = make("defense", "erm", sur, num_classes=data.num_classes, input_shape=data.input_shape).step
+    from .train import train_step
+
+    method = make("defense", "erm", sur, num_classes=data.num_classes, input_shape=data.input_shape)
     opt = torch.optim.Adam(sur.parameters(), lr=1e-3)
     for epoch in range(epochs):
         for _, x, y in gdata.batches(data.train, 64, shuffle=True, seed=10_000 + epoch):
-            loss, _ = step(x.to(device), y.to(device), 0.0, 0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(method, opt, None, x.to(device), y.to(device), 0.0, 0)
     return sur.eval()
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from . import data as gdata
 from . import models, stats
+from .methods import Method
 from .methods import make as make_method
 from .recorder import Recorder
 
@@ -80,6 +81,28 @@ def _optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
                                weight_decay=t["weight_decay"], nesterov=t["momentum"] > 0)
     return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def train_step(method: Method, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer | None,
+               x: torch.Tensor, y, progress: float, i: int) -> tuple[torch.Tensor, dict]:
+    """One optimisation step of the main network and the method's auxiliary modules."""
+    opt.zero_grad(set_to_none=True)
+    if aux_opt:
+        aux_opt.zero_grad(set_to_none=True)
+    loss, metrics = method.step(x, y, progress, i)
+    if not method.manual_backward:
+        loss.backward()
+    opt.step()
+    if aux_opt:
+        aux_opt.step()
+    if method.post_step:
+        method.post_step()
+    return loss, metrics
+
+
+def aux_optimizer(method: Method) -> torch.optim.Optimizer | None:
+    params = [q for m in method.aux.values() for q in m.parameters()]
+    return torch.optim.Adam(params, lr=method.aux_lr) if params else None
 
 
 @torch.no_grad()
@@ -141,8 +164,7 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
     for m in method.aux.values():
         m.to(s.device)
     opt = _optimizer(s.model, t)
-    aux_params = [q for m in method.aux.values() for q in m.parameters()]
-    aux_opt = torch.optim.Adam(aux_params, lr=method.aux_lr) if aux_params else None
+    aux_opt = aux_optimizer(method)
     steps_per_epoch = -(-len(s.data.train) // t["batch_size"])
     total = steps_per_epoch * t["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if t["lr_schedule"] == "cosine"
@@ -165,17 +187,7 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
             x = x.to(s.device)
             y = ({k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()} if multitask
                  else y.to(s.device))
-            opt.zero_grad(set_to_none=True)
-            if aux_opt:
-                aux_opt.zero_grad(set_to_none=True)
-            loss, metrics = method.step(x, y, step / total, step)
-            if not method.manual_backward:
-                loss.backward()
-            opt.step()
-            if aux_opt:
-                aux_opt.step()
-            if method.post_step:
-                method.post_step()
+            _, metrics = train_step(method, opt, aux_opt, x, y, step / total, step)
             sched.step()
             step += 1
             if step % t["log_every"] == 0 or step == total:
