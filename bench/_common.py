@@ -25,6 +25,27 @@ from backend.migrate import upgrade
 PG = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def interleaved_step_cost(runs: dict, x, y, rounds: int = 7) -> dict[str, float]:
+    """Median seconds per training step of each (model, method, opt, aux_opt) in `runs`, stepped in
+    turn on the same batch, so load on the machine hits every method alike."""
+    import statistics
+
+    from worker.gat.train import train_step
+
+    def one(method, opt, aux_opt, i):
+        t = time.perf_counter()
+        train_step(method, opt, aux_opt, x, y, 0.5, i)
+        return time.perf_counter() - t
+
+    for name, (_, method, opt, aux_opt) in runs.items():  # warm-up
+        one(method, opt, aux_opt, 0)
+    times: dict[str, list] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, (_, method, opt, aux_opt) in runs.items():
+            times[name].append(one(method, opt, aux_opt, r))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 @contextmanager
 def database(kind: str) -> Iterator[Session]:
     """A session on an empty, migrated database: a temp SQLite file or a temp PostgreSQL database."""

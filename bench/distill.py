@@ -17,12 +17,31 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from backend.schemas import parse_run_config
+from bench._common import interleaved_step_cost
 from worker.gat import data as gdata
+from worker.gat import models
+from worker.gat.methods import make
 from worker.gat.recorder import Recorder
-from worker.gat.train import train
+from worker.gat.train import aux_optimizer, load_model, train
 
 METHODS = ["student", "soft_targets", "jacobian_matching", "great", "great+soft_targets"]
+
+
+def step_costs(args, ds: dict, teacher) -> dict[str, float]:
+    data = gdata.load(ds)
+    idx = torch.arange(32)
+    x, y = data.train.images(idx), data.train.y[idx]
+    runs = {}
+    for m in METHODS:
+        torch.manual_seed(0)
+        model = models.build({"arch": "cnn", "width": args.width}, input_shape=data.input_shape,
+                             num_classes=data.num_classes, mean=data.mean, std=data.std)
+        meth = make("distill", m, model, num_classes=data.num_classes, input_shape=data.input_shape, teacher=teacher)
+        runs[m] = (model, meth, torch.optim.Adam(model.parameters(), lr=args.lr), aux_optimizer(meth))
+    return interleaved_step_cost(runs, x, y)
 
 
 def main() -> None:
@@ -45,7 +64,6 @@ def main() -> None:
                                  "train": {"epochs": 20, "batch_size": 64, "seed": 0}, "eval": {"panel": "none"}}).model_dump()
         teacher = train(tcfg, Path(tdir), Recorder())
         acc: dict[tuple, list] = {}
-        sps: dict[str, list] = {}
         for frac in map(float, args.fractions.split(",")):
             n = len(gdata.load({**ds, "fraction": frac}).train)
             epochs = max(1, math.ceil(args.steps / math.ceil(n / 32)))
@@ -56,27 +74,26 @@ def main() -> None:
                                             "train": {"epochs": epochs, "batch_size": 32, "lr": args.lr, "seed": seed, "log_every": 100, "stats_every": 10**6},
                                             "params": {"teacher_dir": tdir}, "eval": {"panel": "none"}}).model_dump()
                     with tempfile.TemporaryDirectory() as d:
-                        t = time.perf_counter()
                         s = train(cfg, Path(d), Recorder())
-                        sps.setdefault(method, []).append((time.perf_counter() - t) / s["steps"])
                     acc.setdefault((method, frac), []).append(s["test"]["acc"])
                     print(method, frac, seed, s["test"], file=sys.stderr)
+        sps = step_costs(args, ds, load_model(Path(tdir)))
     fracs = list(map(float, args.fractions.split(",")))
     print(f"# Distillation on {args.dataset}: student test accuracy (%)\n")
     print(f"Command: `python -m bench.distill {' '.join(sys.argv[1:])}`  ")
     print(f"Teacher: CNN width {args.teacher_width}, ERM on the full training split, test accuracy "
           f"{100 * teacher['test']['acc']:.1f}%. Student: CNN width {args.width}, ~{args.steps} steps of batch 32, "
           f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std). {time.time() - t0:.0f} s.\n")
+    print("s/step: median over interleaved steps of every method on one batch of 32.\n")
     print("| method | " + " | ".join(f"fraction {f}" for f in fracs) + " | s/step | × student |")
     print("|---" * (len(fracs) + 3) + "|")
-    base = statistics.median(sps["student"]) if "student" in sps else None
+    base = sps["student"]
     for m in args.methods.split(","):
         cells = []
         for f in fracs:
             v = acc[(m, f)]
             cells.append(f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}")
-        step = statistics.median(sps[m])
-        print(f"| {m} | " + " | ".join(cells) + f" | {step:.4f} | {step / base:.2f} |" if base else "")
+        print(f"| {m} | " + " | ".join(cells) + f" | {sps[m]:.4f} | {sps[m] / base:.2f} |")
 
 
 if __name__ == "__main__":

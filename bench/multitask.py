@@ -16,23 +16,42 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from backend.schemas import DATASET_TASKS, parse_run_config
+from bench._common import interleaved_step_cost
+from worker.gat import data as gdata
+from worker.gat import models
+from worker.gat.methods import make
 from worker.gat.recorder import Recorder
-from worker.gat.train import train
+from worker.gat.train import aux_optimizer, train
 
 METHODS = ["equal", "uncertainty", "gradnorm", "pcgrad", "great"]
 
 
-def run(args, method: str, seed: int, params: dict) -> tuple[dict, float]:
+def step_costs(args) -> dict[str, float]:
+    """Interleaved seconds per step on one batch, every method on a fresh model."""
+    data = gdata.load({"name": args.dataset})
+    idx = torch.arange(64)
+    x, y = data.train.images(idx), data.targets(data.train, idx)
+    runs = {}
+    for m in ["single_task", *METHODS]:
+        torch.manual_seed(0)
+        model = models.build_multitask({"arch": "cnn", "width": args.width}, input_shape=data.input_shape,
+                                       tasks=data.tasks, mean=data.mean, std=data.std)
+        meth = make("multitask", m, model, num_classes=data.num_classes, input_shape=data.input_shape, tasks=data.tasks)
+        runs[m] = (model, meth, torch.optim.Adam(model.parameters(), lr=args.lr), aux_optimizer(meth))
+    return interleaved_step_cost(runs, x, y)
+
+
+def run(args, method: str, seed: int, params: dict) -> dict:
     cfg = parse_run_config({"name": "mt", "scenario": "multitask", "method": method, "dataset": {"name": args.dataset},
                             "model": {"arch": "cnn", "width": args.width},
                             "train": {"epochs": args.epochs, "batch_size": 64, "lr": args.lr, "seed": seed,
                                       "log_every": 100, "stats_every": 10**6},
                             "params": params, "eval": {"panel": "none"}}).model_dump()
     with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        s = train(cfg, Path(d), Recorder())
-        return s["test"], (time.perf_counter() - t) / s["steps"]
+        return train(cfg, Path(d), Recorder())["test"]
 
 
 def main() -> None:
@@ -48,17 +67,15 @@ def main() -> None:
     single: dict[str, list] = {}
     for task in tasks:
         for seed in range(args.seeds):
-            test, _ = run(args, "single_task", seed, {"task": task})
+            test = run(args, "single_task", seed, {"task": task})
             key = next(k for k in test if k.startswith(f"{task}/"))
             single.setdefault(key, []).append(test[key])
     results: dict[str, list[dict]] = {}
-    sps: dict[str, list] = {}
     for m in METHODS:
         for seed in range(args.seeds):
-            test, step = run(args, m, seed, {})
-            results.setdefault(m, []).append(test)
-            sps.setdefault(m, []).append(step)
-            print(m, seed, test, file=sys.stderr)
+            results.setdefault(m, []).append(run(args, m, seed, {}))
+            print(m, seed, results[m][-1], file=sys.stderr)
+    sps = step_costs(args)
     keys = list(single)
     ref = {k: statistics.mean(v) for k, v in single.items()}
 
@@ -75,13 +92,15 @@ def main() -> None:
     print(f"Shared CNN width {args.width}, {args.epochs} epochs, Adam lr {args.lr}, batch 64. {time.time() - t0:.0f} s.\n")
     print("Δm% over all tasks is dominated by any regression task whose single-task error is tiny "
           "(a relative change of a small MSE); the classification-only column shows the rest.\n")
+    print("s/step: median over interleaved steps of every method on one batch of 64 (single_task: one head).\n")
     print("| method | " + " | ".join(keys) + " | Δm% | Δm% (classification) | s/step | × equal |")
     print("|---" * (len(keys) + 5) + "|")
-    print("| single-task models | " + " | ".join(fmt(single[k], k) for k in keys) + " | 0 | 0 | - | - |")
-    base = statistics.median(sps["equal"])
+    base = sps["equal"]
+    print("| single-task models | " + " | ".join(fmt(single[k], k) for k in keys)
+          + f" | 0 | 0 | {sps['single_task']:.4f} | {sps['single_task'] / base:.2f} |")
     for m, rows in results.items():
         dm, dc = [delta(r) for r in rows], [delta(r, cls_keys) for r in rows]
-        step = statistics.median(sps[m])
+        step = sps[m]
         print(f"| {m} | " + " | ".join(fmt([r[k] for r in rows], k) for k in keys)
               + f" | {statistics.mean(dm):+.1f} ± {statistics.stdev(dm):.1f} | {statistics.mean(dc):+.2f} ± {statistics.stdev(dc):.2f}"
               + f" | {step:.4f} | {step / base:.2f} |")

@@ -246,6 +246,29 @@ function robustness(el, ev) {
   lineChart(el.querySelector(".rob-chart"), { title: `accuracy vs L-inf epsilon (${panel} panel)`, xLabel: "eps", points: true, load: async () => series }).refresh();
 }
 
+function imageCanvas(img, map = (v) => v) {
+  // img: C x H x W nested lists in [0, 1] -> a canvas scaled up for viewing
+  const [c, hgt, wid] = [img.length, img[0].length, img[0][0].length];
+  const cv = Object.assign(document.createElement("canvas"), { width: wid, height: hgt, className: "thumb" });
+  const ctx = cv.getContext("2d");
+  const px = ctx.createImageData(wid, hgt);
+  for (let i = 0; i < hgt; i++) for (let j = 0; j < wid; j++) for (let k = 0; k < 3; k++)
+    px.data[4 * (i * wid + j) + k] = Math.round(255 * Math.min(1, Math.max(0, map(img[c === 3 ? k : 0][i][j]))));
+  px.data.forEach((_, n) => { if (n % 4 === 3) px.data[n] = 255; });
+  ctx.putImageData(px, 0, 0);
+  return cv;
+}
+
+function showGallery(el, g) {
+  const box = h(`<div class="gallery"><h3>PGD at eps ${g.eps.toFixed(4)}: clean / adversarial / perturbation (grey = 0)</h3><div class="cells"></div></div>`);
+  g.clean.forEach((img, i) => {
+    const cell = h(`<figure><figcaption>label ${g.label[i]}: ${g.pred_clean[i]} → <b class="${g.pred_adv[i] === g.label[i] ? "" : "bad"}">${g.pred_adv[i]}</b></figcaption></figure>`);
+    cell.append(imageCanvas(img), imageCanvas(g.adv[i]), imageCanvas(g.delta[i], (v) => 0.5 + v / (2 * g.eps)));
+    box.querySelector(".cells").append(cell);
+  });
+  el.append(box);
+}
+
 async function runPage(id) {
   let run = await api(`/api/runs/${id}`);
   app.replaceChildren(h(`<section><div class="run-head"></div>
@@ -264,7 +287,7 @@ async function runPage(id) {
       ${run.summary?.test ? `<p>test ${Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v)}</b>`).join(" · ")} · split ${esc(run.summary.data?.train_hash)}</p>` : ""}`;
     head.querySelector("#cancel")?.addEventListener("click", async () => { run = await api(`/api/runs/${id}/cancel`, { method: "POST" }); showHead(); });
     head.querySelector("#retry")?.addEventListener("click", async () => { const r = await api(`/api/runs/${id}/retry`, { method: "POST" }); location.hash = `#/run/${r.id}`; });
-    app.querySelector("#config").textContent = toYaml(run.config);
+    app.querySelector("#config").textContent = toYaml(run.config) + (run.summary?.env ? `\n\n# environment\n${toYaml(run.summary.env)}` : "");
     app.querySelector("#error").innerHTML = run.error ? `<h2>Error</h2><pre class="err">${esc(run.error)}\n\n${esc(run.traceback ?? "")}</pre>` : "";
   };
   showHead();
@@ -296,7 +319,11 @@ async function runPage(id) {
   const hist = await api(`/api/runs/${id}/histograms?limit=400`);
   if (hist.step.length) { const el = document.createElement("div"); el.dataset.chart = "histogram"; grid.append(el); heatmap(el, { title: "input-gradient histogram over time", steps: hist.step, edges: hist.edges, counts: hist.counts }); }
   await Promise.all(charts.map((c) => c.refresh()));
-  const showEval = async () => robustness(app.querySelector("#robust"), await api(`/api/runs/${id}/eval`));
+  const showEval = async () => {
+    const ev = await api(`/api/runs/${id}/eval`);
+    robustness(app.querySelector("#robust"), ev);
+    if (ev.rows.length) showGallery(app.querySelector("#robust"), await api(`/api/runs/${id}/gallery`));
+  };
   const showArtifacts = async () => {
     const arts = await api(`/api/runs/${id}/artifacts`);
     app.querySelector("#artifacts").innerHTML = arts.map((a) => `<li><a href="${a.url}" download>${esc(a.name)}</a> <span class="muted">${a.kind}, ${(a.size / 1024).toFixed(1)} KiB</span></li>`).join("") || '<li class="muted">none yet</li>';

@@ -31,7 +31,7 @@ def test_train_eval_export_end_to_end(tmp_path):
     r = gatlab("train", write(tmp_path, TINY), "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
     assert "sanity checks" in r.stdout
-    for f in ("config.json", "metrics.jsonl", "histograms.jsonl", "checkpoint.pt", "model.pt", "eval.json"):
+    for f in ("config.json", "metrics.jsonl", "histograms.jsonl", "checkpoint.pt", "model.pt", "eval.json", "gallery.json"):
         assert (out / f).exists(), f
     ev = json.loads((out / "eval.json").read_text())
     assert ev["n"] == 30 and {c["name"] for c in ev["checks"]} >= {"large_eps_to_zero", "white_box_beats_black_box"}

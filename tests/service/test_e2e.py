@@ -32,6 +32,8 @@ def test_run_succeeds_and_its_results_are_readable(stack):
     attacks = {row["attack"] for row in ev["rows"]}
     assert {"fgsm", "pgd", "autoattack", "square", "transfer", "worst_case"} <= attacks
     assert len(ev["checks"]) == 7 and all(row["n"] <= 20 for row in ev["rows"])
+    gal = stack.http.get(f"/api/runs/{run_id}/gallery").json()
+    assert len(gal["clean"]) == len(gal["adv"]) == 6 and gal["eps"] == 0.1
     hist = stack.http.get(f"/api/runs/{run_id}/histograms").json()
     assert hist["step"] and len(hist["counts"][0]) == len(hist["edges"]) - 1
 

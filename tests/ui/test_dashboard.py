@@ -71,6 +71,8 @@ def test_launch_watch_robustness_compare_export(page, lab):
         let ink = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] < 200) ink++; return ink; }""")
     assert drawn > 100  # the canvas has lines on it, not just axes space
     assert points(page, "#robust .rob-chart") > 0
+    page.wait_for_selector(".gallery canvas.thumb")
+    assert page.locator(".gallery figure").count() == 6 and page.locator(".gallery canvas.thumb").count() == 18
     assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 7
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 

@@ -1,6 +1,7 @@
 """A whole job: train a run config, then run its robustness panel. Shared by the CLI and the worker."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -29,5 +30,6 @@ def evaluate_run(run_dir: Path, config: dict, recorder: Recorder, *, panel: str 
     model = load_model(run_dir, device)
     result = run_panel(model, data, config, panel=panel or ev["panel"], n=n or ev.get("n"),
                        eps=ev.get("eps"), eps_l2=ev.get("eps_l2"), seed=ev.get("seed", 0), device=device)
+    (run_dir / "gallery.json").write_text(json.dumps(result.pop("gallery")))
     recorder.evaluation(result)
     return result

@@ -143,7 +143,17 @@ def run_panel(model: nn.Module, data: gdata.Data, config: dict, *, panel: str = 
         "rows": rows + worst, "seconds": time.monotonic() - t0,
     }
     result["checks"] = sanity_checks(result)
+    result["gallery"] = gallery(model, x[:6], y[:6], eps=std_linf, seed=seed, steps=spec.steps)
     return result
+
+
+def gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, steps: int) -> dict:
+    """A few clean images, their PGD counterparts at the standard radius, and the perturbations."""
+    x_adv = _attack("pgd", model, x, y, eps=eps, seed=seed, steps=steps)
+    with torch.no_grad():
+        pc, pa = model(x).argmax(1), model(x_adv).argmax(1)
+    return {"attack": "pgd", "eps": eps, "label": y.tolist(), "pred_clean": pc.tolist(), "pred_adv": pa.tolist(),
+            "clean": x.cpu().tolist(), "adv": x_adv.cpu().tolist(), "delta": (x_adv - x).cpu().tolist()}
 
 
 def sanity_checks(result: dict) -> list[dict]:

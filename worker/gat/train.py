@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import random
 import time
 from dataclasses import dataclass
@@ -215,7 +216,10 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
              "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std,
              "tasks": s.data.tasks if multitask else None}
     _save_atomic(final, out_dir / FINAL)
-    summary = {"steps": step, "test": test, "data": s.data.info, "device": str(s.device)}
+    summary = {"steps": step, "test": test, "data": s.data.info, "device": str(s.device),
+               "env": {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+                       "threads": torch.get_num_threads(),
+                       "gpu": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else None}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     recorder.flush()
     return summary

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from backend import crud
 from backend.api.deps import run_or_404
 from backend.api.schemas import EvalCreate, RunCreate, RunExport, RunList, RunOut, RunPatch, SweepCreate
+from backend.config import get_settings
 from backend.db import get_session, session_scope
 from backend.models import Artifact, EvalResult, Histogram, Metric, Run, SanityCheck, now
 from backend.queue import BrokerUnavailable, enqueue
@@ -196,6 +197,15 @@ def queue_eval(body: EvalCreate, run: Run = Depends(run_or_404), s: Session = De
     _enqueue_all([job.id])
     s.refresh(job)
     return job
+
+
+@router.get("/runs/{run_id}/gallery")
+def gallery(run: Run = Depends(run_or_404)) -> Response:
+    """Clean, adversarial and perturbation images from the run's last robustness panel."""
+    path = get_settings().runs_path / str(run.id) / "gallery.json"
+    if not path.is_file():
+        raise HTTPException(404, detail=f"run {run.id} has no robustness panel images yet")
+    return Response(path.read_text(), media_type="application/json")
 
 
 @router.get("/runs/{run_id}/artifacts")
