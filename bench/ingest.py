@@ -55,7 +55,7 @@ def raw_sqlite_rate(n: int) -> float:
 
 def mlflow_rate(n: int) -> float | None:
     try:
-        import mlflow
+        import mlflow  # noqa: F401 - the optional extra must be installed
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
     except ImportError:

@@ -8,10 +8,12 @@ from its last checkpoint and never creates a second copy or duplicate metric poi
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from celery.signals import worker_ready
@@ -101,14 +103,13 @@ def _claim(run_id: int) -> dict | None:
         return {"id": run.id, "kind": run.kind, "config": run.config, "parent_id": run.parent_id}
 
 
-def _aware(t):
-    from datetime import timezone
-
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _me() -> str:
-    return f"{socket.gethostname()}:{__import__('os').getpid()}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _finish(run_id: int, status: str, **fields) -> None:

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from worker.gat.data import DataError, load
 

@@ -179,7 +179,6 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
         s.model.train()
         seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
         aug_gen = torch.Generator().manual_seed(seed)
-        correct = seen = 0
         for idx, x, y in gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed):
             if should_stop():
                 raise Stopped(f"stopped at step {step}")

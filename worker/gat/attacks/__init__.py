@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 
 from .pgd import fgsm, margin_loss, pgd
 from .reference import apgd_ce, autoattack, square
