@@ -276,7 +276,7 @@ async function runPage(id) {
     <h2>Robustness</h2><div class="toolbar"><button id="panel-quick">queue quick panel</button><button id="panel-standard">queue standard panel</button><span id="panel-msg" class="muted"></span></div>
     <div id="robust"></div>
     <h2>Artifacts</h2><ul id="artifacts"></ul>
-    <h2>Config</h2><pre id="config"></pre><div id="error"></div></section>`));
+    <h2>Config</h2><pre id="config"></pre><div id="error"></div><h2>Log</h2><pre id="log" class="muted">no log yet</pre></section>`));
   const head = app.querySelector(".run-head");
   const showHead = () => {
     head.innerHTML = `<h1>${esc(run.name)} <small class="muted">#${run.id}</small></h1>
@@ -326,6 +326,7 @@ async function runPage(id) {
   };
   const showArtifacts = async () => {
     const arts = await api(`/api/runs/${id}/artifacts`);
+    if (arts.some((a) => a.name === "run.log")) app.querySelector("#log").textContent = (await api(`/api/runs/${id}/artifacts/run.log`)).slice(-20000);
     app.querySelector("#artifacts").innerHTML = arts.map((a) => `<li><a href="${a.url}" download>${esc(a.name)}</a> <span class="muted">${a.kind}, ${(a.size / 1024).toFixed(1)} KiB</span></li>`).join("") || '<li class="muted">none yet</li>';
   };
   await Promise.all([showEval(), showArtifacts()]);
@@ -340,7 +341,7 @@ async function runPage(id) {
     run = await api(`/api/runs/${id}`);
     showHead();
     await Promise.all(charts.map((c) => c.refresh()));
-    if (run.status === "succeeded") { await Promise.all([showEval(), showArtifacts()]); if (!charts.length) route(); }
+    if (!["running", "queued"].includes(run.status)) { await Promise.all([showEval(), showArtifacts()]); if (!charts.length) route(); }
   });
 }
 

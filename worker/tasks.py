@@ -120,13 +120,30 @@ def _finish(run_id: int, status: str, **fields) -> None:
             setattr(run, k, v)
 
 
+def _run_log(path: Path) -> logging.Handler:
+    """The run's own log file (an artifact): what the core and this task log while it runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
 def _register_artifacts(run_id: int, out_dir: Path) -> None:
-    kinds = {"checkpoint.pt": "checkpoint", "model.pt": "model"}
+    kinds = {"checkpoint.pt": "checkpoint", "model.pt": "model", "run.log": "log"}
     with session_scope() as s:
         for f in sorted(out_dir.iterdir()):
-            if f.is_file() and not s.query(Artifact).filter_by(run_id=run_id, name=f.name).first():
+            if not f.is_file():
+                continue
+            art = s.query(Artifact).filter_by(run_id=run_id, name=f.name).first()
+            if art is None:
                 s.add(Artifact(run_id=run_id, name=f.name, kind=kinds.get(f.name, "file"), path=str(f),
                                size=f.stat().st_size))
+            else:
+                art.size = f.stat().st_size
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -142,6 +159,9 @@ def train_run(run_id: int) -> None:
     rec = DbRecorder(run_id)
     beat = Heartbeat(run_id, settings.heartbeat_s)
     beat.start()
+    log_dir = settings.runs_path / str(run_id)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = _run_log(log_dir / "run.log")
     try:
         device = pick_device(config["train"].get("device", "auto"))
         with session_scope() as s:
@@ -164,7 +184,6 @@ def train_run(run_id: int) -> None:
         summary = job.run(config, out_dir, rec, should_stop=lambda: beat.cancel, device=device)
         rec.flush()
         summary.pop("eval", None)
-        _register_artifacts(run_id, out_dir)
         _finish(run_id, "succeeded", summary=summary, eta_s=0.0)
     except Stopped:
         rec.flush()
@@ -175,6 +194,9 @@ def train_run(run_id: int) -> None:
         _finish(run_id, "failed", error=f"{e.__class__.__name__}: {e}", traceback=traceback.format_exc())
     finally:
         beat.done.set()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        _register_artifacts(run_id, log_dir)
 
 
 def requeue_stale() -> int:

@@ -38,7 +38,9 @@ def test_run_succeeds_and_its_results_are_readable(stack):
     assert hist["step"] and len(hist["counts"][0]) == len(hist["edges"]) - 1
 
     names = {a["name"] for a in stack.http.get(f"/api/runs/{run_id}/artifacts").json()}
-    assert {"model.pt", "checkpoint.pt", "config.json"} <= names
+    assert {"model.pt", "checkpoint.pt", "config.json", "run.log"} <= names
+    log = stack.http.get(f"/api/runs/{run_id}/artifacts/run.log").text
+    assert "epoch 2/2" in log and "panel quick on 20 examples" in log
     assert stack.http.get(f"/api/runs/{run_id}/artifacts/model.pt").content[:2] == b"PK"  # torch zip
     csv = stack.http.get("/api/export", params={"ids": str(run_id)}).text.splitlines()
     assert csv[0] == "run_id,key,step,value" and len(csv) > 42
@@ -87,6 +89,8 @@ def test_failing_run_stores_its_traceback(stack):
     assert run["status"] == "failed"
     assert "dataset.path: no such file" in run["error"]
     assert "Traceback" in run["traceback"] and "DataError" in run["traceback"]
+    log = stack.http.get(f"/api/runs/{run_id}/artifacts/run.log").text
+    assert "failed" in log and "DataError" in log  # the log of a failed run is kept too
 
 
 def test_broker_down_at_submit_is_a_clear_error_and_leaves_no_queued_run(tmp_path, pg_database):

@@ -72,6 +72,7 @@ def test_launch_watch_robustness_compare_export(page, lab):
     assert drawn > 100  # the canvas has lines on it, not just axes space
     assert points(page, "#robust .rob-chart") > 0
     page.wait_for_selector(".gallery canvas.thumb")
+    expect(page.locator("#log")).to_contain_text("epoch 3/3")
     assert page.locator(".gallery figure").count() == 6 and page.locator(".gallery canvas.thumb").count() == 18
     assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 7
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,8 @@ from . import data as gdata
 from .panel import run_panel
 from .recorder import Recorder
 from .train import load_model, pick_device, train
+
+log = logging.getLogger(__name__)
 
 
 def run(config: dict, out_dir: Path, recorder: Recorder, *,
@@ -31,5 +34,8 @@ def evaluate_run(run_dir: Path, config: dict, recorder: Recorder, *, panel: str 
     result = run_panel(model, data, config, panel=panel or ev["panel"], n=n or ev.get("n"),
                        eps=ev.get("eps"), eps_l2=ev.get("eps_l2"), seed=ev.get("seed", 0), device=device)
     (run_dir / "gallery.json").write_text(json.dumps(result.pop("gallery")))
+    failed = [c["name"] for c in result["checks"] if not c["passed"]]
+    log.log(logging.WARNING if failed else logging.INFO, "panel %s on %d examples in %.0f s; failed checks: %s",
+            result["panel"], result["n"], result["seconds"], failed or "none")
     recorder.evaluation(result)
     return result

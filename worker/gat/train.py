@@ -204,10 +204,13 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
         ev = (lambda split: evaluate_tasks(s.model, s.data, split, s.device)) if multitask else \
             (lambda split: evaluate(s.model, split, s.device))
         val = ev(s.data.val) if len(s.data.val) else {}
+        log.info("epoch %d/%d (step %d): %s", epoch + 1, t["epochs"], step,
+                 ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
         recorder.log(step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
         _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch + 1, step)
         recorder.flush()
     test = ev(s.data.test)
+    log.info("finished: %s", ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     if "teacher" in extra:
         test["agreement"] = agreement(s.model, extra["teacher"], s.data.test, s.device)
     recorder.log(step, {f"test/{k}": v for k, v in test.items()})
