@@ -368,11 +368,12 @@ async function comparePage(idsArg) {
   let table = [];
   const finals = async () => {
     const key = app.querySelector("#metric").value;
-    const cols = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/metrics?${qs({ keys: key, max_points: 100000 })}`)));
+    // bucketed columns keep the exact min, max and last value of any series, however long
+    const cols = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/metrics?${qs({ keys: key, max_points: 500 })}`)));
     table = runs.map((r, i) => {
-      const s = cols[i].series[key] ?? { value: [] };
-      const v = s.value;
-      return { run: r.id, name: r.name, method: r.method, seed: r.config.train?.seed, last: v.at(-1), min: Math.min(...v), max: Math.max(...v), best: key.includes("loss") ? Math.min(...v) : Math.max(...v) };
+      const s = cols[i].series[key] ?? { value: [], min: [], max: [] };
+      const lo = Math.min(...s.min), hi = Math.max(...s.max);
+      return { run: r.id, name: r.name, method: r.method, seed: r.config.train?.seed, last: s.value.at(-1), min: lo, max: hi, best: key.includes("loss") ? lo : hi };
     });
     const fmt = (x) => (x == null || !isFinite(x) ? "" : x.toFixed(4));
     app.querySelector("#finals").innerHTML = `<tr><th>run</th><th>name</th><th>method</th><th>seed</th><th>last</th><th>best</th><th>min</th><th>max</th></tr>` +
