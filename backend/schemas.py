@@ -25,16 +25,17 @@ class _Strict(BaseModel):
 
 DatasetName = Literal[
     "digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
-    "digits_mt", "multidigits", "multimnist",
+    "digits_mt", "multidigits", "multimnist", "cifar100_coarse",
 ]
 # Tasks of the built-in multi-task sets (an .npz's tasks are `y` and its extra arrays).
 DATASET_TASKS = {"digits_mt": ["digit", "parity", "gt4", "intensity"],
-                 "multidigits": ["left", "right"], "multimnist": ["left", "right"]}
+                 "multidigits": ["left", "right"], "multimnist": ["left", "right"],
+                 "cifar100_coarse": ["fine", "coarse"]}
 
 
 class DatasetConfig(_Strict):
     name: DatasetName = Field(description="Data source; digits and synthetic need no files.")
-    path: str | None = Field(None, pattern=NO_NUL, description="The .npz file (name: npz).")
+    path: str | None = Field(None, pattern=NO_NUL, description="The .npz file (npz; multidigits: its source images).")
     data_dir: str = Field("data", pattern=NO_NUL, description="Folder of torchvision datasets.")
     download: bool = Field(False, description="Allow torchvision to download the dataset.")
     fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split used.")

@@ -103,7 +103,7 @@ async function runsPage(params) {
 
 // ---------------------------------------------------------------- launch page
 const FIELDS = [
-  ["name", "text", "name"], ["dataset.name", "select", "dataset", ["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits_mt", "multidigits", "multimnist"]],
+  ["name", "text", "name"], ["dataset.name", "select", "dataset", ["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits_mt", "multidigits", "multimnist", "cifar100_coarse"]],
   ["dataset.path", "text", ".npz path"], ["dataset.fraction", "number", "train fraction"],
   ["model.arch", "select", "model", ["cnn", "mlp", "resnet20", "resnet32", "resnet56", "resnet18"]], ["model.width", "number", "width"],
   ["train.epochs", "number", "epochs"], ["train.batch_size", "number", "batch size"], ["train.optimizer", "select", "optimizer", ["adam", "sgd"]],
@@ -174,7 +174,7 @@ async function launchPage() {
       const v = parse(el.value);
       if (v !== null || el.dataset.path.startsWith("params.")) setPath(c, el.dataset.path, v);
     });
-    if (c.dataset?.name !== "npz") delete c.dataset.path;
+    if (!["npz", "multidigits"].includes(c.dataset?.name) || c.dataset.path === null) delete c.dataset.path;
     return c;
   };
   const list = (s) => s.split(",").map((x) => x.trim()).filter(Boolean).map(parse);

@@ -63,3 +63,27 @@ def test_missing_and_corrupt_npz(tmp_path):
 def test_torchvision_set_missing_without_download_says_how_to_fix(tmp_path):
     with pytest.raises(DataError, match="download: true"):
         load({"name": "mnist", "data_dir": str(tmp_path), "download": False})
+
+
+def test_multidigits_from_an_npz_source(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "src.npz", x=(rng.random((40, 14, 14)) * 255).astype(np.uint8), y=np.arange(40) % 10)
+    d = load({"name": "multidigits", "path": str(tmp_path / "src.npz")})
+    assert list(d.tasks) == ["left", "right"] and d.input_shape == (1, 18, 18)  # shift 14 * 2 // 7 = 4
+
+
+def test_cifar100_with_coarse_labels_reads_the_python_pickles(tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 50), ("test", 20)):
+        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": list(rng.integers(0, 100, n)),
+             b"coarse_labels": list(rng.integers(0, 20, n))}
+        (folder / split).write_bytes(pickle.dumps(d))
+    data = load({"name": "cifar100_coarse", "data_dir": str(tmp_path)})
+    assert data.input_shape == (3, 32, 32) and len(data.test) == 20
+    assert set(data.tasks) == {"fine", "coarse"} and data.tasks["coarse"]["kind"] == "cls"
+    with pytest.raises(DataError, match="download: true"):
+        load({"name": "cifar100_coarse", "data_dir": str(tmp_path / "empty")})

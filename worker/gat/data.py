@@ -67,7 +67,7 @@ class Data:
 # Digits are 8x8 with 17 grey levels, far coarser than MNIST; 0.1 is our own choice there.
 STANDARD_EPS = {
     "digits": (0.1, 0.5), "synthetic": (0.1, 0.5), "npz": (0.1, 0.5),
-    "digits_mt": (0.1, 0.5), "multidigits": (0.1, 0.5), "multimnist": (0.3, 2.0),
+    "digits_mt": (0.1, 0.5), "multidigits": (0.1, 0.5), "multimnist": (0.3, 2.0), "cifar100_coarse": (8 / 255, 0.5),
     "mnist": (0.3, 2.0), "fashion_mnist": (0.1, 1.0),
     "cifar10": (8 / 255, 0.5), "cifar100": (8 / 255, 0.5), "svhn": (8 / 255, 0.5),
 }
@@ -84,9 +84,12 @@ def load(cfg: dict) -> Data:
         x, y, extra, test = *load_npz(cfg.get("path")), None
     elif name == "digits_mt":
         x, y, extra, test = *_digits_mt(), None
-    elif name == "multidigits":
-        x, y, _ = _digits()
-        x, y, extra, test = *_overlay(x, y, 3000, shift=4, seed=cfg.get("split_seed", 0)), None
+    elif name == "multidigits":  # from scikit-learn's digits, or from any MNIST-like .npz given as path
+        x, y, _ = load_npz(cfg["path"]) if cfg.get("path") else _digits()
+        shift = max(2, x.shape[-1] * 2 // 7) if cfg.get("path") else 4
+        x, y, extra, test = *_overlay(x, y, max(3000, len(y)), shift=shift, seed=cfg.get("split_seed", 0)), None
+    elif name == "cifar100_coarse":
+        (x, y, extra), test = _cifar100_coarse(Path(cfg.get("data_dir", "data")), cfg.get("download", False))
     elif name == "multimnist":
         (x, y), (xt, yt) = _torchvision("mnist", Path(cfg.get("data_dir", "data")), cfg.get("download", False))
         x, y, extra = _overlay(x, y, 60_000, shift=8, seed=cfg.get("split_seed", 0))
@@ -100,7 +103,7 @@ def load(cfg: dict) -> Data:
     return data
 
 
-_PRIMARY = {"digits_mt": "digit", "multidigits": "left", "multimnist": "left"}
+_PRIMARY = {"digits_mt": "digit", "multidigits": "left", "multimnist": "left", "cifar100_coarse": "fine"}
 
 
 def _tasks(name: str, data: Data) -> dict[str, dict]:
@@ -222,6 +225,26 @@ def _torchvision(name: str, root: Path, download: bool):
             x = x.permute(0, 3, 1, 2).contiguous()
         y = torch.as_tensor(np.asarray(getattr(ds, "targets", None) if name != "svhn" else ds.labels))
         out.append((x, y.long()))
+    return out[0], out[1]
+
+
+def _cifar100_coarse(root: Path, download: bool):
+    """CIFAR-100 with two tasks, the fine label (100) and the coarse superclass (20), read from
+    the python pickles of torchvision's layout (root/cifar-100-python/{train,test})."""
+    import pickle
+
+    folder = root / "cifar-100-python"
+    if not folder.is_dir():
+        if not download:
+            raise DataError(f"dataset.name: cifar100_coarse is not in data_dir {root}; set dataset.download: true "
+                            "to allow downloading CIFAR-100")
+        _torchvision("cifar100", root, True)
+    out = []
+    for split in ("train", "test"):
+        with open(folder / split, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        x = torch.from_numpy(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        out.append((x, torch.tensor(d[b"fine_labels"]), {"coarse": torch.tensor(d[b"coarse_labels"])}))
     return out[0], out[1]
 
 
