@@ -207,8 +207,8 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
         log.info("epoch %d/%d (step %d): %s", epoch + 1, t["epochs"], step,
                  ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
         recorder.log(step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
+        recorder.flush()  # first: a checkpoint at step S promises every point up to S is stored
         _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch + 1, step)
-        recorder.flush()
     test = ev(s.data.test)
     log.info("finished: %s", ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     if "teacher" in extra:
