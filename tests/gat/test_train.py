@@ -70,3 +70,30 @@ def test_training_records_progress_statistics_and_histograms(tmp_path):
     hists = read_jsonl(tmp_path / "histograms.jsonl")
     assert hists and all(len(h["counts"]) == len(h["edges"]) - 1 for h in hists)
     assert summary["data"]["train_hash"]
+
+
+def test_a_checkpoint_never_runs_ahead_of_the_flushed_points(tmp_path, monkeypatch):
+    """A worker killed right after a checkpoint must not lose the points before it."""
+    from worker.gat import train as train_mod
+    from worker.gat.recorder import Recorder
+
+    class Spy(Recorder):
+        logged = flushed = 0
+
+        def log(self, step, metrics):
+            self.logged = max(self.logged, step)
+
+        def flush(self):
+            self.flushed = self.logged
+
+    spy, seen = Spy(), []
+    real = train_mod._save_checkpoint
+
+    def checked(out_dir, s, method, opt, aux_opt, sched, epoch, step):
+        seen.append(step)
+        assert spy.flushed >= step, f"checkpoint at step {step} with points flushed only to {spy.flushed}"
+        real(out_dir, s, method, opt, aux_opt, sched, epoch, step)
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", checked)
+    train(_config("erm", epochs=2), tmp_path, spy)
+    assert seen == [7, 14]
