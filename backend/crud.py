@@ -111,4 +111,8 @@ def set_progress(s: Session, *, run_id: int, step: int, total: int, eta: float |
 def heartbeat(s: Session, *, run_id: int) -> bool:
     """Mark the run alive; returns whether a cancel was requested."""
     s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now()))
+    return cancel_requested(s, run_id=run_id)
+
+
+def cancel_requested(s: Session, *, run_id: int) -> bool:
     return bool(s.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
