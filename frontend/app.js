@@ -322,7 +322,7 @@ async function runPage(id) {
   const showEval = async () => {
     const ev = await api(`/api/runs/${id}/eval`);
     robustness(app.querySelector("#robust"), ev);
-    if (ev.rows.length) showGallery(app.querySelector("#robust"), await api(`/api/runs/${id}/gallery`));
+    if (ev.gallery) showGallery(app.querySelector("#robust"), await api(`/api/runs/${id}/gallery`));
   };
   const showArtifacts = async () => {
     const arts = await api(`/api/runs/${id}/artifacts`);

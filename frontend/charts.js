@@ -1,5 +1,5 @@
-// Charts: uPlot line charts that re-query the server's downsampled series on zoom, a log-scale
-// toggle, and a canvas heat map for gradient histograms over time.
+// Charts: uPlot line charts that re-query the server's downsampled series on zoom (drag or wheel)
+// and pan (shift+wheel), a log-scale toggle, and a canvas heat map of gradient histograms.
 import uPlot from "./vendor/uplot-1.6.32/uPlot.esm.js";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777",
@@ -45,6 +45,7 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
     };
     if (plot) plot.destroy();
     plot = new uPlot(opts, data, plotEl);
+    plot.over.addEventListener("wheel", onWheel, { passive: false });
     const n = series.reduce((a, s) => a + s.y.filter((v) => v !== null).length, 0);
     el.dataset.points = String(n);
     el.dataset.series = String(series.length);
@@ -56,6 +57,34 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
     const hi = u.posToVal(u.select.left + u.select.width, "x");
     render(await load([lo, hi]));
     el.dataset.zoomed = "1";
+  };
+
+  // Wheel zooms around the cursor, shift+wheel (or a horizontal wheel) pans; the server is then
+  // asked again for the visible window, so detail appears as you zoom in.
+  let pending = null;
+  const onWheel = (e) => {
+    e.preventDefault();
+    const { min, max } = plot.scales.x;
+    if (min == null || max == null) return;
+    const pan = e.shiftKey || Math.abs(e.deltaX) > Math.abs(e.deltaY);
+    let lo, hi;
+    if (pan) {
+      const d = (max - min) * 0.15 * Math.sign(e.deltaX || e.deltaY);
+      [lo, hi] = [min + d, max + d];
+    } else {
+      const x = plot.posToVal(e.offsetX, "x");
+      const f = e.deltaY < 0 ? 0.75 : 1 / 0.75;
+      [lo, hi] = [x - (x - min) * f, x + (max - x) * f];
+    }
+    plot.setScale("x", { min: lo, max: hi });
+    el.dataset.zoomed = "1";
+    el.dataset.range = `${lo.toFixed(3)},${hi.toFixed(3)}`;
+    clearTimeout(pending);
+    pending = setTimeout(async () => {
+      const series = await load([lo, hi]);
+      render(series);
+      plot.setScale("x", { min: lo, max: hi });
+    }, 250);
   };
 
   el.querySelector(".log").addEventListener("change", () => render(seriesCache));

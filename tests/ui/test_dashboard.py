@@ -66,6 +66,18 @@ def test_launch_watch_robustness_compare_export(page, lab):
     page.wait_for_function("document.querySelectorAll('.badge').length >= 7", timeout=30_000)
     assert points(page, '[data-chart="loss"]') > 0 and points(page, '[data-chart="accuracy"]') > 0
     assert points(page, '[data-chart="histogram"]') > 0
+    page.locator('[data-chart="loss"] .u-over').hover()  # scrolls it into view, cursor in the plot
+    page.mouse.wheel(0, -300)  # zoom in around the cursor; the chart re-queries its window
+    page.wait_for_function("document.querySelector('[data-chart=\"loss\"]').dataset.zoomed === '1'")
+    zoomed = [float(v) for v in page.get_attribute('[data-chart="loss"]', "data-range").split(",")]
+    page.keyboard.down("Shift")
+    page.mouse.wheel(0, 200)  # pan
+    page.keyboard.up("Shift")
+    page.wait_for_timeout(600)
+    panned = [float(v) for v in page.get_attribute('[data-chart="loss"]', "data-range").split(",")]
+    assert panned[0] > zoomed[0] and abs((panned[1] - panned[0]) - (zoomed[1] - zoomed[0])) < 1e-6
+    assert points(page, '[data-chart="loss"]') > 0
+    page.dblclick('[data-chart="loss"] .u-over')  # back to the whole run
     drawn = page.evaluate("""() => { const c = document.querySelector('[data-chart="loss"] canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let ink = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] < 200) ink++; return ink; }""")

@@ -181,7 +181,8 @@ def eval_results(run: Run = Depends(run_or_404), s: Session = Depends(get_sessio
     cols = ("panel", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n")
     return {"rows": [{c: getattr(r, c) for c in cols} for r in rows],
             "checks": [{"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
-            "all_passed": all(c.passed for c in checks) if checks else None}
+            "all_passed": all(c.passed for c in checks) if checks else None,
+            "gallery": (get_settings().runs_path / str(run.id) / "gallery.json").is_file()}
 
 
 @router.post("/runs/{run_id}/eval", status_code=201, response_model=RunOut)
