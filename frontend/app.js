@@ -346,6 +346,30 @@ async function runPage(id) {
 }
 
 // ---------------------------------------------------------------- compare page
+// One mean curve per value of knob `g`, with the mean ± std band over the runs that share it.
+function groupBands(runs, per, g) {
+  const groups = new Map();
+  runs.forEach((r, i) => {
+    if (!per[i]) return;
+    const k = String(getPath(r.config, g) ?? getPath(r, g));
+    groups.set(k, [...(groups.get(k) ?? []), per[i]]);
+  });
+  return [...groups].flatMap(([k, list]) => {
+    const xs = [...new Set(list.flatMap((s) => s.x))].sort((a, b) => a - b);
+    const maps = list.map((s) => new Map(s.x.map((x, j) => [x, s.y[j]])));
+    const mean = [], sd = [];
+    for (const x of xs) {
+      const v = maps.map((m) => m.get(x)).filter((y) => y != null);
+      const m = v.reduce((a, b) => a + b, 0) / v.length;
+      mean.push(m);
+      sd.push(v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / (v.length - 1)) : 0);
+    }
+    return [{ label: `${g}=${k} (${list.length} runs)`, x: xs, y: mean },
+      { label: "+std", x: xs, y: mean.map((m, i) => m + sd[i]), band: "upper" },
+      { label: "-std", x: xs, y: mean.map((m, i) => m - sd[i]), band: "lower" }];
+  });
+}
+
 async function comparePage(idsArg) {
   const ids = (idsArg ?? "").split(",").map(Number).filter(Boolean);
   if (!ids.length) { app.replaceChildren(h('<section><h1>Compare</h1><p class="muted">Select runs on the <a href="#/runs">runs page</a> and press “Compare selected”.</p></section>')); return; }
@@ -361,9 +385,12 @@ async function comparePage(idsArg) {
     <h2>Final values</h2><table id="finals" class="small"></table><h2>Groups (mean ± std of last value over runs)</h2><table id="groups" class="small"></table></section>`));
   const label = (r) => `#${r.id} ${r.name}`;
   const overlay = lineChart(app.querySelector("#overlay"), {
-    title: "overlay",
-    load: async (range) => (await Promise.all(runs.map(async (r) => (await metricsLoader(r.id, [app.querySelector("#metric").value], () => label(r))(range))[0])))
-      .filter(Boolean),
+    title: "overlay (group by: mean ± std band per group)",
+    load: async (range) => {
+      const per = await Promise.all(runs.map(async (r) => (await metricsLoader(r.id, [app.querySelector("#metric").value], () => label(r))(range))[0]));
+      const g = app.querySelector("#group").value;
+      return g ? groupBands(runs, per, g) : per.filter(Boolean);
+    },
   });
   let table = [];
   const finals = async () => {
@@ -395,7 +422,7 @@ async function comparePage(idsArg) {
   }).filter((s) => s.x.length);
   if (rob.length) lineChart(app.querySelector("#rob"), { title: "robustness: worst case over attacks", xLabel: "eps", points: true, load: async () => rob }).refresh();
   app.querySelector("#metric").addEventListener("change", () => { overlay.refresh(); finals(); });
-  app.querySelector("#group").addEventListener("change", finals);
+  app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); });
   app.querySelector("#csv").addEventListener("click", () => {
     const csv = ["run,name,method,seed,last,best,min,max", ...table.map((t) => [t.run, JSON.stringify(t.name), t.method, t.seed, t.last, t.best, t.min, t.max].join(","))].join("\n");
     const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "gatlab-compare.csv" });

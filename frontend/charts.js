@@ -32,6 +32,9 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
     seriesCache = series;
     const data = align([...series, ...extraLines.map((l) => ({ ...l, x: series[0]?.x ?? [], y: (series[0]?.x ?? []).map(() => l.value) }))]);
     const isLog = el.querySelector(".log").checked;
+    let ci = -1;  // colour index: a band's bounds take the colour of the mean line before them
+    // {band: "upper"} followed by {band: "lower"} are filled between (mean ± spread)
+    const bands = series.flatMap((s, i) => (s.band === "upper" ? [{ series: [i + 1, i + 2], fill: "" }] : []));
     const opts = {
       width: Math.max(300, plotEl.clientWidth || 480), height: 220,
       scales: { x: { time: false }, y: isLog ? { distr: 3 } : {} },
@@ -39,16 +42,19 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       series: [{ label: xLabel },
-        ...series.map((s, i) => ({ label: s.label, stroke: color(i), width: 1.5, spanGaps: true, points: { show: points } })),
+        ...series.map((s) => ({ label: s.label, stroke: s.band ? color(ci) + "88" : color(++ci), width: s.band ? 0.5 : 1.5,
+          spanGaps: true, points: { show: points && !s.band } })),
         ...extraLines.map((l) => ({ label: l.label, stroke: "#6b7280", dash: [6, 4], width: 1.5, spanGaps: true }))],
       hooks: { setSelect: [(u) => onZoom(u)] },
     };
+    opts.bands = bands.map((b) => ({ ...b, fill: opts.series[b.series[0]].stroke.slice(0, 7) + "33" }));
     if (plot) plot.destroy();
     plot = new uPlot(opts, data, plotEl);
     plot.over.addEventListener("wheel", onWheel, { passive: false });
     const n = series.reduce((a, s) => a + s.y.filter((v) => v !== null).length, 0);
     el.dataset.points = String(n);
     el.dataset.series = String(series.length);
+    el.dataset.bands = String(bands.length);
   };
 
   const onZoom = async (u) => {

@@ -103,6 +103,10 @@ def test_launch_watch_robustness_compare_export(page, lab):
     page.wait_for_selector('#app[data-ready="compare"]')
     page.wait_for_function("document.querySelector('#overlay').dataset.series === '2'", timeout=30_000)
     assert points(page, "#overlay") > 0
+    page.select_option("#group", "method")  # two groups: a mean curve and a ±std band each
+    page.wait_for_function("document.querySelector('#overlay').dataset.bands === '2'", timeout=30_000)
+    assert page.get_attribute("#overlay", "data-series") == "6"
+    page.select_option("#group", "")
     with page.expect_download() as dl:
         page.click("#csv")
     text = Path(dl.value.path()).read_text().splitlines()
