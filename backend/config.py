@@ -23,6 +23,16 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 7 * 24 * 3600  # Redis redelivery: longer than the longest run
     queue: str = "gpu"
 
+    # The lab server (DESIGN 7): auth on unless turned off; `gatlab up` on 127.0.0.1 turns it off.
+    auth: bool = Field(True, validation_alias="GATLAB_AUTH")
+    data_root: Path | None = Field(None, validation_alias="GATLAB_DATA_ROOT")  # with auth: <home>/data
+    max_queued_per_user: int = Field(50, ge=1, validation_alias="GATLAB_MAX_QUEUED_PER_USER")
+    max_epochs: int = Field(1000, ge=1, validation_alias="GATLAB_MAX_EPOCHS")
+    max_batch_size: int = Field(4096, ge=1, validation_alias="GATLAB_MAX_BATCH_SIZE")
+    max_request_bytes: int = Field(1_000_000, ge=1024, validation_alias="GATLAB_MAX_REQUEST_BYTES")
+    session_hours: float = Field(24 * 14, gt=0, validation_alias="GATLAB_SESSION_HOURS")
+    cookie_secure: bool = Field(False, validation_alias="GATLAB_COOKIE_SECURE")  # true behind HTTPS
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home.resolve()}/gatlab.db"
@@ -34,6 +44,13 @@ class Settings(BaseSettings):
     @property
     def runs_path(self) -> Path:
         return (self.runs_dir or self.home / "runs").resolve()
+
+    @property
+    def data_path(self) -> Path | None:
+        """Where dataset files may be read from; None (anywhere) only in the embedded, auth-off mode."""
+        if self.data_root is not None:
+            return self.data_root.resolve()
+        return (self.home / "data").resolve() if self.auth else None
 
 
 @lru_cache

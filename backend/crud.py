@@ -9,7 +9,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from . import series
-from .models import EvalResult, Experiment, Histogram, Metric, Run, SanityCheck, now
+from .models import (
+    EvalResult,
+    Experiment,
+    Histogram,
+    Metric,
+    Run,
+    SanityCheck,
+    User,
+    now,
+)
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -26,8 +35,8 @@ def get_or_create_experiment(s: Session, *, name: str | None) -> int | None:
 
 
 def create_run(s: Session, *, config: dict, experiment: str | None = None, tags: list[str] | None = None,
-               kind: str = "train", parent_id: int | None = None) -> Run:
-    run = Run(name=config["name"], scenario=config["scenario"], method=config["method"],
+               kind: str = "train", parent_id: int | None = None, owner: User | None = None) -> Run:
+    run = Run(name=config["name"], scenario=config["scenario"], method=config["method"], owner_id=owner.id if owner else None,
               dataset=config["dataset"]["name"], config=config, tags=tags or [], kind=kind, parent_id=parent_id,
               experiment_id=get_or_create_experiment(s, name=experiment), status="queued")
     s.add(run)

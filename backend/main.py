@@ -8,8 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .api.routes import meta, runs
-
+from .api.routes import auth, meta, runs
+from .config import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 
@@ -17,10 +17,60 @@ FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 def create_app() -> FastAPI:
     app = FastAPI(title="GAT Lab", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
     app.include_router(meta.router)
+    app.include_router(auth.router)
     app.include_router(runs.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
+    app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
     return app
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes`, by its Content-Length or, for a chunked upload, as
+    it arrives (read here, at most `max_bytes`, then handed on): a shared server never buffers an
+    unbounded upload."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await self._reject(send, 400, "invalid Content-Length")
+            if int(declared) > self.max_bytes:
+                return await self._reject(send, 413, self._too_large())
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._reject(send, 413, self._too_large())
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return f"request body over {self.max_bytes} bytes (GATLAB_MAX_REQUEST_BYTES)"
+
+    async def _reject(self, send, status: int, detail: str):
+        await JSONResponse(status_code=status, content={"detail": detail})({"type": "http"}, None, send)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

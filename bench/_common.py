@@ -94,6 +94,9 @@ class Stack:
             env["DATABASE_URL"] = database_url
         if redis_url:
             env["REDIS_URL"] = redis_url
+        # The embedded stack is `gatlab up` on 127.0.0.1 (auth off); a lab stack has auth on, as the
+        # compose file runs it, and its client signs in as the first admin.
+        env["GATLAB_AUTH"] = "false" if database_url is None else "true"
         env.update(extra)
         return cls(env, home).start()
 
@@ -104,6 +107,7 @@ class Stack:
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.http = httpx.Client(base_url=self.base, timeout=30)
+        self.token: str | None = None
 
     def _spawn(self, *args, log: str) -> subprocess.Popen:
         out = open(self.home / log, "ab")
@@ -113,6 +117,10 @@ class Stack:
     def start(self) -> "Stack":
         subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=self.env, check=True,
                        cwd=self.home, capture_output=True)
+        if self.env["GATLAB_AUTH"] == "true":
+            # A fresh admin per stack: tests may share one database.
+            self.token = self.cli("users", "create", f"admin-{uuid.uuid4().hex[:6]}", "--admin").strip().splitlines()[-1]
+            self.http.headers["Authorization"] = f"Bearer {self.token}"
         self.api = self._spawn("-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port",
                                str(self.port), log="api.log")
         deadline = time.monotonic() + 60
@@ -123,6 +131,11 @@ class Stack:
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise RuntimeError("API did not come up:\n" + (self.home / "api.log").read_text())
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        """`gatlab ARGS` in this lab's environment; its stdout."""
+        return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=self.env, check=True, cwd=self.home,
+                              capture_output=True, text=True, input=stdin).stdout
 
     def start_worker(self) -> subprocess.Popen:
         w = self._spawn("-m", "worker.cli", "worker", log="worker.log")

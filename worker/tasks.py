@@ -128,6 +128,16 @@ def _finish(run_id: int, status: str, **fields) -> None:
             setattr(run, k, v)
 
 
+def _in_data_root(config: dict, root: Path | None) -> None:
+    """Relative file paths of a lab config are relative to the data root (the API checked they stay in it)."""
+    if root is None:
+        return
+    for section, key in (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir")):
+        value = config.get(section, {}).get(key)
+        if value is not None and not Path(value).is_absolute():
+            config[section] = {**config[section], key: str(root / value)}
+
+
 def _run_log(path: Path) -> logging.Handler:
     """The run's own log file (an artifact): what the core and this task log while it runs."""
     handler = logging.FileHandler(path)
@@ -174,6 +184,7 @@ def train_run(run_id: int) -> None:
         device = pick_device(config["train"].get("device", "auto"))
         with session_scope() as s:
             s.get(Run, run_id).device = str(device)
+        _in_data_root(config, settings.data_path)
         if job_info["kind"] == "eval":
             parent = job_info["parent_id"]
             result = job.evaluate_run(settings.runs_path / str(parent), config, DbRecorder(parent), device=device)

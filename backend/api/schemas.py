@@ -50,6 +50,8 @@ class RunOut(BaseModel):
     dataset: str
     experiment_id: int | None
     parent_id: int | None
+    owner_id: int | None
+    owner: str | None = None
     config: dict[str, Any]
     tags: list[str]
     notes: str

@@ -2,8 +2,8 @@
 from alembic import context
 
 from backend import models  # noqa: F401  (registers the tables)
-from backend.db import Base, make_engine
 from backend.config import get_settings
+from backend.db import Base, make_engine
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().db_url

@@ -83,7 +83,7 @@ def test_kill_9_mid_run_resumes_from_checkpoint_without_losing_or_duplicating_po
 
 def test_failing_run_stores_its_traceback(stack):
     stack.start_worker()
-    cfg = tiny_config(dataset={"name": "npz", "path": "/nonexistent/data.npz"})
+    cfg = tiny_config(dataset={"name": "npz", "path": "nonexistent/data.npz"})  # inside the data root
     run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
     run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "failed"

@@ -54,3 +54,10 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
             up.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
+
+
+def test_gatlab_up_never_serves_a_public_address_without_auth(tmp_path):
+    env = {**os.environ, "GATLAB_AUTH": "false"}
+    r = subprocess.run([sys.executable, "-m", "worker.cli", "up", "--host", "0.0.0.0"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "refusing to serve 0.0.0.0 with GATLAB_AUTH=false" in r.stderr

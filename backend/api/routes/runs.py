@@ -4,35 +4,90 @@ import copy
 import csv
 import io
 import itertools
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi import Path as FPath
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend import crud
 from backend.api.deps import run_or_404
-from backend.api.schemas import EvalCreate, RunCreate, RunExport, RunList, RunOut, RunPatch, SweepCreate
+from backend.api.schemas import (
+    EvalCreate,
+    RunCreate,
+    RunExport,
+    RunList,
+    RunOut,
+    RunPatch,
+    SweepCreate,
+)
+from backend.auth import check_owner, require_user
 from backend.config import get_settings
 from backend.db import get_session, session_scope
-from backend.models import Artifact, EvalResult, Histogram, Metric, Run, SanityCheck, now
+from backend.models import (
+    Artifact,
+    EvalResult,
+    Histogram,
+    Metric,
+    Run,
+    SanityCheck,
+    User,
+    now,
+)
 from backend.queue import BrokerUnavailable, enqueue
 from backend.schemas import NO_NUL, config_errors, parse_run_config
 
-router = APIRouter(prefix="/api", tags=["runs"])
+router = APIRouter(prefix="/api", tags=["runs"], dependencies=[Depends(require_user)])
+Me = Annotated[User | None, Depends(require_user)]
 QText = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 SORTS = Literal["created_at", "-created_at", "name", "-name", "status", "-status", "id", "-id"]
 
 
 def _validated(config: dict, prefix: str = "config") -> dict:
     try:
-        return parse_run_config(config).model_dump(mode="json")
+        cfg = parse_run_config(config).model_dump(mode="json")
     except ValidationError as e:
         raise HTTPException(422, detail=[{**d, "loc": [prefix, *d["loc"]]} for d in config_errors(e)]) from e
+    errors = _limit_errors(cfg)
+    if errors:
+        raise HTTPException(422, detail=[{"loc": [prefix, *loc], "msg": msg, "type": "value_error"} for loc, msg in errors])
+    return cfg
+
+
+def _limit_errors(cfg: dict) -> list[tuple[list[str], str]]:
+    """What this server allows: bounds on epochs and batch size, and file paths inside its data root."""
+    settings, errors = get_settings(), []
+    for section, key in (("train", "epochs"), ("params", "teacher_epochs")):
+        if cfg.get(section, {}).get(key, 0) > settings.max_epochs:
+            errors.append(([section, key], f"at most {settings.max_epochs} on this server (GATLAB_MAX_EPOCHS)"))
+    if cfg["train"]["batch_size"] > settings.max_batch_size:
+        errors.append((["train", "batch_size"], f"at most {settings.max_batch_size} on this server (GATLAB_MAX_BATCH_SIZE)"))
+    root = settings.data_path
+    if root is not None:
+        for section, key in (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir")):
+            value = cfg.get(section, {}).get(key)
+            if value is None:
+                continue
+            if ".." in PurePath(value).parts:
+                errors.append(([section, key], "may not contain '..'"))
+            elif not (root / value).resolve().is_relative_to(root):
+                errors.append(([section, key], f"must lie inside the data root {root} (a path relative to it, or absolute inside it)"))
+    return errors
+
+
+def _check_quota(s: Session, user: User | None, new: int) -> None:
+    """A per-user cap on queued runs, so one sweep cannot fill a shared server's queue."""
+    if user is None:
+        return
+    cap = get_settings().max_queued_per_user
+    queued = s.scalar(select(func.count()).select_from(Run).where(Run.owner_id == user.id, Run.status == "queued"))
+    if queued + new > cap:
+        raise HTTPException(429, detail=f"{user.name} has {queued} queued runs; this would make {queued + new}, "
+                                        f"over the cap of {cap} per user (GATLAB_MAX_QUEUED_PER_USER)")
 
 
 def _check_references(s: Session, config: dict, prefix: str = "config") -> None:
@@ -59,10 +114,11 @@ def _enqueue_all(ids: list[int]) -> None:
 
 
 @router.post("/runs", status_code=201, response_model=RunOut)
-def create_run(body: RunCreate, s: Session = Depends(get_session)) -> Run:
+def create_run(body: RunCreate, user: Me, s: Session = Depends(get_session)) -> Run:
     config = _validated(body.config)
     _check_references(s, config)
-    run = crud.create_run(s, config=config, experiment=body.experiment, tags=body.tags)
+    _check_quota(s, user, 1)
+    run = crud.create_run(s, config=config, experiment=body.experiment, tags=body.tags, owner=user)
     s.commit()
     _enqueue_all([run.id])
     s.refresh(run)
@@ -80,7 +136,7 @@ def _set_path(cfg: dict, path: str, value) -> None:
 
 
 @router.post("/sweeps", status_code=201, response_model=RunList)
-def create_sweep(body: SweepCreate, s: Session = Depends(get_session)) -> dict:
+def create_sweep(body: SweepCreate, user: Me, s: Session = Depends(get_session)) -> dict:
     """A grid over knob values x seeds, expanded into queued runs under one experiment."""
     keys = list(body.grid)
     combos = list(itertools.product(*body.grid.values(), body.seeds))
@@ -96,7 +152,8 @@ def create_sweep(body: SweepCreate, s: Session = Depends(get_session)) -> dict:
         cfg["name"] = f"{cfg.get('name', 'run')}[{label + ',' if label else ''}seed={combo[-1]}]"[:200]
         configs.append(_validated(cfg))
         _check_references(s, configs[-1])
-    runs = [crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags) for c in configs]
+    _check_quota(s, user, len(configs))
+    runs = [crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags, owner=user) for c in configs]
     s.commit()
     _enqueue_all([r.id for r in runs])
     return {"total": len(runs), "items": runs}
@@ -118,7 +175,8 @@ def get_run(run: Run = Depends(run_or_404)) -> Run:
 
 
 @router.patch("/runs/{run_id}", response_model=RunOut)
-def patch_run(body: RunPatch, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def patch_run(body: RunPatch, user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    check_owner(run, user, "edit")
     for k, v in body.model_dump(exclude_none=True).items():
         setattr(run, k, v)
     s.commit()
@@ -126,7 +184,8 @@ def patch_run(body: RunPatch, run: Run = Depends(run_or_404), s: Session = Depen
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def cancel_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    check_owner(run, user, "cancel")
     if run.status in crud.FINAL:
         raise HTTPException(409, detail=f"run {run.id} is already {run.status}")
     crud.request_cancel(s, run=run)
@@ -135,9 +194,11 @@ def cancel_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)
 
 
 @router.post("/runs/{run_id}/retry", status_code=201, response_model=RunOut)
-def retry_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
-    """A new run with the same config (the original is kept as it is)."""
-    new = crud.create_run(s, config=run.config, tags=run.tags, kind=run.kind, parent_id=run.parent_id)
+def retry_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+    """A new run with the same config, owned by whoever retries it (the original is kept as it is)."""
+    config = _validated(run.config)  # today's limits apply to yesterday's config
+    _check_quota(s, user, 1)
+    new = crud.create_run(s, config=config, tags=run.tags, kind=run.kind, parent_id=run.parent_id, owner=user)
     new.experiment_id = run.experiment_id
     s.commit()
     _enqueue_all([new.id])
@@ -146,7 +207,8 @@ def retry_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session))
 
 
 @router.delete("/runs/{run_id}", status_code=204)
-def delete_run(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Response:
+def delete_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Response:
+    check_owner(run, user, "delete")
     if run.status == "running":
         raise HTTPException(409, detail=f"run {run.id} is running: cancel it first")
     s.delete(run)
@@ -186,13 +248,14 @@ def eval_results(run: Run = Depends(run_or_404), s: Session = Depends(get_sessio
 
 
 @router.post("/runs/{run_id}/eval", status_code=201, response_model=RunOut)
-def queue_eval(body: EvalCreate, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def queue_eval(body: EvalCreate, user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
     """Queue the robustness panel on a finished defense run, as its own job."""
     if run.kind != "train" or run.scenario != "defense" or run.status != "succeeded":
         raise HTTPException(409, detail="the panel runs on a succeeded defense training run")
     cfg = copy.deepcopy(run.config)
     cfg["eval"] = {**cfg["eval"], "panel": body.panel, "n": body.n}
-    job = crud.create_run(s, config=cfg, kind="eval", parent_id=run.id)
+    _check_quota(s, user, 1)
+    job = crud.create_run(s, config=cfg, kind="eval", parent_id=run.id, owner=user)
     job.name = f"eval {body.panel}: {run.name}"[:200]
     s.commit()
     _enqueue_all([job.id])

@@ -1,0 +1,116 @@
+"""Sign-in for the dashboard (a session cookie, HttpOnly and SameSite) and a user's own API tokens."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import Path as FPath
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import auth
+from backend.config import get_settings
+from backend.db import get_session
+from backend.models import ApiToken, User
+
+router = APIRouter(prefix="/api", tags=["auth"])
+BEARER = {"WWW-Authenticate": "Bearer"}
+
+
+class Login(BaseModel):
+    """Either a token, or a user name and password."""
+
+    model_config = ConfigDict(extra="forbid")
+    token: str | None = Field(None, max_length=200)
+    username: str | None = Field(None, max_length=64)
+    password: str | None = Field(None, max_length=1000)
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field("", max_length=100, pattern=r"^[^\x00]*$")
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    is_admin: bool
+
+
+def token_out(t: ApiToken) -> dict:
+    """A token as listed: its prefix, never the secret or its hash."""
+    return {"id": t.id, "label": t.label, "prefix": t.prefix, "created_at": t.created_at,
+            "last_used_at": t.last_used_at, "revoked": t.revoked_at is not None}
+
+
+@router.get("/auth/me")
+def me(user: User | None = Depends(auth.current_user)) -> dict:
+    """Whether this server needs sign-in, and who is signed in (null if nobody)."""
+    return {"auth": get_settings().auth, "user": UserOut.model_validate(user).model_dump() if user else None}
+
+
+@router.post("/auth/login")
+def login(body: Login, response: Response, s: Session = Depends(get_session)) -> dict:
+    if not get_settings().auth:
+        raise HTTPException(409, detail="auth is off on this server (embedded mode): no sign-in needed")
+    token = None
+    if body.token:
+        found = auth.user_for_token(s, body.token.strip())
+        if found is None:
+            raise HTTPException(401, detail="invalid or revoked token", headers=BEARER)
+        user, token = found
+    elif body.username and body.password:
+        user = s.scalar(select(User).where(User.name == body.username))
+        if user is None or user.disabled or not auth.verify_password(body.password, user.password_hash):
+            raise HTTPException(401, detail="wrong user name or password", headers=BEARER)
+    else:
+        raise HTTPException(401, detail="send a token, or a username and password", headers=BEARER)
+    sid = auth.open_session(s, user=user, token=token)
+    s.commit()
+    settings = get_settings()
+    response.set_cookie(auth.COOKIE, sid, max_age=int(settings.session_hours * 3600), httponly=True,
+                        samesite="strict", secure=settings.cookie_secure, path="/")
+    return {"user": UserOut.model_validate(user).model_dump()}
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(request: Request, s: Session = Depends(get_session), _: User | None = Depends(auth.require_user)) -> Response:
+    sid = request.cookies.get(auth.COOKIE)
+    if sid:
+        auth.close_session(s, sid)
+        s.commit()
+    response = Response(status_code=204)
+    response.delete_cookie(auth.COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _signed_in(user: User | None = Depends(auth.require_user)) -> User:
+    if user is None:
+        raise HTTPException(409, detail="auth is off on this server (embedded mode): there are no users")
+    return user
+
+
+@router.get("/tokens")
+def list_tokens(user: User = Depends(_signed_in), s: Session = Depends(get_session)) -> list[dict]:
+    return [token_out(t) for t in s.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id))]
+
+
+@router.post("/tokens", status_code=201)
+def create_token(body: TokenCreate, user: User = Depends(_signed_in), s: Session = Depends(get_session)) -> dict:
+    """A new token for the signed-in user; the secret is in this response and never again."""
+    row, secret = auth.create_token(s, user=user, label=body.label)
+    s.commit()
+    return {**token_out(row), "token": secret}
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: Annotated[int, FPath(ge=1, le=2**31 - 1)], user: User = Depends(_signed_in),
+                 s: Session = Depends(get_session)) -> Response:
+    try:
+        auth.revoke_token(s, token_id=token_id, by=user)
+    except auth.AuthError as e:
+        raise HTTPException(404, detail=str(e)) from e
+    s.commit()
+    return Response(status_code=204)
