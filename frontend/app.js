@@ -5,6 +5,7 @@ import { color, heatmap, lineChart } from "./charts.js";
 const app = document.getElementById("app");
 let cleanup = [];
 let methodsCache = null;
+let me = null; // GET /api/auth/me: { auth, user }
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmtS = (s) => (s == null ? "" : s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
@@ -50,7 +51,7 @@ async function runsPage(params) {
       <span class="spacer"></span>
       <button id="prev">‹ prev</button><button id="next">next ›</button>
     </div>
-    <table class="runs"><thead><tr><th></th><th>name</th><th>scenario</th><th>method</th><th>dataset</th><th>status</th>
+    <table class="runs"><thead><tr><th></th><th>name</th><th>scenario</th><th>method</th><th>dataset</th><th>owner</th><th>status</th>
       <th>test acc</th><th>created</th><th>duration</th><th>tags</th><th></th></tr></thead><tbody></tbody></table>
   </section>`));
   const tbody = app.querySelector("tbody");
@@ -72,7 +73,7 @@ async function runsPage(params) {
     tbody.replaceChildren(...data.items.map((r) => h(`<tr data-id="${r.id}">
       <td><input type="checkbox" class="sel" ${selected.has(r.id) ? "checked" : ""}></td>
       <td><a href="#/run/${r.id}">${esc(r.name)}</a>${r.kind === "eval" ? ' <span class="muted">(panel)</span>' : ""}</td>
-      <td>${esc(r.scenario)}</td><td>${esc(r.method)}</td><td>${esc(r.dataset)}</td>
+      <td>${esc(r.scenario)}</td><td>${esc(r.method)}</td><td>${esc(r.dataset)}</td><td>${esc(r.owner ?? "")}</td>
       <td class="st">${statusCell(r)}</td>
       <td>${pct(r.summary?.test?.acc ?? Object.entries(r.summary?.test ?? {}).find(([k]) => k.endsWith("/acc"))?.[1])}</td>
       <td>${new Date(r.created_at).toLocaleString()}</td><td>${duration(r)}</td>
@@ -89,9 +90,13 @@ async function runsPage(params) {
   });
   tbody.addEventListener("click", async (e) => {
     const id = e.target.closest("tr")?.dataset.id;
-    if (e.target.classList.contains("cancel")) await api(`/api/runs/${id}/cancel`, { method: "POST" });
-    else if (e.target.classList.contains("retry")) await api(`/api/runs/${id}/retry`, { method: "POST" });
-    else return;
+    const action = ["cancel", "retry"].find((a) => e.target.classList.contains(a));
+    if (!action) return;
+    try {
+      await api(`/api/runs/${id}/${action}`, { method: "POST" });
+    } catch (err) {
+      flash(err.message); // e.g. 403: another user's run
+    }
     load();
   });
   app.querySelector("#compare").addEventListener("click", () => (location.hash = `#/compare/${[...selected].join(",")}`));
@@ -189,7 +194,8 @@ async function launchPage() {
   const preview = () => {
     const [path, body] = request();
     app.querySelector("#yaml").textContent = toYaml(body.config);
-    app.querySelector("#curl").textContent = `curl -X POST ${location.origin}${path} \\\n  -H 'content-type: application/json' \\\n  -d '${JSON.stringify(body)}'`;
+    const auth = me?.auth ? ` \\\n  -H "Authorization: Bearer $GATLAB_TOKEN"` : "";
+    app.querySelector("#curl").textContent = `curl -X POST ${location.origin}${path}${auth} \\\n  -H 'content-type: application/json' \\\n  -d '${JSON.stringify(body)}'`;
   };
   form.addEventListener("change", (e) => {
     if (e.target.id === "preset") config = structuredClone(examples[Number(e.target.value)].config);
@@ -431,6 +437,49 @@ async function comparePage(idsArg) {
   await Promise.all([overlay.refresh(), finals()]);
 }
 
+// ---------------------------------------------------------------- sign-in
+function flash(msg) {
+  const el = h(`<div class="flash err" role="alert">${esc(msg)}</div>`);
+  document.body.append(el);
+  setTimeout(() => el.remove(), 6000);
+}
+
+function showUser() {
+  const who = document.getElementById("who");
+  if (!me?.auth) { who.textContent = "auth off (local)"; return; }
+  if (!me.user) { who.textContent = ""; return; }
+  who.replaceChildren(h(`<span>${esc(me.user.name)}${me.user.is_admin ? " (admin)" : ""} · <a href="#" id="signout">sign out</a></span>`));
+  who.querySelector("#signout").addEventListener("click", async (e) => {
+    e.preventDefault();
+    await api("/api/auth/logout", { method: "POST" });
+    me = null;
+    route();
+  });
+}
+
+function signInPage() {
+  app.replaceChildren(h(`<section class="signin"><h1>Sign in</h1>
+    <p class="muted">This lab server needs a user. Paste an API token (from <code>gatlab users create NAME</code>), or use a password.</p>
+    <form id="signin">
+      <label>API token <input name="token" type="password" autocomplete="off" placeholder="gat_..."></label>
+      <p class="muted">or</p>
+      <label>User <input name="username" autocomplete="username"></label>
+      <label>Password <input name="password" type="password" autocomplete="current-password"></label>
+      <p><button type="submit">Sign in</button> <span class="err" id="signin-error"></span></p>
+    </form></section>`));
+  const form = app.querySelector("#signin");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = Object.fromEntries([...new FormData(form)].filter(([, v]) => v));
+    try {
+      me = { auth: true, user: (await api("/api/auth/login", { method: "POST", body })).user };
+      route();
+    } catch (err) {
+      form.querySelector("#signin-error").textContent = err.message;
+    }
+  });
+}
+
 // ---------------------------------------------------------------- router
 async function route() {
   cleanup.forEach((f) => f());
@@ -439,6 +488,13 @@ async function route() {
   const [, page = "runs", arg] = path.split("/");
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === page));
   app.dataset.page = page;
+  me ??= await api("/api/auth/me");
+  showUser();
+  if (me.auth && !me.user) {
+    app.dataset.page = "signin";
+    signInPage();
+    return;
+  }
   try {
     if (page === "launch") await launchPage();
     else if (page === "run") await runPage(Number(arg));
@@ -446,6 +502,7 @@ async function route() {
     else await runsPage(new URLSearchParams(query));
     app.dataset.ready = page;
   } catch (err) {
+    if (err.status === 401) { me = null; return route(); } // the session ended: sign in again
     app.replaceChildren(h(`<section><h1>Error</h1><pre class="err">${esc(err.message)}\n${esc(err.stack ?? "")}</pre></section>`));
   }
 }

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from bench._common import Stack
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from .conftest import ARTIFACTS, browser_page
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +21,8 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(lab):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        pg = ctx.new_page()
-        pg.errors, pg.foreign = [], []
-        pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        pg.on("request", lambda r: r.url.startswith(lab.base) or r.url.startswith("data:") or pg.foreign.append(r.url))
+    with browser_page(lab) as pg:
         yield pg
-        browser.close()
 
 
 def goto(page, lab, hash_, ready):

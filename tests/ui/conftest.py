@@ -1,0 +1,26 @@
+"""A page in Debian's headless Chromium (never `playwright install`), recording console errors and
+any request that leaves the app's origin."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def browser_page(lab):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        pg = ctx.new_page()
+        pg.errors, pg.foreign = [], []
+        pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        pg.on("request", lambda r: r.url.startswith(lab.base) or r.url.startswith("data:") or pg.foreign.append(r.url))
+        yield pg
+        browser.close()
