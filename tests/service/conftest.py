@@ -16,8 +16,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-@pytest.fixture(scope="session")
-def pg_database():
+def _new_pg_database():
     """A fresh PostgreSQL database on the server of DATABASE_URL, dropped afterwards."""
     url = make_url(DATABASE_URL)
     name = f"gatlab_t_{uuid.uuid4().hex[:8]}"
@@ -27,6 +26,10 @@ def pg_database():
     yield url.set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+pg_database = pytest.fixture(scope="session")(_new_pg_database)  # shared by the service tests
+empty_pg_database = pytest.fixture(_new_pg_database)  # one test's own: e.g. no admin yet
 
 
 def make_stack(tmp: Path, kind: str, pg_url: str | None = None, **extra) -> Stack:
