@@ -1,6 +1,8 @@
 """The FastAPI app factory."""
 from __future__ import annotations
 
+import logging
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -14,8 +16,31 @@ from .config import get_settings
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 
 
+@asynccontextmanager
+async def _startup_line(app: FastAPI):
+    """Say on start-up whether this server needs sign-in, and how to make its first user."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db import session_scope
+    from .models import User
+
+    log = logging.getLogger("uvicorn.error")
+    if not get_settings().auth:
+        log.info("GAT Lab API: auth off (GATLAB_AUTH=false): anyone who reaches this port can use it")
+    else:
+        try:
+            with session_scope() as s:
+                users = s.scalar(select(func.count()).select_from(User))
+        except SQLAlchemyError as e:
+            log.error("GAT Lab API: auth on, but the users table cannot be read (run `gatlab db upgrade`): %s", e)
+            users = 0
+        log.info("GAT Lab API: auth on, %d user(s)%s", users, "" if users else ": create the first admin with `gatlab setup NAME`")
+    yield
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="GAT Lab", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
+    app = FastAPI(title="GAT Lab", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json", lifespan=_startup_line)
     app.include_router(meta.router)
     app.include_router(auth.router)
     app.include_router(runs.router)

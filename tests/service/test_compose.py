@@ -180,6 +180,7 @@ def test_the_compose_commands_run_a_job_end_to_end(tmp_path, empty_pg_database):
                 assert time.monotonic() < deadline, f"{name} never became healthy:\n" + (tmp_path / f"{name}.log").read_text()[-3000:]
                 time.sleep(1)
         assert call(["gatlab", "health", "--worker", "no-such-worker"]).returncode == 1  # the check can fail
+        assert "auth on, 1 user(s)" in (tmp_path / "api.log").read_text()  # the start-up line says so
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         assert http.post("/api/runs", json={"config": tiny_config()}).status_code == 401  # auth is on
         http.headers["Authorization"] = f"Bearer {token}"
