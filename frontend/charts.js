@@ -66,8 +66,26 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
   };
 
   // Wheel zooms around the cursor, shift+wheel (or a horizontal wheel) pans; the server is then
-  // asked again for the visible window, so detail appears as you zoom in.
-  let pending = null;
+  // asked again for the visible window, so detail appears as you zoom in. One load at a time per
+  // chart, latest window wins: a burst of wheel steps never queues stale requests on the server,
+  // and an old answer never overwrites a newer window.
+  let pending = null, inflight = false, want = null;
+  const fetchWindow = async () => {
+    if (inflight) return; // the running load takes `want` when it is done
+    inflight = true;
+    el.dataset.loading = "1";
+    try {
+      while (want) {
+        const [lo, hi] = want;
+        want = null;
+        const series = await load([lo, hi]);
+        if (!want) { render(series); plot.setScale("x", { min: lo, max: hi }); }
+      }
+    } finally {
+      inflight = false;
+      delete el.dataset.loading;
+    }
+  };
   const onWheel = (e) => {
     e.preventDefault();
     const { min, max } = plot.scales.x;
@@ -86,11 +104,9 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
     el.dataset.zoomed = "1";
     el.dataset.range = `${lo.toFixed(3)},${hi.toFixed(3)}`;
     clearTimeout(pending);
-    pending = setTimeout(async () => {
-      const series = await load([lo, hi]);
-      render(series);
-      plot.setScale("x", { min: lo, max: hi });
-    }, 250);
+    want = [lo, hi];
+    el.dataset.loading = "1";
+    pending = setTimeout(fetchWindow, 150);
   };
 
   el.querySelector(".log").addEventListener("change", () => render(seriesCache));
