@@ -39,6 +39,9 @@ DATASET_TASKS = {"digits_mt": ["digit", "parity", "gt4", "intensity"],
                  "multidigits": ["left", "right"], "multimnist": ["left", "right"],
                  "cifar100_coarse": ["fine", "coarse"]}
 
+# Config fields that name files: on a lab server they must stay inside the data root.
+PATH_FIELDS = (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir"))
+
 
 class DatasetConfig(_Strict):
     name: DatasetName = Field(description="Data source; digits and synthetic need no files.")

@@ -22,6 +22,7 @@ from backend import crud, series
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Artifact, Run, now
+from backend.schemas import PATH_FIELDS
 from backend.queue import TRAIN_TASK, make_celery
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def _in_data_root(config: dict, root: Path | None) -> None:
     """Relative file paths of a lab config are relative to the data root (the API checked they stay in it)."""
     if root is None:
         return
-    for section, key in (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir")):
+    for section, key in PATH_FIELDS:
         value = config.get(section, {}).get(key)
         if value is not None and not Path(value).is_absolute():
             config[section] = {**config[section], key: str(root / value)}

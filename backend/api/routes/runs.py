@@ -39,7 +39,7 @@ from backend.models import (
     now,
 )
 from backend.queue import BrokerUnavailable, enqueue
-from backend.schemas import NO_NUL, config_errors, parse_run_config
+from backend.schemas import NO_NUL, PATH_FIELDS, config_errors, parse_run_config
 
 router = APIRouter(prefix="/api", tags=["runs"], dependencies=[Depends(require_user)])
 Me = Annotated[User | None, Depends(require_user)]
@@ -68,7 +68,7 @@ def _limit_errors(cfg: dict) -> list[tuple[list[str], str]]:
         errors.append((["train", "batch_size"], f"at most {settings.max_batch_size} on this server (GATLAB_MAX_BATCH_SIZE)"))
     root = settings.data_path
     if root is not None:
-        for section, key in (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir")):
+        for section, key in PATH_FIELDS:
             value = cfg.get(section, {}).get(key)
             if value is None:
                 continue
