@@ -4,12 +4,14 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --create-home --uid 1000 gatlab && mkdir -p /lab/runs /lab/data && chown -R gatlab /lab
 WORKDIR /app
-RUN pip install torch==2.14.1 torchvision==0.29.1
+COPY requirements-lock.txt ./
+# torch first, in a layer of its own: code changes then rebuild only the small layers below.
+RUN pip install -c requirements-lock.txt torch torchvision
 COPY pyproject.toml README.md ./
 COPY backend backend
 COPY worker worker
 COPY frontend frontend
 COPY examples examples
-RUN pip install -e '.[worker]'
+RUN pip install -c requirements-lock.txt -e '.[worker]'
 USER gatlab
 CMD ["gatlab", "worker"]

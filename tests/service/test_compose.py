@@ -126,7 +126,11 @@ def test_images_api_has_no_torch_worker_has_it_and_the_api_code_imports_without_
     api = (ROOT / "docker/api.Dockerfile").read_text()
     worker = (ROOT / "docker/worker.Dockerfile").read_text()
     assert "torch" not in api.replace("# The API image: FastAPI, the dashboard, migrations and the user commands. No torch (slim).", "")
-    assert "pip install -e ." in api and "'.[worker]'" in worker and "torch==" in worker
+    assert "pip install -c requirements-lock.txt -e ." in api
+    assert "pip install -c requirements-lock.txt -e '.[worker]'" in worker
+    assert "pip install -c requirements-lock.txt torch torchvision" in worker
+    lock = (ROOT / "requirements-lock.txt").read_text().splitlines()
+    assert "torch==2.14.1" in lock and "torchvision==0.29.1" in lock  # both images install the lock's versions
     for svc in ("api", "migrate", "worker"):
         assert (ROOT / compose()["services"][svc]["build"]["dockerfile"]).is_file()
     blocker = ("import sys\nclass B:\n def find_spec(self, name, path=None, target=None):\n"
