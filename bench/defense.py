@@ -1,8 +1,8 @@
 """Reproduction table for the defense scenario: every method, several seeds, the robustness panel.
 
-    python bench/defense.py                           # digits, 3 seeds, quick panel
-    python bench/defense.py --dataset npz --path my.npz --panel standard
-    python bench/defense.py --dataset mnist --data-dir data --epochs 10
+    python -m bench.defense                           # digits, 3 seeds, quick panel
+    python -m bench.defense --dataset npz --path my.npz --panel standard
+    python -m bench.defense --dataset mnist --data-dir data --epochs 10
 
 Prints markdown: clean and per-attack accuracy at the dataset's standard L-inf radius (and L2
 PGD at its standard L2 radius), mean +- std over seeds, and how many sanity checks passed.
@@ -106,7 +106,7 @@ def main() -> None:
             print(f"{method} seed {seed}: {results[method][-1]}", file=sys.stderr)
     std, std2 = gdata.STANDARD_EPS[args.dataset]
     print(f"# Defense on {args.dataset}: accuracy (%) at L-inf eps {std:.4g} (L2 PGD at {std2:.4g})\n")
-    print(f"Command: `python {' '.join(sys.argv)}`  ")
+    print(f"Command: `python -m bench.defense {' '.join(sys.argv[1:])}`  ")
     print(f"{args.arch} width {args.width}, {args.epochs} epochs, {args.seeds} seeds (mean ± std), "
           f"panel '{args.panel}' on {summary['eval']['n']} test examples; AutoAttack on its panel subset. "
           f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads.\n")

@@ -3,7 +3,7 @@ recorder (batched, idempotent, with rollups) into SQLite and PostgreSQL, raw sql
 executemany for the floor, and MLflow's log_batch into its own SQLite store (if installed:
 `pip install -e '.[bench]'`).
 
-    python bench/ingest.py [--points 1000000]
+    python -m bench.ingest [--points 1000000]
 """
 from __future__ import annotations
 

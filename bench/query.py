@@ -1,7 +1,7 @@
 """Query latency on SQLite and PostgreSQL: a 1000-bucket min/max/last read of a 1M-point series,
 and the runs list (filtered, sorted, paginated) at 10k runs. Median of repeated reads.
 
-    python bench/query.py [--points 1000000] [--runs 10000]
+    python -m bench.query [--points 1000000] [--runs 10000]
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Queue latency: seconds from POST /api/runs to the run being `running`, with an idle worker,
 over Redis (+ PostgreSQL) and over the embedded SQLite broker, in one run.
 
-    python bench/queue.py [--repeat 10]
+    python -m bench.queue_latency [--repeat 10]
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Seconds per training step of every defense method against `erm`, on the same model and batches,
 interleaved in one run (so machine load hits every method alike), printed as a table of ratios.
 
-    python bench/step_cost.py [--rounds 5] [--device cpu|cuda]
+    python -m bench.step_cost [--rounds 5] [--device cpu|cuda]
 """
 from __future__ import annotations
 
