@@ -1,11 +1,20 @@
 """The `gatlab` command as a user runs it: a real subprocess."""
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gatlab(*args, cwd=None):
@@ -121,3 +130,32 @@ def test_multitask_train_and_export_end_to_end(tmp_path):
     assert r.returncode == 0 and "a dict of task outputs" in r.stdout, r.stderr
     outs = torch.jit.load(str(tmp_path / "mt.pt"))(torch.rand(2, 1, 8, 8))
     assert set(outs) == {"digit", "parity", "gt4", "intensity"}
+
+
+def test_train_a_shipped_example_as_installed_with_its_progress_bar(tmp_path):
+    """What a new user runs first: the installed `gatlab` script on a shipped example, in a terminal
+    (a pseudo-terminal here), so the progress bar is drawn as a user sees it."""
+    gatlab_script = Path(sys.executable).with_name("gatlab")
+    out = tmp_path / "run"
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    p = subprocess.Popen([str(gatlab_script), "train", "examples/defense-digits.yaml", "--out", str(out)],
+                         cwd=ROOT, stdin=child, stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:  # EIO: the child side closed
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(parent)
+    assert p.wait(timeout=600) == 0, screen.decode(errors="replace")[-3000:]
+    text = screen.decode(errors="replace")
+    total = json.loads((out / "summary.json").read_text())["steps"]
+    assert total >= 30  # 30 epochs
+    assert re.search(rf"100%\|[^|]*\| {total}/{total} \[", text), text[-3000:]  # tqdm's finished bar
+    assert "sanity checks:" in text and "Traceback" not in text
+    assert (out / "model.pt").exists() and (out / "eval.json").exists()

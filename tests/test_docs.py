@@ -1,0 +1,104 @@
+"""Every command the docs show runs as written: the README's `gatlab` lines parse with the real CLI
+and their subcommands answer `--help` through the installed `gatlab` script; every benchmark command
+(bench/ docstrings, docs/results/, the README) starts and answers `--help`; CI runs the README's
+install and test commands verbatim."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+GATLAB = Path(sys.executable).with_name("gatlab")  # the console script the install made
+# The README's placeholders, replaced by a value of their kind.
+PLACEHOLDERS = {"NAME": "alice", "ID": "1", "URL": "http://127.0.0.1:8000", "H": "127.0.0.1", "P": "8000"}
+
+
+def code_lines(text: str) -> list[str]:
+    """Lines of the README's indented code blocks."""
+    return [line.strip() for line in text.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def readme_gatlab_commands() -> list[list[str]]:
+    """Each `gatlab ...` line of the README, with `a | b` alternatives expanded (`gatlab users list |
+    token NAME` is `gatlab users list` and `gatlab users token NAME`) and placeholders filled."""
+    commands = []
+    for line in code_lines(README):
+        line = line.split(" #")[0].replace("[", "").replace("]", "")
+        if not line.startswith("gatlab "):
+            continue
+        first, *alternatives = [shlex.split(seg) for seg in line.split(" | ")]
+        for words in [first] + [first[:2] + alt for alt in alternatives]:
+            commands.append([PLACEHOLDERS.get(w, w) for w in words])
+    return commands
+
+
+def test_the_readme_shows_the_cli():
+    subcommands = {c[1] for c in readme_gatlab_commands()}
+    assert subcommands >= {"train", "eval", "export", "methods", "up", "worker", "submit", "db", "setup", "users", "health"}
+
+
+@pytest.mark.parametrize("words", readme_gatlab_commands(), ids=" ".join)
+def test_each_readme_gatlab_command_parses(words):
+    args = build_parser().parse_args(words[1:])  # SystemExit (a failure) on an unknown command, flag or value
+    assert args.cmd == words[1]
+    for w in words:
+        if w.startswith("examples/"):
+            assert (ROOT / w).is_file(), f"{w} is not in the repository"
+
+
+@pytest.mark.parametrize("cmd", sorted({c[1] for c in readme_gatlab_commands()}))
+def test_each_gatlab_subcommand_answers_help_as_installed(cmd):
+    r = subprocess.run([str(GATLAB), cmd, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: gatlab {cmd}")
+
+
+BENCH_COMMAND = re.compile(r"python (-m bench\.\w+|bench/\S+\.py)([^\n`#]*)")
+
+
+def documented_bench_commands() -> list[str]:
+    sources = [README, *(p.read_text() for p in sorted((ROOT / "bench").glob("*.py"))),
+               *(p.read_text() for p in sorted((ROOT / "docs" / "results").iterdir()))]
+    found = set()
+    for text in sources:
+        for target, rest in BENCH_COMMAND.findall(text):
+            rest = re.sub(r"\[[^\]]*\]", "", rest)  # optional arguments, shown as [--flag value]
+            found.add(f"python {target} {rest}".strip())
+    return sorted(found)
+
+
+def test_every_benchmark_is_documented_with_a_command():
+    scripts = {p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_")}
+    shown = {m.group(1).removeprefix("-m bench.") for m in map(BENCH_COMMAND.match, documented_bench_commands())}
+    assert scripts <= shown, f"benchmarks without a documented command: {scripts - shown}"
+
+
+@pytest.mark.parametrize("command", documented_bench_commands())
+def test_each_documented_benchmark_command_starts(command):
+    """As written, plus --help: it must get past its imports and its argument parser."""
+    words = shlex.split(command)
+    r = subprocess.run([sys.executable, *words[1:], "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, f"{command} --help failed:\n{r.stderr[-2000:]}"
+    assert r.stdout.startswith("usage:")
+
+
+def test_no_benchmark_shadows_a_standard_module():
+    """`python bench/queue.py` once hid the standard `queue` from torch for every script in bench/."""
+    clash = {p.stem for p in (ROOT / "bench").glob("*.py")} & set(sys.stdlib_module_names)
+    assert not clash, clash
+
+
+def test_ci_runs_the_readme_install_and_test_commands_verbatim():
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = next(line for line in code_lines(README) if line.startswith("pip install"))
+    assert install.endswith(" && gatlab up")
+    assert install.removesuffix(" && gatlab up") in ci.splitlines()
+    assert "./scripts/test" in code_lines(README) and "./scripts/test" in ci.splitlines()
+    assert re.search(r"^python3\.11 -m venv ", ci, re.M), "CI builds a brand-new virtual environment"
+    assert "-c requirements-lock.txt" in (ROOT / "scripts" / "test").read_text()
