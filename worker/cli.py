@@ -50,17 +50,20 @@ def cmd_train(args) -> int:
     from worker.gat import job
     from worker.gat.data import DataError
     from worker.gat.recorder import JsonlRecorder
-    from worker.gat.train import TeacherError, checkpoint_step
+    from worker.gat.train import CheckpointError, TeacherError, checkpoint_step
 
     config = load_config(args.config)
     out = Path(args.out or f"runs/{config['name']}-{datetime.now():%Y%m%d-%H%M%S}")
-    step = checkpoint_step(out)
+    try:
+        step = checkpoint_step(out)
+    except CheckpointError as e:
+        raise CliError(str(e)) from e
     if step:
         print(f"resuming {out} from its checkpoint at step {step}", file=sys.stderr)
     rec = JsonlRecorder(out, resume_step=step, progress_bar=not args.quiet)
     try:
         summary = job.run(config, out, rec)
-    except (DataError, TeacherError) as e:
+    except (DataError, TeacherError, CheckpointError) as e:
         raise CliError(str(e)) from e
     finally:
         rec.close()
@@ -74,6 +77,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from worker.gat import job
     from worker.gat.recorder import JsonlRecorder
+    from worker.gat.train import CheckpointError
 
     run_dir = Path(args.run_dir)
     cfg_path = run_dir / "config.json"
@@ -83,7 +87,7 @@ def cmd_eval(args) -> int:
     rec = JsonlRecorder(run_dir, resume_step=10**12, progress_bar=False)
     try:
         result = job.evaluate_run(run_dir, config, rec, panel=args.panel, n=args.n)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError) as e:
         raise CliError(str(e)) from e
     finally:
         rec.close()
@@ -109,12 +113,12 @@ def print_panel(result: dict) -> None:
 def cmd_export(args) -> int:
     import torch
 
-    from worker.gat.train import load_model
+    from worker.gat.train import CheckpointError, load_model
 
     run_dir = Path(args.run_dir)
     try:
         model = load_model(run_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError) as e:
         raise CliError(str(e)) from e
     shape = json.loads((run_dir / "summary.json").read_text())["data"]["input_shape"]
     example = torch.rand(2, *shape)

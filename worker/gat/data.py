@@ -8,7 +8,9 @@ and recorded as index hashes, independent of the training seed.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -228,11 +230,31 @@ def _torchvision(name: str, root: Path, download: bool):
     return out[0], out[1]
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles builtin containers, numbers, strings, bytes and numpy arrays, nothing else: a
+    pickle naming any other callable (os.system, builtins.eval, ...) is refused before it runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 store bytes this way
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused: the file names {module}.{name}, which is not array data")
+        return super().find_class(module, name)
+
+
+def load_array_pickle(path: Path) -> object:
+    """A python pickle of arrays (CIFAR's format) read without running code from the file."""
+    try:
+        return _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DataError(f"dataset.data_dir: {path} is not a CIFAR pickle of arrays ({e})") from e
+
+
 def _cifar100_coarse(root: Path, download: bool):
     """CIFAR-100 with two tasks, the fine label (100) and the coarse superclass (20), read from
     the python pickles of torchvision's layout (root/cifar-100-python/{train,test})."""
-    import pickle
-
     folder = root / "cifar-100-python"
     if not folder.is_dir():
         if not download:
@@ -241,8 +263,9 @@ def _cifar100_coarse(root: Path, download: bool):
         _torchvision("cifar100", root, True)
     out = []
     for split in ("train", "test"):
-        with open(folder / split, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+        d = load_array_pickle(folder / split)
+        if not isinstance(d, dict) or not {b"data", b"fine_labels", b"coarse_labels"} <= d.keys():
+            raise DataError(f"dataset.data_dir: {folder / split} lacks CIFAR-100's data and labels")
         x = torch.from_numpy(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         out.append((x, torch.tensor(d[b"fine_labels"]), {"coarse": torch.tensor(d[b"coarse_labels"])}))
     return out[0], out[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import platform
 import random
 import time
@@ -251,7 +252,7 @@ def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_s
     if p.get("teacher_dir"):
         try:
             return load_model(Path(p["teacher_dir"]), device)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, CheckpointError) as e:
             raise TeacherError(f"params.teacher_dir: {e}") from e
     if p.get("teacher_run"):
         raise TeacherError("params.teacher_run: run ids are resolved by the lab service; locally, give params.teacher_dir")
@@ -303,8 +304,27 @@ def _record_task_stats(s: Setup, x, targets: dict, step: int, recorder: Recorder
     recorder.log(step, row)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint or model file that is refused or unreadable, with a message for the user."""
+
+
+def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint or model file: tensors and plain containers only (`weights_only`), so a
+    crafted file cannot run code on the worker."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused, it holds more than tensors and plain containers "
+                              f"({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
+
+
 def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    mt, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's state as tensors and numbers: the checkpoint stays loadable with weights_only=True
+    st = {"torch": torch.get_rng_state(), "numpy": [mt, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+          "python": random.getstate()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -312,7 +332,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
+    mt, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((mt, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -332,7 +353,7 @@ def _resume(out_dir, s, method, opt, aux_opt, sched) -> tuple[int, int]:
     path = out_dir / CHECKPOINT
     if not path.exists():
         return 0, 0
-    ckpt = torch.load(path, map_location=s.device, weights_only=False)
+    ckpt = load_file(path, s.device)
     s.model.load_state_dict(ckpt["model"])
     for k, m in method.aux.items():
         m.load_state_dict(ckpt["aux"][k])
@@ -348,7 +369,7 @@ def _resume(out_dir, s, method, opt, aux_opt, sched) -> tuple[int, int]:
 def checkpoint_step(out_dir: Path) -> int:
     """The step of the last checkpoint in a run directory (0 if none)."""
     path = out_dir / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=False)["step"] if path.exists() else 0
+    return load_file(path)["step"] if path.exists() else 0
 
 
 def load_model(run_dir: Path, device: torch.device | None = None) -> nn.Module:
@@ -356,7 +377,7 @@ def load_model(run_dir: Path, device: torch.device | None = None) -> nn.Module:
     path = run_dir / FINAL
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no {FINAL}: is it a finished run directory?")
-    meta = torch.load(path, map_location="cpu", weights_only=False)
+    meta = load_file(path)
     if meta.get("tasks"):
         model = models.build_multitask(meta["model_config"], input_shape=tuple(meta["input_shape"]),
                                        tasks=meta["tasks"], mean=meta["mean"], std=meta["std"])
