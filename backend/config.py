@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, ge=1024, validation_alias="GATLAB_MAX_REQUEST_BYTES")
     session_hours: float = Field(24 * 14, gt=0, validation_alias="GATLAB_SESSION_HOURS")
     cookie_secure: bool = Field(False, validation_alias="GATLAB_COOKIE_SECURE")  # true behind HTTPS
+    # Host names this server answers to (DNS rebinding): comma-separated, `*` for any. Default: the
+    # loopback names with auth off (embedded mode), any name with auth on (set it on a lab server).
+    allowed_hosts: str = Field("", validation_alias="GATLAB_ALLOWED_HOSTS")
 
     @property
     def db_url(self) -> str:
@@ -44,6 +47,12 @@ class Settings(BaseSettings):
     @property
     def runs_path(self) -> Path:
         return (self.runs_dir or self.home / "runs").resolve()
+
+    @property
+    def host_names(self) -> frozenset[str] | None:
+        """The allowed Host names, lower case; None for any."""
+        names = self.allowed_hosts or ("*" if self.auth else "127.0.0.1,localhost,::1")
+        return None if names.strip() == "*" else frozenset(n.strip().lower() for n in names.split(",") if n.strip())
 
     @property
     def data_path(self) -> Path | None:

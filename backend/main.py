@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .api.routes import auth, meta, runs
 from .config import get_settings
+from .guard import SameOrigin
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
+    app.add_middleware(SameOrigin, allowed_hosts=get_settings().host_names)  # outermost: first to see a request
     return app
 
 
