@@ -70,6 +70,7 @@ class WebSession(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = {"sqlite_autoincrement": True}  # a deleted run's id is never handed out again
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"), index=True)
@@ -96,6 +97,7 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fencing token of the writing attempt
     summary: Mapped[dict | None] = mapped_column(JSON)
     owner_user: Mapped[User | None] = relationship(lazy="selectin")
 
@@ -145,6 +147,7 @@ class EvalResult(Base):
     __tablename__ = "eval_results"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the panel job (None: the run's own panel)
     panel: Mapped[str] = mapped_column(String(16))
     attack: Mapped[str] = mapped_column(String(64))
     norm: Mapped[str] = mapped_column(String(8))
@@ -160,6 +163,7 @@ class SanityCheck(Base):
     __tablename__ = "sanity_checks"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
     panel: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(64))
     passed: Mapped[bool] = mapped_column(Boolean)

@@ -107,9 +107,23 @@ def _claim(run_id: int) -> dict | None:
         if run.cancel_requested:
             run.status, run.finished_at = "cancelled", now()
             return None
+        first = run.started_at is None
         run.status, run.worker_host, run.heartbeat_at = "running", _me(), now()
         run.started_at = run.started_at or now()
-        return {"id": run.id, "kind": run.kind, "config": run.config, "parent_id": run.parent_id}
+        run.attempt += 1
+        return {"id": run.id, "kind": run.kind, "config": run.config, "parent_id": run.parent_id,
+                "attempt": run.attempt, "first": first}
+
+
+def _set_aside_foreign_files(run_dir: Path) -> None:
+    """A run's first attempt starts from an empty directory: files already there were not written
+    by it (a run deleted before ids stopped being reused, a hand-made folder) and are moved aside,
+    never read."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        aside = run_dir.parent / ".set-aside" / f"{run_dir.name}-{int(time.time())}"
+        aside.parent.mkdir(exist_ok=True)
+        run_dir.rename(aside)
+        log.warning("run directory %s held files this run did not write; moved to %s", run_dir, aside)
 
 
 def _aware(t: datetime) -> datetime:
@@ -179,6 +193,8 @@ def train_run(run_id: int) -> None:
     beat = Heartbeat(run_id, settings.heartbeat_s)
     beat.start()
     log_dir = settings.runs_path / str(run_id)
+    if job_info["first"]:
+        _set_aside_foreign_files(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     handler = _run_log(log_dir / "run.log")
     try:

@@ -17,10 +17,16 @@ def run() -> None:
         return
     engine = make_engine(url)
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=Base.metadata,
-                          render_as_batch=conn.dialect.name == "sqlite")
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # batch migrations rebuild tables: a DROP must not cascade into the rows that point at them
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()  # end the transaction the PRAGMA began: Alembic must own the migrations' one
+        context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=sqlite)
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
     engine.dispose()
 
 

@@ -4,6 +4,7 @@ import copy
 import csv
 import io
 import itertools
+import shutil
 from pathlib import Path, PurePath
 from typing import Annotated, Literal
 
@@ -213,6 +214,7 @@ def delete_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(ge
         raise HTTPException(409, detail=f"run {run.id} is running: cancel it first")
     s.delete(run)
     s.commit()
+    shutil.rmtree(get_settings().runs_path / str(run.id), ignore_errors=True)  # its files go with it
     return Response(status_code=204)
 
 
