@@ -80,16 +80,19 @@ def drop_points_after(s: Session, *, run_id: int, step: int) -> None:
     s.execute(delete(Histogram).where(Histogram.run_id == run_id, Histogram.step > step))
 
 
-def store_eval(s: Session, *, run_id: int, result: dict) -> None:
-    """Replace the run's results for this panel with a fresh set."""
+def store_eval(s: Session, *, run_id: int, result: dict, job_id: int | None = None) -> None:
+    """Store one panel's results. Each panel job keeps its own set (`job_id`); only the same job
+    (a resumed one) replaces its earlier rows, never another job's."""
     panel = result["panel"]
-    s.execute(delete(EvalResult).where(EvalResult.run_id == run_id, EvalResult.panel == panel))
-    s.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id, SanityCheck.panel == panel))
+    same_job = EvalResult.job_id.is_(None) if job_id is None else EvalResult.job_id == job_id
+    s.execute(delete(EvalResult).where(EvalResult.run_id == run_id, same_job))
+    same_job = SanityCheck.job_id.is_(None) if job_id is None else SanityCheck.job_id == job_id
+    s.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id, same_job))
     for r in result["rows"]:
-        s.add(EvalResult(run_id=run_id, panel=panel, attack=r["attack"], norm=r["norm"], eps=r["eps"],
+        s.add(EvalResult(run_id=run_id, job_id=job_id, panel=panel, attack=r["attack"], norm=r["norm"], eps=r["eps"],
                          steps=r.get("steps"), restarts=r.get("restarts"), accuracy=r["accuracy"], n=r["n"]))
     for c in result["checks"]:
-        s.add(SanityCheck(run_id=run_id, panel=panel, name=c["name"], passed=c["passed"], detail=c["detail"]))
+        s.add(SanityCheck(run_id=run_id, job_id=job_id, panel=panel, name=c["name"], passed=c["passed"], detail=c["detail"]))
 
 
 def metric_columns(s: Session, *, run_id: int, keys: list[str] | None, max_points: int, after_step: int,

@@ -32,8 +32,9 @@ app = make_celery(get_settings())
 class DbRecorder:
     """Buffers points and writes them in batches; progress is written at most once a second."""
 
-    def __init__(self, run_id: int, *, flush_every: int = 5000, progress_s: float = 1.0):
+    def __init__(self, run_id: int, *, flush_every: int = 5000, progress_s: float = 1.0, job_id: int | None = None):
         self.run_id, self.flush_every, self.progress_s = run_id, flush_every, progress_s
+        self.job_id = job_id  # a panel job's results are kept apart from the run's own and other jobs'
         self.rows: list[dict] = []
         self.hists: list[dict] = []
         self._last = 0.0
@@ -57,7 +58,7 @@ class DbRecorder:
 
     def evaluation(self, result: dict) -> None:
         with session_scope() as s:
-            crud.store_eval(s, run_id=self.run_id, result=result)
+            crud.store_eval(s, run_id=self.run_id, result=result, job_id=self.job_id)
 
     def flush(self) -> None:
         rows, hists, self.rows, self.hists = self.rows, self.hists, [], []
@@ -204,7 +205,8 @@ def train_run(run_id: int) -> None:
         _in_data_root(config, settings.data_path)
         if job_info["kind"] == "eval":
             parent = job_info["parent_id"]
-            result = job.evaluate_run(settings.runs_path / str(parent), config, DbRecorder(parent), device=device)
+            result = job.evaluate_run(settings.runs_path / str(parent), config, DbRecorder(parent, job_id=run_id),
+                                      device=device, out_dir=log_dir)
             _finish(run_id, "succeeded", summary={"panel": result["panel"], "parent": parent})
             return
         out_dir = settings.runs_path / str(run_id)

@@ -238,20 +238,55 @@ def histograms(run: Run = Depends(run_or_404), s: Session = Depends(get_session)
             "counts": [r.counts for r in rows]}
 
 
+def _panel_jobs(s: Session, run: Run) -> list[dict]:
+    """The panels run on this run, oldest first. A panel job is named by its run id; the panel at
+    the end of the run's own training by the run's id."""
+    rows = s.execute(select(EvalResult.job_id, EvalResult.panel, func.max(EvalResult.n), func.min(EvalResult.id))
+                     .where(EvalResult.run_id == run.id).group_by(EvalResult.job_id, EvalResult.panel)
+                     .order_by(func.min(EvalResult.id))).all()
+    return [{"job_id": job or run.id, "panel": panel, "n": n} for job, panel, n, _ in rows]
+
+
+def _of_job(table, run: Run, job_id: int | None):
+    """Rows of one panel: the run's own (stored with job_id NULL) or a panel job's."""
+    return table.job_id.is_(None) if job_id in (None, run.id) else table.job_id == job_id
+
+
+def _job_dir(run: Run, job_id: int | None) -> Path:
+    return get_settings().runs_path / str(job_id or run.id)
+
+
+JobQuery = Annotated[int | None, Query(ge=1, le=2**31 - 1,
+                                       description="A panel job's id, or the run's own id for its own panel (default: the latest)")]
+
+
+def _pick_job(s: Session, run: Run, job: int | None) -> tuple[list[dict], int | None]:
+    jobs = _panel_jobs(s, run)
+    if job is not None and job not in [j["job_id"] for j in jobs]:
+        raise HTTPException(404, detail=f"run {run.id} has no results of panel job {job}")
+    return jobs, job if job is not None else (jobs[-1]["job_id"] if jobs else None)
+
+
 @router.get("/runs/{run_id}/eval")
-def eval_results(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> dict:
-    rows = s.scalars(select(EvalResult).where(EvalResult.run_id == run.id).order_by(EvalResult.id)).all()
-    checks = s.scalars(select(SanityCheck).where(SanityCheck.run_id == run.id).order_by(SanityCheck.id)).all()
+def eval_results(job: JobQuery = None, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> dict:
+    """One panel's results (the latest, or `job`); `panels` lists every panel kept for this run."""
+    jobs, job_id = _pick_job(s, run, job)
+    rows = s.scalars(select(EvalResult).where(EvalResult.run_id == run.id, _of_job(EvalResult, run, job_id))
+                     .order_by(EvalResult.id)).all()
+    checks = s.scalars(select(SanityCheck).where(SanityCheck.run_id == run.id, _of_job(SanityCheck, run, job_id))
+                       .order_by(SanityCheck.id)).all()
     cols = ("panel", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n")
-    return {"rows": [{c: getattr(r, c) for c in cols} for r in rows],
+    return {"job_id": job_id, "panels": jobs,
+            "rows": [{c: getattr(r, c) for c in cols} for r in rows],
             "checks": [{"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
             "all_passed": all(c.passed for c in checks) if checks else None,
-            "gallery": (get_settings().runs_path / str(run.id) / "gallery.json").is_file()}
+            "gallery": (_job_dir(run, job_id) / "gallery.json").is_file()}
 
 
 @router.post("/runs/{run_id}/eval", status_code=201, response_model=RunOut)
 def queue_eval(body: EvalCreate, user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
-    """Queue the robustness panel on a finished defense run, as its own job."""
+    """Queue the robustness panel on a finished defense run, as its own job (owner or admin)."""
+    check_owner(run, user, "evaluate")
     if run.kind != "train" or run.scenario != "defense" or run.status != "succeeded":
         raise HTTPException(409, detail="the panel runs on a succeeded defense training run")
     cfg = copy.deepcopy(run.config)
@@ -266,9 +301,10 @@ def queue_eval(body: EvalCreate, user: Me, run: Run = Depends(run_or_404), s: Se
 
 
 @router.get("/runs/{run_id}/gallery")
-def gallery(run: Run = Depends(run_or_404)) -> Response:
-    """Clean, adversarial and perturbation images from the run's last robustness panel."""
-    path = get_settings().runs_path / str(run.id) / "gallery.json"
+def gallery(job: JobQuery = None, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Response:
+    """Clean, adversarial and perturbation images of one panel (the latest, or `job`)."""
+    _, job_id = _pick_job(s, run, job)
+    path = _job_dir(run, job_id) / "gallery.json"
     if not path.is_file():
         raise HTTPException(404, detail=f"run {run.id} has no robustness panel images yet")
     return Response(path.read_text(), media_type="application/json")
