@@ -12,7 +12,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 from fastapi import Depends, HTTPException, Request
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .config import get_settings
@@ -38,12 +38,22 @@ def hash_password(password: str) -> str:
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
+# Checked against when the user is unknown or has no password, so every refusal costs one scrypt:
+# the answer's timing does not tell which user names exist.
+_NOBODY = "scrypt$" + "00" * 16 + "$" + "00" * 32
+
+
 def verify_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
-    _, salt, digest = stored.split("$")
+    real = bool(stored) and stored.startswith("scrypt$")
+    _, salt, digest = (stored if real else _NOBODY).split("$")
     got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), **_SCRYPT)
-    return hmac.compare_digest(got.hex(), digest)
+    return hmac.compare_digest(got.hex(), digest) and real
+
+
+def set_password(s: Session, *, user: User, password: str) -> None:
+    """A new password ends every browser session of the user (a stolen session dies with the old password)."""
+    user.password_hash = hash_password(password)
+    s.execute(delete(WebSession).where(WebSession.user_id == user.id))
 
 
 # --- user management (the CLI and the API call these) ---------------------------------------------

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, ge=1024, validation_alias="GATLAB_MAX_REQUEST_BYTES")
     session_hours: float = Field(24 * 14, gt=0, validation_alias="GATLAB_SESSION_HOURS")
     cookie_secure: bool = Field(False, validation_alias="GATLAB_COOKIE_SECURE")  # true behind HTTPS
+    # Failed sign-ins allowed in 15 minutes, per user name and per client address (then 429).
+    max_failed_sign_ins_user: int = Field(10, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_USER")
+    max_failed_sign_ins_address: int = Field(50, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_ADDRESS")
     # Host names this server answers to (DNS rebinding): comma-separated, `*` for any. Default: the
     # loopback names with auth off (embedded mode), any name with auth on (set it on a lab server).
     allowed_hosts: str = Field("", validation_alias="GATLAB_ALLOWED_HOSTS")

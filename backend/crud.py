@@ -56,9 +56,9 @@ def list_runs(s: Session, *, status=None, scenario=None, method=None, experiment
     if experiment:
         stmt = stmt.join(Experiment, Run.experiment_id == Experiment.id).where(Experiment.name == experiment)
     if tag:
-        stmt = stmt.where(cast(Run.tags, Text).like(f'%"{tag}"%'))
+        stmt = stmt.where(cast(Run.tags, Text).contains(f'"{tag}"', autoescape=True))  # % and _ match themselves
     if q:
-        stmt = stmt.where(or_(Run.name.ilike(f"%{q}%"), Run.notes.ilike(f"%{q}%")))
+        stmt = stmt.where(or_(Run.name.icontains(q, autoescape=True), Run.notes.icontains(q, autoescape=True)))
     total = s.scalar(select(func.count()).select_from(stmt.subquery()))
     col = getattr(Run, sort.lstrip("-"))
     stmt = stmt.order_by(col.desc() if sort.startswith("-") else col.asc(), Run.id.desc())

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it at the door (422, not 500)
+MAX_INT = 2**31 - 1  # integers the database (INTEGER) and the worker (seeds) accept
 
 
 class _Strict(BaseModel):
@@ -53,7 +54,7 @@ class DatasetConfig(_Strict):
     test_fraction: float = Field(
         0.2, gt=0, lt=0.5, description="Test share, for sources without their own test split."
     )
-    split_seed: int = Field(0, description="Seed of the fixed train/val/test split.")
+    split_seed: int = Field(0, ge=0, le=MAX_INT, description="Seed of the fixed train/val/test split.")
     size: int = Field(600, ge=30, le=100_000, description="Examples in the synthetic set.")
 
 
@@ -72,20 +73,20 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, lt=1)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     augment: bool = Field(False, description="Random crop and flip (32x32 colour sets).")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_INT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    stats_every: int = Field(20, ge=1, description="Steps between gradient-statistics records.")
-    log_every: int = Field(1, ge=1, description="Steps between loss records.")
+    stats_every: int = Field(20, ge=1, le=MAX_INT, description="Steps between gradient-statistics records.")
+    log_every: int = Field(1, ge=1, le=MAX_INT, description="Steps between loss records.")
 
 
 class EvalConfig(_Strict):
     panel: Literal["none", "quick", "standard"] = "quick"
-    n: int | None = Field(None, ge=1, description="Test examples attacked; the panel's default if unset.")
+    n: int | None = Field(None, ge=1, le=1_000_000, description="Test examples attacked; the panel's default if unset.")
     eps: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
         None, description="L-inf epsilon grid; the dataset's default if unset."
     )
     eps_l2: list[Annotated[float, Field(ge=0, le=100)]] | None = None
-    seed: int = Field(0, description="Seed of the attacked subset and of the attacks.")
+    seed: int = Field(0, ge=0, le=MAX_INT, description="Seed of the attacked subset and of the attacks.")
 
 
 # ---- method knobs (defaults mirror worker.gat.methods) --------------------------------------
@@ -105,7 +106,7 @@ class AdvKnobs(AuxKnobs):
     lam: float = Field(0.1, ge=0, le=100, description="Reversal strength lambda (0.1: see docs/results; 1.0 collapses digits models).")
     lam_schedule: LamSchedule = Field("constant", description="constant, warmup (linear) or dann ramp.")
     warmup: float = Field(0.1, gt=0, le=1, description="Training fraction of the linear warm-up.")
-    adv_every: int = Field(1, ge=1, description="Apply the adversarial term every k steps.")
+    adv_every: int = Field(1, ge=1, le=MAX_INT, description="Apply the adversarial term every k steps.")
 
 
 class ErmParams(_Strict):

@@ -300,8 +300,8 @@ def cmd_users(args) -> int:
             elif args.action == "password":
                 user = auth.get_user(s, args.name)
                 args.password_stdin = True
-                user.password_hash = auth.hash_password(_password(args))
-                print(f"password set for {user.name}")
+                auth.set_password(s, user=user, password=_password(args))
+                print(f"password set for {user.name}; their browser sessions are ended")
             elif args.action == "disable":
                 auth.get_user(s, args.name).disabled = True
                 print(f"user {args.name} disabled: their tokens and sessions no longer sign in")

@@ -22,7 +22,7 @@ class SweepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted knob path -> values, e.g. {'params.lam': [0.1, 1]}")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
     experiment: Annotated[Text, Field(min_length=1)]
     tags: list[Text] = Field(default_factory=list, max_length=50)
 

@@ -85,3 +85,57 @@ def test_panels_are_kept_per_job_and_only_the_owner_may_queue_one(lab):
     assert alice.get(f"/api/runs/{run_id}/gallery", params={"job": run_id}).text == gallery  # not rewritten
     assert alice.get(f"/api/runs/{run_id}/gallery").status_code == 200
     assert alice.get(f"/api/runs/{run_id}/eval", params={"job": 999_999}).status_code == 404
+
+
+def test_integers_past_what_the_worker_and_database_take_are_a_422_naming_the_field(stack):
+    for section, key, value in (("train", "seed", 2**70), ("dataset", "split_seed", 2**31), ("eval", "seed", -1),
+                                ("train", "log_every", 2**40)):
+        r = stack.http.post("/api/runs", json={"config": tiny_config(**{section: {key: value}})})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", section, key], r.text
+    r = stack.http.post("/api/sweeps", json={"config": tiny_config(), "seeds": [2**40]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "seeds"], r.text
+
+
+def test_text_filters_take_percent_and_underscore_literally(stack):
+    for name in ("plain", "with_underscore", "100%"):
+        assert stack.http.post("/api/runs", json={"config": tiny_config(name=name)}).status_code == 201
+    names = lambda q: sorted(i["name"] for i in stack.http.get("/api/runs", params={"q": q}).json()["items"])
+    assert names("%") == ["100%"] and names("_") == ["with_underscore"] and names("plain") == ["plain"]
+    stack.http.post("/api/runs", json={"config": tiny_config(name="tagged"), "tags": ["a_b"]})
+    assert [i["name"] for i in stack.http.get("/api/runs", params={"tag": "a%"}).json()["items"]] == []
+
+
+def login(lab: Stack, name: str, password: str) -> httpx.Response:
+    return httpx.post(f"{lab.base}/api/auth/login", json={"username": name, "password": password})
+
+
+def test_a_new_password_ends_the_users_browser_sessions(lab):
+    lab.cli("users", "create", "carol", "--password-stdin", stdin="first-password\n")
+    session = login(lab, "carol", "first-password").cookies
+    assert httpx.get(f"{lab.base}/api/runs", cookies=session).status_code == 200
+    lab.cli("users", "password", "carol", stdin="second-password\n")
+    assert httpx.get(f"{lab.base}/api/runs", cookies=session).status_code == 401
+    assert login(lab, "carol", "second-password").status_code == 200
+
+
+def test_sign_in_is_rate_limited_per_user_and_per_address_and_leaks_no_user_names(lab):
+    lab.cli("users", "create", "dave", "--password-stdin", stdin="dave-password\n")
+    lab.cli("users", "create", "erin", "--password-stdin", stdin="erin-password\n")
+
+    def seconds(name: str) -> float:
+        t = time.perf_counter()
+        assert login(lab, name, "wrong-password").status_code == 401
+        return time.perf_counter() - t
+
+    known = sorted(seconds("dave") for _ in range(5))[2]
+    unknown = sorted(seconds(f"nobody{i}") for i in range(5))[2]
+    assert 0.5 < unknown / known < 2, (known, unknown)  # both pay one scrypt (before: 2.7 ms vs 41.6 ms)
+
+    for _ in range(5):  # dave's tenth failure
+        login(lab, "dave", "wrong-password")
+    r = login(lab, "dave", "dave-password")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0  # locked, right password or not
+    assert login(lab, "erin", "erin-password").status_code == 200  # others are not
+    for i in range(35):  # 15 + 35 = 50 failures from this address
+        login(lab, f"guess{i}", "wrong-password")
+    assert login(lab, "erin", "erin-password").status_code == 429

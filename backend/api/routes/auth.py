@@ -1,6 +1,9 @@
 """Sign-in for the dashboard (a session cookie, HttpOnly and SameSite) and a user's own API tokens."""
 from __future__ import annotations
 
+import threading
+import time
+from collections import defaultdict, deque
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -45,6 +48,38 @@ def token_out(t: ApiToken) -> dict:
             "last_used_at": t.last_used_at, "revoked": t.revoked_at is not None}
 
 
+class FailedSignIns:
+    """Failed sign-ins in a sliding window, per user name and per client address (this API
+    process's memory: the lab server runs one). Past a key's limit, sign-in is a 429 until the
+    oldest failure leaves the window, right password or not."""
+
+    def __init__(self, window_s: float = 900.0):
+        self.window_s, self.fails, self.lock = window_s, defaultdict(deque), threading.Lock()
+
+    def _limit(self, key: str) -> int:
+        settings = get_settings()
+        return settings.max_failed_sign_ins_user if key.startswith("user:") else settings.max_failed_sign_ins_address
+
+    def check(self, *keys: str) -> None:
+        with self.lock:
+            for key in keys:
+                q = self.fails[key]
+                while q and q[0] < time.monotonic() - self.window_s:
+                    q.popleft()
+                if len(q) >= self._limit(key):
+                    wait = int(q[0] + self.window_s - time.monotonic()) + 1
+                    raise HTTPException(429, detail=f"too many failed sign-ins for this {key.split(':')[0]}; "
+                                                    f"try again in {wait} s", headers={"Retry-After": str(wait)})
+
+    def failed(self, *keys: str) -> None:
+        with self.lock:
+            for key in keys:
+                self.fails[key].append(time.monotonic())
+
+
+FAILED_SIGN_INS = FailedSignIns()
+
+
 @router.get("/auth/me")
 def me(user: User | None = Depends(auth.current_user)) -> dict:
     """Whether this server needs sign-in, and who is signed in (null if nobody)."""
@@ -52,18 +87,24 @@ def me(user: User | None = Depends(auth.current_user)) -> dict:
 
 
 @router.post("/auth/login")
-def login(body: Login, response: Response, s: Session = Depends(get_session)) -> dict:
+def login(body: Login, request: Request, response: Response, s: Session = Depends(get_session)) -> dict:
     if not get_settings().auth:
         raise HTTPException(409, detail="auth is off on this server (embedded mode): no sign-in needed")
-    token = None
+    token, address = None, request.client.host if request.client else "unknown"
     if body.token:
+        FAILED_SIGN_INS.check(f"address:{address}")
         found = auth.user_for_token(s, body.token.strip())
         if found is None:
+            FAILED_SIGN_INS.failed(f"address:{address}")
             raise HTTPException(401, detail="invalid or revoked token", headers=BEARER)
         user, token = found
     elif body.username and body.password:
+        keys = (f"user:{body.username}", f"address:{address}")
+        FAILED_SIGN_INS.check(*keys)
         user = s.scalar(select(User).where(User.name == body.username))
-        if user is None or user.disabled or not auth.verify_password(body.password, user.password_hash):
+        ok = auth.verify_password(body.password, user.password_hash if user else None)  # one scrypt either way
+        if user is None or user.disabled or not ok:
+            FAILED_SIGN_INS.failed(*keys)
             raise HTTPException(401, detail="wrong user name or password", headers=BEARER)
     else:
         raise HTTPException(401, detail="send a token, or a username and password", headers=BEARER)
