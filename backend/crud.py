@@ -116,12 +116,26 @@ def request_cancel(s: Session, *, run: Run) -> None:
         run.cancel_requested = True
 
 
+class Superseded(RuntimeError):
+    """Another attempt owns the run now (it was requeued while this one was silent)."""
+
+
+def hold(s: Session, *, run_id: int, attempt: int) -> None:
+    """The fence every write of a worker passes first: the run is still running under this
+    attempt. The row stays locked (PostgreSQL) until the write commits, so a claim cannot slip in."""
+    row = s.execute(select(Run.status, Run.attempt).where(Run.id == run_id).with_for_update()).one_or_none()
+    if row is None or row.status != "running" or row.attempt != attempt:
+        state = "gone" if row is None else f"{row.status} under attempt {row.attempt}"
+        raise Superseded(f"run {run_id} is {state}; attempt {attempt} writes nothing more")
+
+
 def set_progress(s: Session, *, run_id: int, step: int, total: int, eta: float | None) -> None:
     s.execute(update(Run).where(Run.id == run_id).values(step=step, total_steps=total, eta_s=eta))
 
 
-def heartbeat(s: Session, *, run_id: int) -> bool:
-    """Mark the run alive; returns whether a cancel was requested."""
+def heartbeat(s: Session, *, run_id: int, attempt: int) -> bool:
+    """Mark the run alive (if this attempt still owns it); returns whether a cancel was requested."""
+    hold(s, run_id=run_id, attempt=attempt)
     s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now()))
     return cancel_requested(s, run_id=run_id)
 

@@ -13,10 +13,14 @@ import socket
 import threading
 import time
 import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from celery.signals import worker_ready
+from sqlalchemy.orm import Session
 
 from backend import crud, series
 from backend.config import get_settings
@@ -29,11 +33,28 @@ log = logging.getLogger(__name__)
 app = make_celery(get_settings())
 
 
-class DbRecorder:
-    """Buffers points and writes them in batches; progress is written at most once a second."""
+@dataclass(frozen=True)
+class Fence:
+    """The attempt that may write: `run_id` is the job's run (a panel job's own, not its parent's)."""
 
-    def __init__(self, run_id: int, *, flush_every: int = 5000, progress_s: float = 1.0, job_id: int | None = None):
-        self.run_id, self.flush_every, self.progress_s = run_id, flush_every, progress_s
+    run_id: int
+    attempt: int
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose writes commit only if this attempt still owns the run (else Superseded)."""
+        with session_scope() as s:
+            crud.hold(s, run_id=self.run_id, attempt=self.attempt)
+            yield s
+
+
+class DbRecorder:
+    """Buffers points and writes them in batches; progress is written at most once a second. Every
+    write passes the attempt's fence."""
+
+    def __init__(self, run_id: int, fence: Fence, *, flush_every: int = 5000, progress_s: float = 1.0,
+                 job_id: int | None = None):
+        self.run_id, self.fence, self.flush_every, self.progress_s = run_id, fence, flush_every, progress_s
         self.job_id = job_id  # a panel job's results are kept apart from the run's own and other jobs'
         self.rows: list[dict] = []
         self.hists: list[dict] = []
@@ -53,32 +74,37 @@ class DbRecorder:
             return
         self._last = time.monotonic()
         self.flush()  # points first: progress never runs ahead of the stored metrics
-        with session_scope() as s:
+        with self.fence.write() as s:
             crud.set_progress(s, run_id=self.run_id, step=step, total=total, eta=eta_s)
 
     def evaluation(self, result: dict) -> None:
-        with session_scope() as s:
+        with self.fence.write() as s:
             crud.store_eval(s, run_id=self.run_id, result=result, job_id=self.job_id)
 
     def flush(self) -> None:
         rows, hists, self.rows, self.hists = self.rows, self.hists, [], []
         if rows or hists:
-            with session_scope() as s:
+            with self.fence.write() as s:
                 series.add_points(s, rows)
                 crud.add_histograms(s, rows=hists)
 
 
 class Heartbeat(threading.Thread):
     """Beats every `period_s` while the task lives (training or evaluating), and reads the cancel
-    flag four times a second, so a cancelled run stops within a few steps of the request."""
+    flag four times a second, so a cancelled run stops within a few steps of the request. A beat
+    that finds the run owned by a newer attempt stops the training loop the same way."""
 
     CANCEL_POLL_S = 0.25
 
-    def __init__(self, run_id: int, period_s: float):
-        super().__init__(name=f"heartbeat-{run_id}", daemon=True)
-        self.run_id, self.period_s = run_id, period_s
-        self.cancel = False
+    def __init__(self, fence: Fence, period_s: float):
+        super().__init__(name=f"heartbeat-{fence.run_id}", daemon=True)
+        self.fence, self.period_s = fence, period_s
+        self.cancel = self.superseded = False
         self.done = threading.Event()
+
+    @property
+    def stop(self) -> bool:
+        return self.cancel or self.superseded
 
     def run(self) -> None:
         last = 0.0
@@ -86,12 +112,16 @@ class Heartbeat(threading.Thread):
             try:
                 with session_scope() as s:
                     if time.monotonic() - last >= self.period_s:
-                        self.cancel = crud.heartbeat(s, run_id=self.run_id) or self.cancel
+                        self.cancel = crud.heartbeat(s, run_id=self.fence.run_id, attempt=self.fence.attempt) or self.cancel
                         last = time.monotonic()
                     else:
-                        self.cancel = crud.cancel_requested(s, run_id=self.run_id) or self.cancel
+                        self.cancel = crud.cancel_requested(s, run_id=self.fence.run_id) or self.cancel
+            except crud.Superseded as e:
+                log.warning("%s: stopping", e)
+                self.superseded = True
+                return
             except Exception:  # noqa: BLE001 - a missed beat is retried next period
-                log.exception("heartbeat of run %s failed", self.run_id)
+                log.exception("heartbeat of run %s failed", self.fence.run_id)
 
 
 def _claim(run_id: int) -> dict | None:
@@ -136,9 +166,9 @@ def _me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _finish(run_id: int, status: str, **fields) -> None:
-    with session_scope() as s:
-        run = s.get(Run, run_id)
+def _finish(fence: Fence, status: str, **fields) -> None:
+    with fence.write() as s:
+        run = s.get(Run, fence.run_id)
         run.status, run.finished_at, run.cancel_requested = status, now(), False
         for k, v in fields.items():
             setattr(run, k, v)
@@ -167,6 +197,7 @@ def _run_log(path: Path) -> logging.Handler:
 
 
 def _register_artifacts(run_id: int, out_dir: Path) -> None:
+    """After the run's final status: the files its directory holds."""
     kinds = {"checkpoint.pt": "checkpoint", "model.pt": "model", "run.log": "log"}
     with session_scope() as s:
         for f in sorted(out_dir.iterdir()):
@@ -182,59 +213,69 @@ def _register_artifacts(run_id: int, out_dir: Path) -> None:
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def train_run(run_id: int) -> None:
-    from worker.gat import job
-    from worker.gat.train import Stopped, checkpoint_step, pick_device
-
     job_info = _claim(run_id)
     if job_info is None:
         return
     settings = get_settings()
-    config = job_info["config"]
-    rec = DbRecorder(run_id)
-    beat = Heartbeat(run_id, settings.heartbeat_s)
+    fence = Fence(run_id, job_info["attempt"])
+    beat = Heartbeat(fence, settings.heartbeat_s)
     beat.start()
-    log_dir = settings.runs_path / str(run_id)
+    run_dir = settings.runs_path / str(run_id)
     if job_info["first"]:
-        _set_aside_foreign_files(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    handler = _run_log(log_dir / "run.log")
+        _set_aside_foreign_files(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _run_log(run_dir / "run.log")
+    rec = DbRecorder(run_id, fence)
     try:
-        device = pick_device(config["train"].get("device", "auto"))
-        with session_scope() as s:
-            s.get(Run, run_id).device = str(device)
-        _in_data_root(config, settings.data_path)
-        if job_info["kind"] == "eval":
-            parent = job_info["parent_id"]
-            result = job.evaluate_run(settings.runs_path / str(parent), config, DbRecorder(parent, job_id=run_id),
-                                      device=device, out_dir=log_dir)
-            _finish(run_id, "succeeded", summary={"panel": result["panel"], "parent": parent})
-            return
-        out_dir = settings.runs_path / str(run_id)
-        teacher = config.get("params", {}).get("teacher_run")
-        if teacher is not None:  # the core knows directories, the lab knows run ids
-            config["params"] = {**config["params"], "teacher_run": None,
-                                "teacher_dir": str(settings.runs_path / str(teacher))}
-        start = checkpoint_step(out_dir)
-        if start:
-            log.info("run %s resumes from its checkpoint at step %d", run_id, start)
-        with session_scope() as s:
-            crud.drop_points_after(s, run_id=run_id, step=start)
-        summary = job.run(config, out_dir, rec, should_stop=lambda: beat.cancel, device=device)
+        status, fields = _attempt(job_info, fence, beat, rec, run_dir)
         rec.flush()
-        summary.pop("eval", None)
-        _finish(run_id, "succeeded", summary=summary, eta_s=0.0)
-    except Stopped:
-        rec.flush()
-        _finish(run_id, "cancelled")
-    except Exception as e:  # noqa: BLE001 - any failure is recorded on the run
-        log.exception("run %s failed", run_id)
-        rec.flush()
-        _finish(run_id, "failed", error=f"{e.__class__.__name__}: {e}", traceback=traceback.format_exc())
+        _finish(fence, status, **fields)
+        _register_artifacts(run_id, run_dir)
+    except crud.Superseded as e:  # a newer attempt owns the run: write nothing more
+        log.warning("%s", e)
     finally:
         beat.done.set()
         logging.getLogger().removeHandler(handler)
         handler.close()
-        _register_artifacts(run_id, log_dir)
+
+
+def _attempt(job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run_dir: Path) -> tuple[str, dict]:
+    """Train (or evaluate) once; the final status and fields. Superseded propagates."""
+    from worker.gat import job
+    from worker.gat.train import Stopped, checkpoint_step, pick_device
+
+    settings, config, run_id = get_settings(), job_info["config"], job_info["id"]
+    try:
+        device = pick_device(config["train"].get("device", "auto"))
+        with fence.write() as s:
+            s.get(Run, run_id).device = str(device)
+        _in_data_root(config, settings.data_path)
+        if job_info["kind"] == "eval":
+            parent = job_info["parent_id"]
+            result = job.evaluate_run(settings.runs_path / str(parent), config,
+                                      DbRecorder(parent, fence, job_id=run_id), device=device, out_dir=run_dir)
+            return "succeeded", {"summary": {"panel": result["panel"], "parent": parent}}
+        teacher = config.get("params", {}).get("teacher_run")
+        if teacher is not None:  # the core knows directories, the lab knows run ids
+            config["params"] = {**config["params"], "teacher_run": None,
+                                "teacher_dir": str(settings.runs_path / str(teacher))}
+        start = checkpoint_step(run_dir)
+        if start:
+            log.info("run %s resumes from its checkpoint at step %d", run_id, start)
+        with fence.write() as s:
+            crud.drop_points_after(s, run_id=run_id, step=start)
+        summary = job.run(config, run_dir, rec, should_stop=lambda: beat.stop, device=device)
+        summary.pop("eval", None)
+        return "succeeded", {"summary": summary, "eta_s": 0.0}
+    except Stopped:
+        if beat.superseded:
+            raise crud.Superseded(f"run {run_id}: attempt {fence.attempt} was superseded") from None
+        return "cancelled", {}
+    except crud.Superseded:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure is recorded on the run
+        log.exception("run %s failed", run_id)
+        return "failed", {"error": f"{e.__class__.__name__}: {e}", "traceback": traceback.format_exc()}
 
 
 def requeue_stale() -> int:

@@ -3,7 +3,9 @@ reads only files it wrote, panel results kept per job and written only by the ow
 integers, literal text filters, sessions ended with a password change, rate-limited sign-in."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 
 import httpx
@@ -139,3 +141,32 @@ def test_sign_in_is_rate_limited_per_user_and_per_address_and_leaks_no_user_name
     for i in range(35):  # 15 + 35 = 50 failures from this address
         login(lab, f"guess{i}", "wrong-password")
     assert login(lab, "erin", "erin-password").status_code == 429
+
+
+def test_a_paused_worker_that_wakes_after_its_run_was_requeued_writes_nothing(lab):
+    """SIGSTOP a worker past the stale timeout: the reaper of a second worker requeues the run, the
+    second worker resumes it under attempt 2; then the first wakes up and must stop without a write."""
+    first = lab.start_worker()
+    cfg = tiny_config(train={"epochs": 60}, eval={"panel": "none"})
+    run_id = lab.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    running = lab.wait_for(run_id, lambda r: r["status"] == "running" and r["step"] >= 2 * 21 + 5, what="past epoch 2")
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        lab.start_worker()
+        taken = lab.wait_for(run_id, lambda r: r["worker_host"] != running["worker_host"] and r["step"] > running["step"],
+                             timeout=60, what="taken over by the second worker")
+        assert taken["retry_count"] == 1
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
+    assert run["status"] == "succeeded" and run["worker_host"] == taken["worker_host"], run
+    deadline = time.monotonic() + 20
+    while "attempt 1 writes nothing more" not in (lab.home / "worker.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = (lab.home / "worker.log").read_text()
+    assert f"run {run_id} is running under attempt 2; attempt 1 writes nothing more" in log
+    total = 60 * 21
+    series = lab.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
+    assert series["train/loss"]["step"] == list(range(1, total + 1))
+    assert series["epoch"]["value"] == list(range(1, 61))  # each epoch once
+    assert lab.http.get(f"/api/runs/{run_id}").json()["step"] == total  # progress never went back

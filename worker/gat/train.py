@@ -218,6 +218,7 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
     final = {"model": s.model.state_dict(), "model_config": config["model"], "num_classes": s.data.num_classes,
              "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std,
              "tasks": s.data.tasks if multitask else None}
+    recorder.flush()  # first: a lab worker that lost its run to another attempt stops here, writing nothing
     _save_atomic(final, out_dir / FINAL)
     summary = {"steps": step, "test": test, "data": s.data.info, "device": str(s.device),
                "env": {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
