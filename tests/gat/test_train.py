@@ -97,3 +97,29 @@ def test_a_checkpoint_never_runs_ahead_of_the_flushed_points(tmp_path, monkeypat
     monkeypatch.setattr(train_mod, "_save_checkpoint", checked)
     train(_config("erm", epochs=2), tmp_path, spy)
     assert seen == [7, 14]
+
+
+@pytest.mark.parametrize("scenario,method", [("defense", "great"), ("distill", "great"), ("multitask", "equal")])
+def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, method):
+    """A crash after the last epoch's checkpoint (during the test evaluation, the teacher agreement
+    or the panel): training again into the directory finishes the job from that checkpoint."""
+    from worker.gat import job
+    from worker.gat.recorder import JsonlRecorder
+
+    dataset = {"name": "digits_mt" if scenario == "multitask" else "synthetic", "size": 300}
+    cfg = parse_run_config({"name": "t", "scenario": scenario, "method": method, "dataset": dataset,
+                     "model": {"arch": "cnn", "width": 4}, "train": {"epochs": 2, "batch_size": 64},
+                     "params": {"teacher_width": 4, "teacher_epochs": 1} if scenario == "distill" else {},
+                     "eval": {"panel": "quick" if scenario == "defense" else "none", "n": 10}}).model_dump(mode="json")
+    whole = job.run(cfg, tmp_path / "whole", JsonlRecorder(tmp_path / "whole", progress_bar=False))
+    out = tmp_path / "crashed"
+    job.run(cfg, out, JsonlRecorder(out, progress_bar=False))
+    for f in ("model.pt", "summary.json", "eval.json", "gallery.json"):  # as if killed right after the checkpoint
+        (out / f).unlink(missing_ok=True)
+    resumed = job.run(cfg, out, JsonlRecorder(out, resume_step=checkpoint_step(out), progress_bar=False))
+    assert resumed["steps"] == whole["steps"] and resumed["test"] == whole["test"]
+    assert (out / "model.pt").exists()
+    if scenario == "defense":
+        assert (out / "eval.json").exists() and resumed["eval"]["rows"] == whole["eval"]["rows"]
+    if scenario == "distill":
+        assert resumed["test"]["agreement"] == whole["test"]["agreement"]

@@ -170,3 +170,20 @@ def test_a_paused_worker_that_wakes_after_its_run_was_requeued_writes_nothing(la
     assert series["train/loss"]["step"] == list(range(1, total + 1))
     assert series["epoch"]["value"] == list(range(1, 61))  # each epoch once
     assert lab.http.get(f"/api/runs/{run_id}").json()["step"] == total  # progress never went back
+
+
+def test_kill_9_during_the_final_panel_resumes_the_panel(lab):
+    w = lab.start_worker()
+    run_id = lab.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "quick", "n": 100})}).json()["id"]
+    run_log = lab.home / ".gatlab" / "runs" / str(run_id) / "run.log"
+    deadline = time.monotonic() + 240
+    while not (run_log.exists() and "finished: test" in run_log.read_text()):  # training and test evaluation done
+        assert time.monotonic() < deadline, "the run never finished training"
+        time.sleep(0.05)
+    lab.kill_worker(w)  # in the panel: it attacks 100 examples for several seconds
+    assert lab.http.get(f"/api/runs/{run_id}").json()["status"] == "running"
+    lab.start_worker()
+    run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished after the crash")
+    assert run["status"] == "succeeded" and run["retry_count"] == 1, run
+    ev = lab.http.get(f"/api/runs/{run_id}/eval").json()
+    assert len(ev["checks"]) == 7 and max(r["n"] for r in ev["rows"]) == 100

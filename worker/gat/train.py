@@ -176,6 +176,9 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
     edges = stats.hist_edges(grad_norm)
     t0, step0 = time.monotonic(), step
     recorder.progress(step, total, None)
+    # Defined before the loop: a run resumed from its last epoch's checkpoint runs no epoch at all.
+    ev = (lambda split: evaluate_tasks(s.model, s.data, split, s.device)) if multitask else \
+        (lambda split: evaluate(s.model, split, s.device))
     for epoch in range(start_epoch, t["epochs"]):
         s.model.train()
         seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
@@ -202,8 +205,6 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
                     _record_stats(s, x, y, step, grad_norm, edges, recorder)
             elapsed = time.monotonic() - t0
             recorder.progress(step, total, elapsed / (step - step0) * (total - step))
-        ev = (lambda split: evaluate_tasks(s.model, s.data, split, s.device)) if multitask else \
-            (lambda split: evaluate(s.model, split, s.device))
         val = ev(s.data.val) if len(s.data.val) else {}
         log.info("epoch %d/%d (step %d): %s", epoch + 1, t["epochs"], step,
                  ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
