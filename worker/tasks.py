@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy.orm import Session
 
 from backend import crud, series
@@ -31,6 +31,14 @@ from backend.queue import TRAIN_TASK, make_celery
 
 log = logging.getLogger(__name__)
 app = make_celery(get_settings())
+# Set when this worker is told to stop (SIGTERM: `docker compose restart`, an upgrade): the run in
+# hand is checkpointed at its next step and handed back to the queue, spending no retry.
+SHUTTING_DOWN = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_) -> None:
+    SHUTTING_DOWN.set()
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,9 @@ def train_run(run_id: int) -> None:
     try:
         status, fields = _attempt(job_info, fence, beat, rec, run_dir)
         rec.flush()
+        if status == "queued":
+            _hand_back(fence)
+            return
         _finish(fence, status, **fields)
         _register_artifacts(run_id, run_dir)
     except crud.Superseded as e:  # a newer attempt owns the run: write nothing more
@@ -242,7 +253,7 @@ def train_run(run_id: int) -> None:
 def _attempt(job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run_dir: Path) -> tuple[str, dict]:
     """Train (or evaluate) once; the final status and fields. Superseded propagates."""
     from worker.gat import job
-    from worker.gat.train import Stopped, checkpoint_step, pick_device
+    from worker.gat.train import HandedBack, Stopped, checkpoint_step, pick_device
 
     settings, config, run_id = get_settings(), job_info["config"], job_info["id"]
     try:
@@ -264,9 +275,13 @@ def _attempt(job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run
             log.info("run %s resumes from its checkpoint at step %d", run_id, start)
         with fence.write() as s:
             crud.drop_points_after(s, run_id=run_id, step=start)
-        summary = job.run(config, run_dir, rec, should_stop=lambda: beat.stop, device=device)
+        summary = job.run(config, run_dir, rec, should_stop=lambda: beat.stop,
+                          should_hand_back=SHUTTING_DOWN.is_set, device=device)
         summary.pop("eval", None)
         return "succeeded", {"summary": summary, "eta_s": 0.0}
+    except HandedBack as e:
+        log.info("run %s: %s (this worker is shutting down)", run_id, e)
+        return "queued", {}
     except Stopped:
         if beat.superseded:
             raise crud.Superseded(f"run {run_id}: attempt {fence.attempt} was superseded") from None
@@ -276,6 +291,15 @@ def _attempt(job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run
     except Exception as e:  # noqa: BLE001 - any failure is recorded on the run
         log.exception("run %s failed", run_id)
         return "failed", {"error": f"{e.__class__.__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def _hand_back(fence: Fence) -> None:
+    """Back to the queue at once, for another worker (or this one, restarted) to resume: no retry spent."""
+    with fence.write() as s:
+        run = s.get(Run, fence.run_id)
+        run.status, run.worker_host, run.heartbeat_at = "queued", None, None
+    app.send_task(TRAIN_TASK, args=[fence.run_id])
+    log.info("run %s handed back to the queue", fence.run_id)
 
 
 def requeue_stale() -> int:

@@ -123,3 +123,28 @@ def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, metho
         assert (out / "eval.json").exists() and resumed["eval"]["rows"] == whole["eval"]["rows"]
     if scenario == "distill":
         assert resumed["test"]["agreement"] == whole["test"]["agreement"]
+
+
+def test_a_run_handed_back_mid_epoch_resumes_exactly(tmp_path):
+    """A worker told to shut down checkpoints at the next step (mid-epoch, augmentation on) and
+    raises HandedBack; training again from there ends bit-identical to an uninterrupted run."""
+    from worker.gat.train import HandedBack, load_model
+
+    cfg = _config("great", epochs=3)
+    cfg["train"]["augment"] = True
+    train(cfg, tmp_path / "whole", JsonlRecorder(tmp_path / "whole", progress_bar=False))
+    out = tmp_path / "handed"
+    calls = {"n": 0}
+
+    def after_13_steps():
+        calls["n"] += 1
+        return calls["n"] > 13
+
+    with pytest.raises(HandedBack, match="checkpointed at step 13 .* and handed back"):
+        train(cfg, out, JsonlRecorder(out, progress_bar=False), should_hand_back=after_13_steps)
+    assert checkpoint_step(out) == 13  # mid-epoch: an epoch here is 7 steps
+    train(cfg, out, JsonlRecorder(out, resume_step=13, progress_bar=False))
+    a, b = load_model(tmp_path / "whole").state_dict(), load_model(out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))

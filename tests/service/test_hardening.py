@@ -187,3 +187,24 @@ def test_kill_9_during_the_final_panel_resumes_the_panel(lab):
     assert run["status"] == "succeeded" and run["retry_count"] == 1, run
     ev = lab.http.get(f"/api/runs/{run_id}/eval").json()
     assert len(ev["checks"]) == 7 and max(r["n"] for r in ev["rows"]) == 100
+
+
+def test_sigterm_hands_the_run_back_at_once_and_spends_no_retry(lab):
+    """A planned restart (docker compose restart worker): SIGTERM checkpoints at the next step, the
+    run is queued again at once (not after the stale timeout), and another worker resumes it."""
+    first = lab.start_worker()
+    cfg = tiny_config(train={"epochs": 60}, eval={"panel": "none"})
+    run_id = lab.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    lab.wait_for(run_id, lambda r: r["status"] == "running" and r["step"] >= 2 * 21 + 5, what="past epoch 2")
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=30) == 0  # a warm shutdown, well inside compose's grace period
+    back = lab.http.get(f"/api/runs/{run_id}").json()
+    assert back["status"] == "queued" and back["retry_count"] == 0, back
+    lab.start_worker()
+    run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
+    assert run["status"] == "succeeded" and run["retry_count"] == 0, run
+    log = (lab.home / "worker.log").read_text()
+    handed = int(log.split(f"run {run_id}: checkpointed at step ")[1].split()[0])
+    assert f"run {run_id} resumes from its checkpoint at step {handed}" in log  # where it stopped, mid-epoch or not
+    series = lab.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
+    assert series["train/loss"]["step"] == list(range(1, 60 * 21 + 1)) and series["epoch"]["value"] == list(range(1, 61))

@@ -16,9 +16,9 @@ from .train import load_model, pick_device, train
 log = logging.getLogger(__name__)
 
 
-def run(config: dict, out_dir: Path, recorder: Recorder, *,
-        should_stop: Callable[[], bool] = lambda: False, device: torch.device | None = None) -> dict:
-    summary = train(config, out_dir, recorder, should_stop=should_stop, device=device)
+def run(config: dict, out_dir: Path, recorder: Recorder, *, should_stop: Callable[[], bool] = lambda: False,
+        should_hand_back: Callable[[], bool] = lambda: False, device: torch.device | None = None) -> dict:
+    summary = train(config, out_dir, recorder, should_stop=should_stop, should_hand_back=should_hand_back, device=device)
     if config["eval"]["panel"] != "none" and config["scenario"] != "multitask":  # the panel attacks classifiers
         summary["eval"] = evaluate_run(out_dir, config, recorder, device=device)
     return summary

@@ -38,6 +38,11 @@ class Stopped(Exception):
     """Raised when the stop flag is seen between steps."""
 
 
+class HandedBack(Exception):
+    """Raised when the hand-back flag is seen between steps, after a checkpoint at that very step
+    (mid-epoch): a worker told to shut down gives its run back and another resumes it exactly."""
+
+
 @dataclass
 class Setup:
     config: dict
@@ -145,8 +150,10 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 
 def train(config: dict, out_dir: Path, recorder: Recorder, *,
-          should_stop: Callable[[], bool] = lambda: False, device: torch.device | None = None) -> dict:
-    """Train a run config into `out_dir`, resuming from its checkpoint if there is one."""
+          should_stop: Callable[[], bool] = lambda: False, should_hand_back: Callable[[], bool] = lambda: False,
+          device: torch.device | None = None) -> dict:
+    """Train a run config into `out_dir`, resuming from its checkpoint if there is one. Between
+    steps, `should_stop` ends the run (Stopped) and `should_hand_back` checkpoints it (HandedBack)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     s = setup(config, device)
@@ -155,7 +162,8 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
         p["eps"] = standard_eps(config)[0]
     extra = {}
     if config["scenario"] == "distill":
-        extra["teacher"] = prepare_teacher(config, out_dir, recorder, should_stop=should_stop, device=s.device)
+        extra["teacher"] = prepare_teacher(config, out_dir, recorder, should_stop=should_stop,
+                                           should_hand_back=should_hand_back, device=s.device)
         p = {k: v for k, v in p.items() if k not in TEACHER_KNOBS}
         seed_all(t["seed"])  # the student's run does not depend on how the teacher was obtained
     multitask = config["scenario"] == "multitask"
@@ -171,7 +179,7 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
     total = steps_per_epoch * t["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if t["lr_schedule"] == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
-    start_epoch, step = _resume(out_dir, s, method, opt, aux_opt, sched)
+    start_epoch, step, start_batch, aug_state = _resume(out_dir, s, method, opt, aux_opt, sched)
     grad_norm = p.get("grad_norm", "l2")
     edges = stats.hist_edges(grad_norm)
     t0, step0 = time.monotonic(), step
@@ -183,9 +191,18 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
         s.model.train()
         seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
         aug_gen = torch.Generator().manual_seed(seed)
-        for idx, x, y in gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed):
+        skip = start_batch if epoch == start_epoch else 0  # batches trained before a mid-epoch checkpoint
+        if skip and aug_state is not None:
+            aug_gen.set_state(aug_state)
+        for b, (idx, x, y) in enumerate(gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed)):
+            if b < skip:
+                continue
             if should_stop():
                 raise Stopped(f"stopped at step {step}")
+            if should_hand_back():
+                recorder.flush()
+                _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch, step, batch=b, aug_gen=aug_gen)
+                raise HandedBack(f"checkpointed at step {step} (epoch {epoch + 1}, batch {b}) and handed back")
             if t.get("augment"):
                 x = gdata.augment(x, aug_gen)
             x = x.to(s.device)
@@ -247,7 +264,8 @@ class _PhaseOne(Recorder):
         self.inner.progress(step, total, eta_s)
 
 
-def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_stop, device) -> nn.Module:
+def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_stop, device,
+                    should_hand_back=lambda: False) -> nn.Module:
     """The fixed teacher: a finished run directory, or ERM trained on the full training split in a
     first phase of this job (kept in out_dir/teacher, so a resumed job does not train it again)."""
     p = config["params"]
@@ -264,7 +282,8 @@ def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_s
                 "model": {**config["model"], "arch": p["teacher_arch"], "width": p["teacher_width"]},
                 "dataset": {**config["dataset"], "fraction": 1.0},
                 "train": {**config["train"], "epochs": p["teacher_epochs"]}, "eval": {**config["eval"], "panel": "none"}}
-        summary = train(tcfg, tdir, _PhaseOne(recorder), should_stop=should_stop, device=device)
+        summary = train(tcfg, tdir, _PhaseOne(recorder), should_stop=should_stop,
+                        should_hand_back=should_hand_back, device=device)
         recorder.log(0, {"teacher/test/acc": summary["test"]["acc"]})
     return load_model(tdir, device)
 
@@ -341,9 +360,12 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch: int, step: int) -> None:
+def _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch: int, step: int, *, batch: int = 0,
+                     aug_gen: torch.Generator | None = None) -> None:
+    """`epoch` epochs done and `batch` batches of the next (0 at an epoch's end)."""
     ckpt = {
-        "epoch": epoch, "step": step, "model": s.model.state_dict(),
+        "epoch": epoch, "step": step, "batch": batch, "model": s.model.state_dict(),
+        "aug_gen": aug_gen.get_state() if aug_gen is not None else None,
         "aux": {k: m.state_dict() for k, m in method.aux.items()},
         "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict() if aux_opt else None,
         "sched": sched.state_dict(), "rng": _rng_state(),
@@ -351,10 +373,11 @@ def _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch: int, step: 
     _save_atomic(ckpt, out_dir / CHECKPOINT)
 
 
-def _resume(out_dir, s, method, opt, aux_opt, sched) -> tuple[int, int]:
+def _resume(out_dir, s, method, opt, aux_opt, sched) -> tuple[int, int, int, torch.Tensor | None]:
+    """(epoch, step, batch within the epoch, augmentation RNG state) of the checkpoint, restored."""
     path = out_dir / CHECKPOINT
     if not path.exists():
-        return 0, 0
+        return 0, 0, 0, None
     ckpt = load_file(path, s.device)
     s.model.load_state_dict(ckpt["model"])
     for k, m in method.aux.items():
@@ -365,7 +388,8 @@ def _resume(out_dir, s, method, opt, aux_opt, sched) -> tuple[int, int]:
     sched.load_state_dict(ckpt["sched"])
     _set_rng_state(ckpt["rng"])
     log.info("resumed from %s at epoch %d, step %d", path, ckpt["epoch"], ckpt["step"])
-    return ckpt["epoch"], ckpt["step"]
+    aug = ckpt.get("aug_gen")
+    return ckpt["epoch"], ckpt["step"], ckpt.get("batch", 0), aug.cpu() if aug is not None else None
 
 
 def checkpoint_step(out_dir: Path) -> int:
