@@ -144,6 +144,7 @@ def cmd_up(args) -> int:
     """API and one worker on this machine; SQLite and the embedded broker unless configured."""
     import ipaddress
     import os
+    import signal
     import subprocess
 
     import uvicorn
@@ -170,6 +171,9 @@ def cmd_up(args) -> int:
     print(f"GAT Lab on http://{args.host}:{args.port}  (database {s.db_url.split('@')[-1]}, "
           f"broker {s.broker.split('@')[-1]}, worker pid {worker.pid}; {auth_line})",
           flush=True)
+    # uvicorn re-raises SIGTERM once it has shut down; with the default handler the process would
+    # die there and leave its worker running. This one turns it into an exit through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("backend.main:app", host=args.host, port=args.port, log_level="warning")
     finally:

@@ -61,3 +61,33 @@ def test_gatlab_up_never_serves_a_public_address_without_auth(tmp_path):
     r = subprocess.run([sys.executable, "-m", "worker.cli", "up", "--host", "0.0.0.0"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "refusing to serve 0.0.0.0 with GATLAB_AUTH=false" in r.stderr
+
+
+def test_gatlab_up_stopped_with_sigterm_stops_its_worker(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")}
+    up = subprocess.Popen([sys.executable, "-m", "worker.cli", "up", "--port", str(port)], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = up.stdout.readline()
+        worker_pid = int(line.split("worker pid ")[1].split(";")[0])
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        up.send_signal(signal.SIGTERM)  # `kill PID`, a service manager's stop
+        assert up.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"worker {worker_pid} still running after `gatlab up` got SIGTERM")
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
