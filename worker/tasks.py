@@ -182,14 +182,24 @@ def _finish(fence: Fence, status: str, **fields) -> None:
             setattr(run, k, v)
 
 
+class OutsideDataRoot(ValueError):
+    """A config path that resolves (symbolic links followed) outside the data root."""
+
+
 def _in_data_root(config: dict, root: Path | None) -> None:
-    """Relative file paths of a lab config are relative to the data root (the API checked they stay in it)."""
+    """Resolve every file path of a lab config at use: relative to the data root, symbolic links
+    followed, and refused if the real path leaves the root (the API's check was textual, and at
+    submit time: a link made later must not lead out). The core then reads the resolved path."""
     if root is None:
         return
     for section, key in PATH_FIELDS:
         value = config.get(section, {}).get(key)
-        if value is not None and not Path(value).is_absolute():
-            config[section] = {**config[section], key: str(root / value)}
+        if value is None:
+            continue
+        real = Path(os.path.realpath(root / value))
+        if not real.is_relative_to(root.resolve()):
+            raise OutsideDataRoot(f"{section}.{key}: {value!r} resolves to {real}, outside the data root {root}")
+        config[section] = {**config[section], key: str(real)}
 
 
 def _run_log(path: Path) -> logging.Handler:

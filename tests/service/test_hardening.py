@@ -208,3 +208,19 @@ def test_sigterm_hands_the_run_back_at_once_and_spends_no_retry(lab):
     assert f"run {run_id} resumes from its checkpoint at step {handed}" in log  # where it stopped, mid-epoch or not
     series = lab.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
     assert series["train/loss"]["step"] == list(range(1, 60 * 21 + 1)) and series["epoch"]["value"] == list(range(1, 61))
+
+
+def test_a_path_made_a_link_out_of_the_data_root_after_submit_is_refused_at_use(lab, tmp_path):
+    import numpy as np
+
+    outside = tmp_path / "outside.npz"
+    np.savez(outside, x=np.zeros((60, 8, 8), dtype=np.uint8), y=np.arange(60) % 2)
+    data_root = lab.home / ".gatlab" / "data"
+    data_root.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config(dataset={"name": "npz", "path": "later.npz"}, eval={"panel": "none"})
+    run_id = lab.http.post("/api/runs", json={"config": cfg}).json()["id"]  # inside the root, not there yet: 201
+    (data_root / "later.npz").symlink_to(outside)  # then a link that leads out
+    lab.start_worker()
+    run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
+    assert run["status"] == "failed" and "dataset.path: 'later.npz' resolves to" in run["error"], run
+    assert "outside the data root" in run["error"]
