@@ -109,6 +109,18 @@ def stale_runs(s: Session, *, older_than_s: float) -> list[Run]:
     return list(s.scalars(select(Run).where(Run.status == "running", Run.heartbeat_at < cutoff).with_for_update()))
 
 
+def mark_enqueued(s: Session, *, run_ids: list[int]) -> None:
+    if run_ids:
+        s.execute(update(Run).where(Run.id.in_(run_ids)).values(enqueued_at=now()))
+
+
+def unsent_runs(s: Session, *, older_than_s: float) -> list[int]:
+    """Queued in the database, never put on the broker, for longer than a request takes."""
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
+    return list(s.scalars(select(Run.id).where(Run.status == "queued", Run.enqueued_at.is_(None),
+                                               Run.created_at < cutoff)))
+
+
 def request_cancel(s: Session, *, run: Run) -> None:
     if run.status == "queued":
         run.status, run.finished_at = "cancelled", now()

@@ -98,6 +98,7 @@ class Run(Base):
     traceback: Mapped[str | None] = mapped_column(Text)
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fencing token of the writing attempt
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: not yet on the broker
     summary: Mapped[dict | None] = mapped_column(JSON)
     owner_user: Mapped[User | None] = relationship(lazy="selectin")
 

@@ -2,6 +2,7 @@
 (the backend never imports the worker or torch)."""
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 from celery import Celery
@@ -9,6 +10,8 @@ from celery import Celery
 from .config import Settings, get_settings
 
 TRAIN_TASK = "gatlab.train_run"
+BROKER_TIMEOUT_S = 3.0
+DOWN_FOR_S = 10.0  # after a failed send, answer at once for this long instead of waiting on the broker again
 
 
 class BrokerUnavailable(RuntimeError):
@@ -24,7 +27,9 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,  # the database is the source of truth, not a result backend
         task_default_queue=settings.queue,
         # The SQLAlchemy transport hands its options to create_engine, so only Redis gets them.
-        broker_transport_options=({"visibility_timeout": settings.visibility_timeout_s}
+        # Every Redis call is bounded: a broker that accepts and never answers must not hang a request.
+        broker_transport_options=({"visibility_timeout": settings.visibility_timeout_s, "socket_timeout": BROKER_TIMEOUT_S,
+                                   "socket_connect_timeout": BROKER_TIMEOUT_S}
                                   if settings.broker.startswith("redis") else {}),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
@@ -39,9 +44,18 @@ def celery() -> Celery:
     return make_celery(get_settings())
 
 
+_down = {"until": 0.0, "why": ""}
+
+
 def enqueue(run_id: int) -> None:
-    """Publish the run; fail fast with BrokerUnavailable rather than hang."""
+    """Publish the run; fail fast with BrokerUnavailable rather than hang. Within DOWN_FOR_S of a
+    failure it fails at once, so many requests cannot all wait on a dead broker and fill the
+    server's thread pool."""
+    if time.monotonic() < _down["until"]:
+        raise BrokerUnavailable(_down["why"])
     try:
         celery().send_task(TRAIN_TASK, args=[run_id], retry=False)
     except Exception as e:  # noqa: BLE001 - kombu raises many connection error types
-        raise BrokerUnavailable(f"the job queue (broker) is unavailable: {e.__class__.__name__}: {e}") from e
+        _down.update(until=time.monotonic() + DOWN_FOR_S,
+                     why=f"the job queue (broker) is unavailable: {e.__class__.__name__}: {e}")
+        raise BrokerUnavailable(_down["why"]) from e

@@ -307,9 +307,28 @@ def _hand_back(fence: Fence) -> None:
     """Back to the queue at once, for another worker (or this one, restarted) to resume: no retry spent."""
     with fence.write() as s:
         run = s.get(Run, fence.run_id)
-        run.status, run.worker_host, run.heartbeat_at = "queued", None, None
-    app.send_task(TRAIN_TASK, args=[fence.run_id])
+        run.status, run.worker_host, run.heartbeat_at, run.enqueued_at = "queued", None, None, None
+    _send([fence.run_id])
     log.info("run %s handed back to the queue", fence.run_id)
+
+
+def _send(run_ids: list[int]) -> None:
+    """Put runs on the broker and record it. Sending a run twice is harmless: a claim is idempotent."""
+    for run_id in run_ids:
+        app.send_task(TRAIN_TASK, args=[run_id])
+        with session_scope() as s:
+            crud.mark_enqueued(s, run_ids=[run_id])
+
+
+def send_unsent(older_than_s: float = 30.0) -> int:
+    """The sweeper: runs committed as queued but never put on the broker (the API died between its
+    commit and its send, or the broker was down then) are sent now."""
+    with session_scope() as s:
+        ids = crud.unsent_runs(s, older_than_s=older_than_s)
+    for run_id in ids:
+        log.warning("run %s was queued but never sent to the broker; sending it", run_id)
+    _send(ids)
+    return len(ids)
 
 
 def requeue_stale() -> int:
@@ -319,14 +338,14 @@ def requeue_stale() -> int:
     with session_scope() as s:
         for run in crud.stale_runs(s, older_than_s=settings.stale_after_s):
             if run.retry_count < settings.max_retries:
-                run.status, run.retry_count = "queued", run.retry_count + 1
+                run.status, run.retry_count, run.enqueued_at = "queued", run.retry_count + 1, None
                 resend.append(run.id)
             else:
                 run.status, run.finished_at = "failed", now()
                 run.error = f"worker lost (no heartbeat for {settings.stale_after_s:.0f} s), retries exhausted"
     for run_id in resend:
         log.warning("run %s lost its worker; requeued", run_id)
-        app.send_task(TRAIN_TASK, args=[run_id])
+    _send(resend)
     return len(resend)
 
 
@@ -335,7 +354,8 @@ def _reaper() -> None:
     while True:
         try:
             requeue_stale()
-        except Exception:  # noqa: BLE001 - the reaper must outlive a database hiccup
+            send_unsent()
+        except Exception:  # noqa: BLE001 - the reaper must outlive a database or broker hiccup
             log.exception("reaper failed")
         time.sleep(period)
 

@@ -1,12 +1,14 @@
 """Findings of the hardening review (issue 11), each against the real stack: ids never reused, a run
-reads only files it wrote, panel results kept per job and written only by the owner, bounded
-integers, literal text filters, sessions ended with a password change, rate-limited sign-in."""
+reads only files it wrote, panel results kept per job and queued only by the owner, bounded
+integers, literal text filters, sessions ended with a password change, rate-limited sign-in, the
+fencing token, every phase resumable, SIGTERM hand-back, paths checked at use, a silent broker."""
 from __future__ import annotations
 
 import os
 import shutil
 import signal
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -224,3 +226,74 @@ def test_a_path_made_a_link_out_of_the_data_root_after_submit_is_refused_at_use(
     run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "failed" and "dataset.path: 'later.npz' resolves to" in run["error"], run
     assert "outside the data root" in run["error"]
+
+
+@pytest.fixture
+def silent_broker():
+    """A TCP listener that accepts connections and never answers (a hung Redis, a black-holed port)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    for c in held:
+        c.close()
+    server.close()
+
+
+def test_a_silent_broker_gets_a_prompt_503_and_never_blocks_the_api(tmp_path, pg_database, silent_broker):
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = Stack.create(tmp_path, pg_database, silent_broker)
+    try:
+        t = time.monotonic()
+        r = s.http.post("/api/runs", json={"config": tiny_config(), "experiment": "silent"})
+        assert r.status_code == 503 and "broker" in r.json()["detail"] and time.monotonic() - t < 15, r.text
+        with ThreadPoolExecutor(42) as pool:  # 42 submissions at once, as in the report
+            posts = [pool.submit(s.http.post, "/api/runs", json={"config": tiny_config(), "experiment": "silent"})
+                     for _ in range(42)]
+            t = time.monotonic()
+            assert s.http.get("/api/health").status_code == 200 and time.monotonic() - t < 2  # still answering
+            assert s.http.get("/api/runs", params={"limit": 1}).status_code == 200
+            assert {p.result().status_code for p in posts} == {503}
+        runs = s.http.get("/api/runs", params={"experiment": "silent", "limit": 100}).json()["items"]
+        assert len(runs) == 43 and {r["status"] for r in runs} == {"failed"}  # none left queued and unsent
+    finally:
+        s.stop()
+
+
+def test_a_run_queued_but_never_sent_is_sent_by_the_sweeper(lab):
+    """The API died between its commit and its send: the run sits queued with nothing on the broker."""
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from backend import crud
+    from backend.db import make_engine
+    from backend.models import Run
+    from backend.schemas import parse_run_config
+
+    engine = make_engine(lab.env["DATABASE_URL"])
+    with Session(engine) as db:
+        cfg = parse_run_config(tiny_config(eval={"panel": "none"})).model_dump(mode="json")
+        run_id = crud.create_run(db, config=cfg).id
+        db.execute(update(Run).where(Run.id == run_id).values(created_at=Run.created_at - timedelta(minutes=5)))
+        db.commit()
+    engine.dispose()
+    lab.start_worker()
+    run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="sent by the sweeper and finished")
+    assert run["status"] == "succeeded", run
+    assert f"run {run_id} was queued but never sent to the broker" in (lab.home / "worker.log").read_text()

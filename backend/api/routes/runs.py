@@ -103,15 +103,22 @@ def _check_references(s: Session, config: dict, prefix: str = "config") -> None:
 
 
 def _enqueue_all(ids: list[int]) -> None:
-    """Commit first, then enqueue; a broker that is down fails the runs with a clear error."""
+    """Commit first, then enqueue, and record which runs reached the broker; a broker that is down
+    fails the rest with a clear error (503). A run left queued but never sent (the API died in
+    between) is sent by the workers' sweeper."""
+    sent = []
     try:
         for run_id in ids:
             enqueue(run_id)
+            sent.append(run_id)
     except BrokerUnavailable as e:
         with session_scope() as s:
-            for run in s.scalars(select(Run).where(Run.id.in_(ids), Run.status == "queued")):
+            for run in s.scalars(select(Run).where(Run.id.in_(ids), Run.id.not_in(sent), Run.status == "queued")):
                 run.status, run.error, run.finished_at = "failed", str(e), now()
         raise HTTPException(503, detail=str(e)) from e
+    finally:
+        with session_scope() as s:
+            crud.mark_enqueued(s, run_ids=sent)
 
 
 @router.post("/runs", status_code=201, response_model=RunOut)

@@ -1,4 +1,4 @@
-"""fencing token, run ids never reused, robustness results per panel job
+"""fencing token, run ids never reused, enqueue time, robustness results per panel job
 
 Revision ID: 0004
 Revises: 0003
@@ -21,6 +21,10 @@ def upgrade() -> None:
     rebuild = 'always' if op.get_bind().dialect.name == 'sqlite' else 'auto'
     with op.batch_alter_table('runs', recreate=rebuild, table_kwargs={'sqlite_autoincrement': True}) as batch_op:
         batch_op.add_column(sa.Column('attempt', sa.Integer(), server_default='0', nullable=False))
+        # When the run was last put on the broker; NULL while it is queued in the database only (the
+        # workers' sweeper sends those).
+        batch_op.add_column(sa.Column('enqueued_at', sa.DateTime(timezone=True), nullable=True))
+    op.execute("UPDATE runs SET enqueued_at = created_at")  # runs from before were sent when created
     # Each panel job keeps its own results (NULL: the panel at the end of the run's own training).
     for table in ('eval_results', 'sanity_checks'):
         with op.batch_alter_table(table) as batch_op:
@@ -34,4 +38,5 @@ def downgrade() -> None:
             batch_op.drop_index(batch_op.f(f'ix_{table}_job_id'))
             batch_op.drop_column('job_id')
     with op.batch_alter_table('runs') as batch_op:
+        batch_op.drop_column('enqueued_at')
         batch_op.drop_column('attempt')
