@@ -7,12 +7,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .api.routes import auth, meta, runs
 from .config import get_settings
 from .guard import SameOrigin
+from .schemas import run_config_schema
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 
@@ -49,7 +51,24 @@ def create_app() -> FastAPI:
     app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
     app.add_middleware(SameOrigin, allowed_hosts=get_settings().host_names)  # outermost: first to see a request
+    app.openapi = lambda: _openapi_with_run_config(app)
     return app
+
+
+def _openapi_with_run_config(app: FastAPI) -> dict:
+    """The OpenAPI document with the real run config: the routes take `config` as a plain object (so
+    their 422s can name `config.<field>`), but clients and fuzzers get the discriminated union of
+    every scenario:method model, each knob with its type, default, bounds and description."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        config = run_config_schema(ref_template="#/components/schemas/{model}")
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        components.update(config.pop("$defs", {}))
+        components["RunConfig"] = config
+        for body in ("RunCreate", "SweepCreate"):
+            components[body]["properties"]["config"] = {"$ref": "#/components/schemas/RunConfig"}
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 class BodyLimit:

@@ -350,8 +350,9 @@ def parse_run_config(data: Any) -> BaseModel:
     return _ADAPTER.validate_python(data)
 
 
-def run_config_schema() -> dict[str, Any]:
-    return _ADAPTER.json_schema()
+def run_config_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The run config's JSON schema (the OpenAPI document places its definitions with `ref_template`)."""
+    return _ADAPTER.json_schema(ref_template=ref_template)
 
 
 def config_errors(err: ValidationError) -> list[dict]:
