@@ -234,9 +234,11 @@ class _ArraysOnly(pickle.Unpickler):
     """Unpickles builtin containers, numbers, strings, bytes and numpy arrays, nothing else: a
     pickle naming any other callable (os.system, builtins.eval, ...) is refused before it runs."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 store bytes this way
+    ALLOWED = {
+        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 store bytes this way
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
