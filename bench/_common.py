@@ -115,7 +115,7 @@ class Stack:
                                 start_new_session=True, cwd=self.home)
 
     def start(self) -> "Stack":
-        subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=self.env, check=True,
+        subprocess.run([sys.executable, "-m", "backend.cli", "db", "upgrade"], env=self.env, check=True,
                        cwd=self.home, capture_output=True)
         if self.env["GATLAB_AUTH"] == "true":
             # A fresh admin per stack: tests may share one database.
@@ -134,11 +134,11 @@ class Stack:
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         """`gatlab ARGS` in this lab's environment; its stdout."""
-        return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=self.env, check=True, cwd=self.home,
+        return subprocess.run([sys.executable, "-m", "backend.cli", *args], env=self.env, check=True, cwd=self.home,
                               capture_output=True, text=True, input=stdin).stdout
 
     def start_worker(self) -> subprocess.Popen:
-        w = self._spawn("-m", "worker.cli", "worker", log="worker.log")
+        w = self._spawn("-m", "backend.cli", "worker", log="worker.log")
         self.workers.append(w)
         return w
 

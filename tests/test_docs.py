@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import build_parser
+from backend.cli import parser_for
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -45,7 +45,7 @@ def test_the_readme_shows_the_cli():
 
 @pytest.mark.parametrize("words", readme_gatlab_commands(), ids=" ".join)
 def test_each_readme_gatlab_command_parses(words):
-    args = build_parser().parse_args(words[1:])  # SystemExit (a failure) on an unknown command, flag or value
+    args = parser_for(words[1:]).parse_args(words[1:])  # SystemExit (a failure) on an unknown command, flag or value
     assert args.cmd == words[1]
     for w in words:
         if w.startswith("examples/"):

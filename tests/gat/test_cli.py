@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def gatlab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "backend.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
 
 

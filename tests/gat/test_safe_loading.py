@@ -65,7 +65,7 @@ def test_a_crafted_teacher_fails_the_run_with_a_clear_error_and_runs_nothing(tmp
            "model": {"arch": "cnn", "width": 4}, "train": {"epochs": 1, "batch_size": 32},
            "params": {"teacher_dir": str(teacher)}, "eval": {"panel": "none"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "worker.cli", "train", str(tmp_path / "c.yaml"), "--out",
+    r = subprocess.run([sys.executable, "-m", "backend.cli", "train", str(tmp_path / "c.yaml"), "--out",
                         str(tmp_path / "run"), "-q"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert "gatlab: error: params.teacher_dir:" in r.stderr and "refused" in r.stderr
@@ -77,7 +77,7 @@ def test_checkpoints_the_trainer_writes_load_safely_and_resume(tmp_path):
     cfg = {"name": "t", "scenario": "defense", "method": "erm", "dataset": {"name": "synthetic", "size": 200},
            "model": {"arch": "mlp", "width": 8}, "train": {"epochs": 1, "batch_size": 32}, "eval": {"panel": "none"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    run = [sys.executable, "-m", "worker.cli", "train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]
+    run = [sys.executable, "-m", "backend.cli", "train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]
     assert subprocess.run(run, capture_output=True, timeout=300, cwd=ROOT).returncode == 0
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # raises if anything but tensors/containers
     assert ckpt["step"] == checkpoint_step(tmp_path / "run") > 0

@@ -89,10 +89,10 @@ def test_a_checkpoint_never_runs_ahead_of_the_flushed_points(tmp_path, monkeypat
     spy, seen = Spy(), []
     real = train_mod._save_checkpoint
 
-    def checked(out_dir, s, method, opt, aux_opt, sched, epoch, step):
+    def checked(out_dir, s, method, opt, aux_opt, sched, epoch, step, **where):
         seen.append(step)
         assert spy.flushed >= step, f"checkpoint at step {step} with points flushed only to {spy.flushed}"
-        real(out_dir, s, method, opt, aux_opt, sched, epoch, step)
+        real(out_dir, s, method, opt, aux_opt, sched, epoch, step, **where)
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", checked)
     train(_config("erm", epochs=2), tmp_path, spy)

@@ -71,7 +71,7 @@ SECRETS = {"POSTGRES_PASSWORD": "pw", "REDIS_PASSWORD": "pw", "GATLAB_SERVER": "
 
 @pytest.mark.parametrize("which", ["server", "remote"])
 def test_compose_environment_volumes_and_commands_match_the_code(which, monkeypatch):
-    from worker.cli import build_parser
+    from backend.cli import parser_for
 
     services = compose(which)["services"]
     for name in APP[which]:
@@ -93,13 +93,13 @@ def test_compose_environment_volumes_and_commands_match_the_code(which, monkeypa
             assert len(devices[0].get("device_ids", [])) == 1  # one GPU per worker
         words = argv(svc["command"])
         if words[0] == "gatlab":
-            build_parser().parse_args(words[1:])  # exits (fails the test) on an unknown command or flag
+            parser_for(words[1:]).parse_args(words[1:])  # exits (fails the test) on an unknown command or flag
         else:
             assert words[:2] == ["uvicorn", "backend.main:app"]
         if name != "migrate":
             check = argv(svc["healthcheck"]["test"])
             assert check[0] == "gatlab"
-            build_parser().parse_args(check[1:])
+            parser_for(check[1:]).parse_args(check[1:])
             assert svc["restart"] == "unless-stopped"
         if name == "worker":  # its health check pings the name it runs under
             assert check[-1] == words[words.index("--name") + 1]
@@ -122,10 +122,12 @@ def test_env_example_documents_every_variable_and_gives_no_secret_a_value():
     assert any(op == "?" for _, op, _ in VAR.findall(FILES["server"].read_text()))
 
 
-def test_images_api_has_no_torch_worker_has_it_and_the_api_code_imports_without_it():
+def test_images_api_has_no_torch_nor_worker_worker_has_them_and_the_api_code_runs_without_them():
     api = (ROOT / "docker/api.Dockerfile").read_text()
     worker = (ROOT / "docker/worker.Dockerfile").read_text()
-    assert "torch" not in api.replace("# The API image: FastAPI, the dashboard, migrations and the user commands. No torch (slim).", "")
+    code = "\n".join(line for line in api.splitlines() if not line.startswith("#"))
+    assert "torch" not in code and "COPY worker" not in code and "COPY backend backend" in code
+    assert "COPY worker worker" in worker
     assert "pip install -c requirements-lock.txt -e ." in api
     assert "pip install -c requirements-lock.txt -e '.[worker]'" in worker
     assert "pip install -c requirements-lock.txt torch torchvision" in worker
@@ -134,20 +136,22 @@ def test_images_api_has_no_torch_worker_has_it_and_the_api_code_imports_without_
     for svc in ("api", "migrate", "worker"):
         assert (ROOT / compose()["services"][svc]["build"]["dockerfile"]).is_file()
     blocker = ("import sys\nclass B:\n def find_spec(self, name, path=None, target=None):\n"
-               "  if name.split('.')[0] in ('torch', 'torchvision', 'numpy', 'sklearn', 'autoattack'):\n"
+               "  if name.split('.')[0] in ('worker', 'torch', 'torchvision', 'numpy', 'sklearn', 'autoattack'):\n"
                "   raise ImportError('not in the API image: ' + name)\nsys.meta_path.insert(0, B())\n"
-               "import backend.main, worker.cli, worker.tasks\nbackend.main.create_app()\n"
+               "import backend.main, backend.cli\nbackend.main.create_app()\n"
                "from backend.methods import methods_table\nassert methods_table()\n"
-               "worker.cli.main(['users', 'list'])\nprint('imports ok')\n")
+               "assert backend.cli.main(['users', 'list']) == 0\n"
+               "assert backend.cli.main(['train', 'x.yaml']) == 2\nprint('imports ok')\n")
     env = {**os.environ, "GATLAB_HOME": str(Path(os.environ.get("TMPDIR", "/tmp")) / f"noth-{uuid.uuid4().hex[:6]}")}
     env.pop("DATABASE_URL", None)
     r = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert r.returncode == 0 and "imports ok" in r.stdout, r.stderr[-2000:]
+    assert "gatlab: error: 'train' needs the training install" in r.stderr
 
 
 def run_argv(words: list[str], port: int) -> list[str]:
     """A compose command as a process here: the console scripts by module, the API on a free port."""
-    head = {"gatlab": [sys.executable, "-m", "worker.cli"], "uvicorn": [sys.executable, "-m", "uvicorn"]}[words[0]]
+    head = {"gatlab": [sys.executable, "-m", "backend.cli"], "uvicorn": [sys.executable, "-m", "uvicorn"]}[words[0]]
     return head + [w.replace("8000", str(port)) for w in words[1:]]
 
 

@@ -13,7 +13,7 @@ import pickle
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -149,11 +149,57 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class Loop:
+    """Everything one training run holds between steps, resumed from the checkpoint if any."""
+
+    s: Setup
+    out_dir: Path
+    recorder: Recorder
+    method: Method
+    opt: torch.optim.Optimizer
+    aux_opt: torch.optim.Optimizer | None
+    sched: torch.optim.lr_scheduler.LRScheduler
+    total: int  # steps of the whole run
+    step: int  # steps done
+    start_epoch: int
+    start_batch: int  # batches of start_epoch done before a mid-epoch checkpoint
+    aug_state: torch.Tensor | None  # the augmentation RNG at that batch
+    teacher: nn.Module | None
+    edges: torch.Tensor  # gradient-histogram bin edges
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def multitask(self) -> bool:
+        return self.s.config["scenario"] == "multitask"
+
+    def evaluate(self, split: gdata.Split) -> dict:
+        """Accuracy and loss (per task for multi-task models), in eval mode."""
+        if self.multitask:
+            return evaluate_tasks(self.s.model, self.s.data, split, self.s.device)
+        return evaluate(self.s.model, split, self.s.device)
+
+    def checkpoint(self, epoch: int, *, batch: int = 0, aug_gen: torch.Generator | None = None) -> None:
+        self.recorder.flush()  # first: a checkpoint at step S promises every point up to S is stored
+        _save_checkpoint(self.out_dir, self.s, self.method, self.opt, self.aux_opt, self.sched, epoch, self.step,
+                         batch=batch, aug_gen=aug_gen)
+
+
 def train(config: dict, out_dir: Path, recorder: Recorder, *,
           should_stop: Callable[[], bool] = lambda: False, should_hand_back: Callable[[], bool] = lambda: False,
           device: torch.device | None = None) -> dict:
     """Train a run config into `out_dir`, resuming from its checkpoint if there is one. Between
     steps, `should_stop` ends the run (Stopped) and `should_hand_back` checkpoints it (HandedBack)."""
+    loop = prepare(config, out_dir, recorder, should_stop=should_stop, should_hand_back=should_hand_back, device=device)
+    for epoch in range(loop.start_epoch, config["train"]["epochs"]):
+        train_one_epoch(loop, epoch, should_stop=should_stop, should_hand_back=should_hand_back)
+        end_epoch(loop, epoch)
+    return finish(loop)
+
+
+def prepare(config: dict, out_dir: Path, recorder: Recorder, *, should_stop: Callable[[], bool],
+            should_hand_back: Callable[[], bool], device: torch.device | None) -> Loop:
+    """Data, model, method, optimisers and schedule, restored from the checkpoint if there is one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     s = setup(config, device)
@@ -166,84 +212,94 @@ def train(config: dict, out_dir: Path, recorder: Recorder, *,
                                            should_hand_back=should_hand_back, device=s.device)
         p = {k: v for k, v in p.items() if k not in TEACHER_KNOBS}
         seed_all(t["seed"])  # the student's run does not depend on how the teacher was obtained
-    multitask = config["scenario"] == "multitask"
-    if multitask:
+    if config["scenario"] == "multitask":
         extra["tasks"] = s.data.tasks
     method = make_method(config["scenario"], config["method"], s.model, num_classes=s.data.num_classes,
                          input_shape=s.data.input_shape, **p, **extra)
     for m in method.aux.values():
         m.to(s.device)
-    opt = _optimizer(s.model, t)
-    aux_opt = aux_optimizer(method)
-    steps_per_epoch = -(-len(s.data.train) // t["batch_size"])
-    total = steps_per_epoch * t["epochs"]
+    opt, aux_opt = _optimizer(s.model, t), aux_optimizer(method)
+    total = -(-len(s.data.train) // t["batch_size"]) * t["epochs"]
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if t["lr_schedule"] == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     start_epoch, step, start_batch, aug_state = _resume(out_dir, s, method, opt, aux_opt, sched)
-    grad_norm = p.get("grad_norm", "l2")
-    edges = stats.hist_edges(grad_norm)
-    t0, step0 = time.monotonic(), step
     recorder.progress(step, total, None)
-    # Defined before the loop: a run resumed from its last epoch's checkpoint runs no epoch at all.
-    ev = (lambda split: evaluate_tasks(s.model, s.data, split, s.device)) if multitask else \
-        (lambda split: evaluate(s.model, split, s.device))
-    for epoch in range(start_epoch, t["epochs"]):
-        s.model.train()
-        seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
-        aug_gen = torch.Generator().manual_seed(seed)
-        skip = start_batch if epoch == start_epoch else 0  # batches trained before a mid-epoch checkpoint
-        if skip and aug_state is not None:
-            aug_gen.set_state(aug_state)
-        for b, (idx, x, y) in enumerate(gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed)):
-            if b < skip:
-                continue
-            if should_stop():
-                raise Stopped(f"stopped at step {step}")
-            if should_hand_back():
-                recorder.flush()
-                _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch, step, batch=b, aug_gen=aug_gen)
-                raise HandedBack(f"checkpointed at step {step} (epoch {epoch + 1}, batch {b}) and handed back")
-            if t.get("augment"):
-                x = gdata.augment(x, aug_gen)
-            x = x.to(s.device)
-            y = ({k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()} if multitask
-                 else y.to(s.device))
-            _, metrics = train_step(method, opt, aux_opt, x, y, step / total, step)
-            sched.step()
-            step += 1
-            if step % t["log_every"] == 0 or step == total:
-                row = {f"train/{k}": float(v) for k, v in metrics.items()}
-                row["train/lr"] = sched.get_last_lr()[0]
-                recorder.log(step, row)
-            if step % t["stats_every"] == 0 or step == 1:
-                if multitask:
-                    _record_task_stats(s, x, y, step, recorder)
-                else:
-                    _record_stats(s, x, y, step, grad_norm, edges, recorder)
-            elapsed = time.monotonic() - t0
-            recorder.progress(step, total, elapsed / (step - step0) * (total - step))
-        val = ev(s.data.val) if len(s.data.val) else {}
-        log.info("epoch %d/%d (step %d): %s", epoch + 1, t["epochs"], step,
-                 ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
-        recorder.log(step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
-        recorder.flush()  # first: a checkpoint at step S promises every point up to S is stored
-        _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch + 1, step)
-    test = ev(s.data.test)
+    return Loop(s, out_dir, recorder, method, opt, aux_opt, sched, total, step, start_epoch, start_batch, aug_state,
+                extra.get("teacher"), stats.hist_edges(p.get("grad_norm", "l2")))
+
+
+def train_one_epoch(loop: Loop, epoch: int, *, should_stop: Callable[[], bool],
+                    should_hand_back: Callable[[], bool]) -> None:
+    """The epoch's steps (from a mid-epoch checkpoint's batch when resuming), with the stop and
+    hand-back flags read before each."""
+    s, t, rec, step0 = loop.s, loop.s.config["train"], loop.recorder, loop.step
+    s.model.train()
+    seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
+    aug_gen = torch.Generator().manual_seed(seed)
+    skip = loop.start_batch if epoch == loop.start_epoch else 0  # batches trained before a mid-epoch checkpoint
+    if skip and loop.aug_state is not None:
+        aug_gen.set_state(loop.aug_state)
+    for b, (idx, x, y) in enumerate(gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed)):
+        if b < skip:
+            continue
+        if should_stop():
+            raise Stopped(f"stopped at step {loop.step}")
+        if should_hand_back():
+            loop.checkpoint(epoch, batch=b, aug_gen=aug_gen)
+            raise HandedBack(f"checkpointed at step {loop.step} (epoch {epoch + 1}, batch {b}) and handed back")
+        x = (gdata.augment(x, aug_gen) if t.get("augment") else x).to(s.device)
+        y = ({k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()} if loop.multitask
+             else y.to(s.device))
+        _, metrics = train_step(loop.method, loop.opt, loop.aux_opt, x, y, loop.step / loop.total, loop.step)
+        loop.sched.step()
+        loop.step += 1
+        _record_step(loop, x, y, metrics)
+        elapsed = time.monotonic() - loop.t0
+        rec.progress(loop.step, loop.total, elapsed / max(1, loop.step - step0) * (loop.total - loop.step))
+
+
+def _record_step(loop: Loop, x, y, metrics: dict) -> None:
+    """The step's losses every `log_every` steps, gradient statistics every `stats_every`."""
+    t, step = loop.s.config["train"], loop.step
+    if step % t["log_every"] == 0 or step == loop.total:
+        loop.recorder.log(step, {**{f"train/{k}": float(v) for k, v in metrics.items()},
+                                 "train/lr": loop.sched.get_last_lr()[0]})
+    if step % t["stats_every"] == 0 or step == 1:
+        if loop.multitask:
+            _record_task_stats(loop.s, x, y, step, loop.recorder)
+        else:
+            _record_stats(loop.s, x, y, step, loop.s.config["params"].get("grad_norm", "l2"), loop.edges, loop.recorder)
+
+
+def end_epoch(loop: Loop, epoch: int) -> None:
+    """Validation, the epoch's record, and a checkpoint."""
+    val = loop.evaluate(loop.s.data.val) if len(loop.s.data.val) else {}
+    log.info("epoch %d/%d (step %d): %s", epoch + 1, loop.s.config["train"]["epochs"], loop.step,
+             ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+    loop.recorder.log(loop.step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
+    loop.checkpoint(epoch + 1)
+
+
+def finish(loop: Loop) -> dict:
+    """Test evaluation (and agreement with the teacher), the final model and the summary. Runs as
+    well when resuming from the last epoch's checkpoint, so a crash in here costs no training."""
+    s, config = loop.s, loop.s.config
+    test = loop.evaluate(s.data.test)
     log.info("finished: %s", ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
-    if "teacher" in extra:
-        test["agreement"] = agreement(s.model, extra["teacher"], s.data.test, s.device)
-    recorder.log(step, {f"test/{k}": v for k, v in test.items()})
+    if loop.teacher is not None:
+        test["agreement"] = agreement(s.model, loop.teacher, s.data.test, s.device)
+    loop.recorder.log(loop.step, {f"test/{k}": v for k, v in test.items()})
     final = {"model": s.model.state_dict(), "model_config": config["model"], "num_classes": s.data.num_classes,
              "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std,
-             "tasks": s.data.tasks if multitask else None}
-    recorder.flush()  # first: a lab worker that lost its run to another attempt stops here, writing nothing
-    _save_atomic(final, out_dir / FINAL)
-    summary = {"steps": step, "test": test, "data": s.data.info, "device": str(s.device),
+             "tasks": s.data.tasks if loop.multitask else None}
+    loop.recorder.flush()  # first: a lab worker that lost its run to another attempt stops here, writing nothing
+    _save_atomic(final, loop.out_dir / FINAL)
+    summary = {"steps": loop.step, "test": test, "data": s.data.info, "device": str(s.device),
                "env": {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
                        "threads": torch.get_num_threads(),
                        "gpu": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else None}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    recorder.flush()
+    (loop.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    loop.recorder.flush()
     return summary
 
 
