@@ -11,13 +11,11 @@ import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from fastapi import Depends, HTTPException, Request
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .config import get_settings
-from .db import get_session
-from .models import ApiToken, Run, User, WebSession, now
+from .models import ApiToken, User, WebSession, now
 
 TOKEN_PREFIX = "gat_"
 COOKIE = "gatlab_session"
@@ -133,37 +131,3 @@ def close_session(s: Session, sid: str) -> None:
 
 def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # SQLite drops the zone
-
-
-# --- FastAPI dependencies -------------------------------------------------------------------------
-
-def current_user(request: Request, s: Session = Depends(get_session)) -> User | None:
-    """The signed-in user from `Authorization: Bearer <token>` or the session cookie; None if neither
-    (and always None with auth off)."""
-    if not get_settings().auth:
-        return None
-    header = request.headers.get("authorization", "")
-    if header:
-        scheme, _, secret = header.partition(" ")
-        found = user_for_token(s, secret.strip()) if scheme.lower() == "bearer" else None
-        if found is None:
-            raise HTTPException(401, detail="invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        s.commit()
-        return found[0]
-    sid = request.cookies.get(COOKIE)
-    return user_for_session(s, sid) if sid else None
-
-
-def require_user(user: User | None = Depends(current_user)) -> User | None:
-    """Every API route but health and sign-in: a user when auth is on; None (anyone) when it is off."""
-    if user is None and get_settings().auth:
-        raise HTTPException(401, detail="sign in: send 'Authorization: Bearer <token>' or use the dashboard",
-                            headers={"WWW-Authenticate": "Bearer"})
-    return user
-
-
-def check_owner(run: Run, user: User | None, action: str) -> None:
-    """Only a run's owner or an admin may change it (auth off: anyone)."""
-    if user is None or user.is_admin or run.owner_id == user.id:
-        return
-    raise HTTPException(403, detail=f"run {run.id} belongs to another user: only its owner or an admin may {action} it")

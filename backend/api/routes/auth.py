@@ -14,11 +14,10 @@ from sqlalchemy.orm import Session
 
 from backend import auth
 from backend.config import get_settings
-from backend.db import get_session
+from backend.api.deps import BEARER, CurrentUser, MaybeUser, SessionDep
 from backend.models import ApiToken, User
 
 router = APIRouter(prefix="/api", tags=["auth"])
-BEARER = {"WWW-Authenticate": "Bearer"}
 
 
 class Login(BaseModel):
@@ -81,13 +80,13 @@ FAILED_SIGN_INS = FailedSignIns()
 
 
 @router.get("/auth/me")
-def me(user: User | None = Depends(auth.current_user)) -> dict:
+def me(user: MaybeUser) -> dict:
     """Whether this server needs sign-in, and who is signed in (null if nobody)."""
     return {"auth": get_settings().auth, "user": UserOut.model_validate(user).model_dump() if user else None}
 
 
 @router.post("/auth/login")
-def login(body: Login, request: Request, response: Response, s: Session = Depends(get_session)) -> dict:
+def login(body: Login, request: Request, response: Response, s: SessionDep) -> dict:
     if not get_settings().auth:
         raise HTTPException(409, detail="auth is off on this server (embedded mode): no sign-in needed")
     token, address = None, request.client.host if request.client else "unknown"
@@ -117,7 +116,7 @@ def login(body: Login, request: Request, response: Response, s: Session = Depend
 
 
 @router.post("/auth/logout", status_code=204)
-def logout(request: Request, s: Session = Depends(get_session), _: User | None = Depends(auth.require_user)) -> Response:
+def logout(request: Request, s: SessionDep, _: CurrentUser) -> Response:
     sid = request.cookies.get(auth.COOKIE)
     if sid:
         auth.close_session(s, sid)
@@ -127,19 +126,22 @@ def logout(request: Request, s: Session = Depends(get_session), _: User | None =
     return response
 
 
-def _signed_in(user: User | None = Depends(auth.require_user)) -> User:
+def _signed_in(user: CurrentUser) -> User:
     if user is None:
         raise HTTPException(409, detail="auth is off on this server (embedded mode): there are no users")
     return user
 
 
+SignedIn = Annotated[User, Depends(_signed_in)]
+
+
 @router.get("/tokens")
-def list_tokens(user: User = Depends(_signed_in), s: Session = Depends(get_session)) -> list[dict]:
+def list_tokens(user: SignedIn, s: SessionDep) -> list[dict]:
     return [token_out(t) for t in s.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id))]
 
 
 @router.post("/tokens", status_code=201)
-def create_token(body: TokenCreate, user: User = Depends(_signed_in), s: Session = Depends(get_session)) -> dict:
+def create_token(body: TokenCreate, user: SignedIn, s: SessionDep) -> dict:
     """A new token for the signed-in user; the secret is in this response and never again."""
     row, secret = auth.create_token(s, user=user, label=body.label)
     s.commit()
@@ -147,8 +149,8 @@ def create_token(body: TokenCreate, user: User = Depends(_signed_in), s: Session
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: Annotated[int, FPath(ge=1, le=2**31 - 1)], user: User = Depends(_signed_in),
-                 s: Session = Depends(get_session)) -> Response:
+def revoke_token(token_id: Annotated[int, FPath(ge=1, le=2**31 - 1)], user: SignedIn,
+                 s: SessionDep) -> Response:
     try:
         auth.revoke_token(s, token_id=token_id, by=user)
     except auth.AuthError as e:

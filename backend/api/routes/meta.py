@@ -6,7 +6,7 @@ import yaml
 from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
-from backend.auth import require_user
+from backend.api.deps import require_user
 from backend.config import get_settings
 from backend.db import engine
 from backend.methods import methods_table

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend import crud
-from backend.api.deps import run_or_404
+from backend.api.deps import CurrentUser, RunDep, SessionDep, check_owner, require_user
 from backend.api.schemas import (
     EvalCreate,
     RunCreate,
@@ -26,7 +26,6 @@ from backend.api.schemas import (
     RunPatch,
     SweepCreate,
 )
-from backend.auth import check_owner, require_user
 from backend.config import get_settings
 from backend.db import get_session, session_scope
 from backend.models import (
@@ -43,9 +42,13 @@ from backend.queue import BrokerUnavailable, enqueue
 from backend.schemas import NO_NUL, PATH_FIELDS, config_errors, parse_run_config
 
 router = APIRouter(prefix="/api", tags=["runs"], dependencies=[Depends(require_user)])
-Me = Annotated[User | None, Depends(require_user)]
 QText = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 SORTS = Literal["created_at", "-created_at", "name", "-name", "status", "-status", "id", "-id"]
+
+
+def unprocessable(*errors: tuple[list, str]) -> HTTPException:
+    """A 422 in FastAPI's shape, each error naming its field: `raise unprocessable((loc, msg), ...)`."""
+    return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in errors])
 
 
 def _validated(config: dict, prefix: str = "config") -> dict:
@@ -55,7 +58,7 @@ def _validated(config: dict, prefix: str = "config") -> dict:
         raise HTTPException(422, detail=[{**d, "loc": [prefix, *d["loc"]]} for d in config_errors(e)]) from e
     errors = _limit_errors(cfg)
     if errors:
-        raise HTTPException(422, detail=[{"loc": [prefix, *loc], "msg": msg, "type": "value_error"} for loc, msg in errors])
+        raise unprocessable(*(([prefix, *loc], msg) for loc, msg in errors))
     return cfg
 
 
@@ -98,8 +101,15 @@ def _check_references(s: Session, config: dict, prefix: str = "config") -> None:
         run = s.get(Run, teacher)
         if run is None or run.status != "succeeded" or run.kind != "train":
             state = "does not exist" if run is None else f"is {run.status}" if run.status != "succeeded" else "is not a training run"
-            raise HTTPException(422, detail=[{"loc": [prefix, "params", "teacher_run"], "type": "value_error",
-                                              "msg": f"teacher run {teacher} {state}; it must be a succeeded training run"}])
+            raise unprocessable(([prefix, "params", "teacher_run"], f"teacher run {teacher} {state}; it must be a succeeded training run"))
+
+
+def _commit_and_enqueue(s: Session, runs: list[Run]) -> None:
+    """The house rule: commit the runs, then put them on the broker, then read back their state."""
+    s.commit()
+    _enqueue_all([r.id for r in runs])
+    for r in runs:
+        s.refresh(r)
 
 
 def _enqueue_all(ids: list[int]) -> None:
@@ -122,14 +132,12 @@ def _enqueue_all(ids: list[int]) -> None:
 
 
 @router.post("/runs", status_code=201, response_model=RunOut)
-def create_run(body: RunCreate, user: Me, s: Session = Depends(get_session)) -> Run:
+def create_run(body: RunCreate, user: CurrentUser, s: SessionDep) -> Run:
     config = _validated(body.config)
     _check_references(s, config)
     _check_quota(s, user, 1)
     run = crud.create_run(s, config=config, experiment=body.experiment, tags=body.tags, owner=user)
-    s.commit()
-    _enqueue_all([run.id])
-    s.refresh(run)
+    _commit_and_enqueue(s, [run])
     return run
 
 
@@ -139,17 +147,17 @@ def _set_path(cfg: dict, path: str, value) -> None:
     for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise HTTPException(422, detail=[{"loc": ["body", "grid", path], "msg": f"{p} is not a section", "type": "value_error"}])
+            raise unprocessable((["body", "grid", path], f"{p} is not a section"))
     node[leaf] = value
 
 
 @router.post("/sweeps", status_code=201, response_model=RunList)
-def create_sweep(body: SweepCreate, user: Me, s: Session = Depends(get_session)) -> dict:
+def create_sweep(body: SweepCreate, user: CurrentUser, s: SessionDep) -> dict:
     """A grid over knob values x seeds, expanded into queued runs under one experiment."""
     keys = list(body.grid)
     combos = list(itertools.product(*body.grid.values(), body.seeds))
     if len(combos) > 1000:
-        raise HTTPException(422, detail=[{"loc": ["body", "grid"], "msg": "a sweep may expand to at most 1000 runs", "type": "value_error"}])
+        raise unprocessable((["body", "grid"], "a sweep may expand to at most 1000 runs"))
     configs = []
     for combo in combos:
         cfg = copy.deepcopy(body.config)
@@ -162,13 +170,12 @@ def create_sweep(body: SweepCreate, user: Me, s: Session = Depends(get_session))
         _check_references(s, configs[-1])
     _check_quota(s, user, len(configs))
     runs = [crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags, owner=user) for c in configs]
-    s.commit()
-    _enqueue_all([r.id for r in runs])
+    _commit_and_enqueue(s, runs)
     return {"total": len(runs), "items": runs}
 
 
 @router.get("/runs", response_model=RunList)
-def list_runs(s: Session = Depends(get_session), status: QText = None, scenario: QText = None,
+def list_runs(s: SessionDep, status: QText = None, scenario: QText = None,
               method: QText = None, experiment: QText = None, tag: QText = None,
               q: QText = None, sort: SORTS = "-created_at",
               limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**31 - 1)) -> dict:
@@ -178,12 +185,12 @@ def list_runs(s: Session = Depends(get_session), status: QText = None, scenario:
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def get_run(run: Run = Depends(run_or_404)) -> Run:
+def get_run(run: RunDep) -> Run:
     return run
 
 
 @router.patch("/runs/{run_id}", response_model=RunOut)
-def patch_run(body: RunPatch, user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def patch_run(body: RunPatch, user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
     check_owner(run, user, "edit")
     for k, v in body.model_dump(exclude_none=True).items():
         setattr(run, k, v)
@@ -192,7 +199,7 @@ def patch_run(body: RunPatch, user: Me, run: Run = Depends(run_or_404), s: Sessi
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
-def cancel_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def cancel_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
     check_owner(run, user, "cancel")
     if run.status in crud.FINAL:
         raise HTTPException(409, detail=f"run {run.id} is already {run.status}")
@@ -202,20 +209,18 @@ def cancel_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(ge
 
 
 @router.post("/runs/{run_id}/retry", status_code=201, response_model=RunOut)
-def retry_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def retry_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
     """A new run with the same config, owned by whoever retries it (the original is kept as it is)."""
     config = _validated(run.config)  # today's limits apply to yesterday's config
     _check_quota(s, user, 1)
     new = crud.create_run(s, config=config, tags=run.tags, kind=run.kind, parent_id=run.parent_id, owner=user)
     new.experiment_id = run.experiment_id
-    s.commit()
-    _enqueue_all([new.id])
-    s.refresh(new)
+    _commit_and_enqueue(s, [new])
     return new
 
 
 @router.delete("/runs/{run_id}", status_code=204)
-def delete_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Response:
+def delete_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Response:
     check_owner(run, user, "delete")
     if run.status == "running":
         raise HTTPException(409, detail=f"run {run.id} is running: cancel it first")
@@ -226,7 +231,7 @@ def delete_run(user: Me, run: Run = Depends(run_or_404), s: Session = Depends(ge
 
 
 @router.get("/runs/{run_id}/metrics")
-def metrics(run: Run = Depends(run_or_404), s: Session = Depends(get_session),
+def metrics(run: RunDep, s: SessionDep,
             keys: str | None = Query(None, max_length=2000, pattern=NO_NUL, description="Comma-separated keys; all if unset"),
             max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1, le=2**31 - 1),
             before_step: int | None = Query(None, ge=0, le=2**31 - 1, description="Upper bound (zoom)")) -> dict:
@@ -237,7 +242,7 @@ def metrics(run: Run = Depends(run_or_404), s: Session = Depends(get_session),
 
 
 @router.get("/runs/{run_id}/histograms")
-def histograms(run: Run = Depends(run_or_404), s: Session = Depends(get_session), key: QText = "input_grad",
+def histograms(run: RunDep, s: SessionDep, key: QText = "input_grad",
                limit: int = Query(200, ge=1, le=10_000)) -> dict:
     rows = s.scalars(select(Histogram).where(Histogram.run_id == run.id, Histogram.key == key)
                      .order_by(Histogram.step).limit(limit)).all()
@@ -275,7 +280,7 @@ def _pick_job(s: Session, run: Run, job: int | None) -> tuple[list[dict], int | 
 
 
 @router.get("/runs/{run_id}/eval")
-def eval_results(job: JobQuery = None, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> dict:
+def eval_results(run: RunDep, s: SessionDep, job: JobQuery = None) -> dict:
     """One panel's results (the latest, or `job`); `panels` lists every panel kept for this run."""
     jobs, job_id = _pick_job(s, run, job)
     rows = s.scalars(select(EvalResult).where(EvalResult.run_id == run.id, _of_job(EvalResult, run, job_id))
@@ -291,7 +296,7 @@ def eval_results(job: JobQuery = None, run: Run = Depends(run_or_404), s: Sessio
 
 
 @router.post("/runs/{run_id}/eval", status_code=201, response_model=RunOut)
-def queue_eval(body: EvalCreate, user: Me, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Run:
+def queue_eval(body: EvalCreate, user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
     """Queue the robustness panel on a finished defense run, as its own job (owner or admin)."""
     check_owner(run, user, "evaluate")
     if run.kind != "train" or run.scenario != "defense" or run.status != "succeeded":
@@ -301,14 +306,12 @@ def queue_eval(body: EvalCreate, user: Me, run: Run = Depends(run_or_404), s: Se
     _check_quota(s, user, 1)
     job = crud.create_run(s, config=cfg, kind="eval", parent_id=run.id, owner=user)
     job.name = f"eval {body.panel}: {run.name}"[:200]
-    s.commit()
-    _enqueue_all([job.id])
-    s.refresh(job)
+    _commit_and_enqueue(s, [job])
     return job
 
 
 @router.get("/runs/{run_id}/gallery")
-def gallery(job: JobQuery = None, run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> Response:
+def gallery(run: RunDep, s: SessionDep, job: JobQuery = None) -> Response:
     """Clean, adversarial and perturbation images of one panel (the latest, or `job`)."""
     _, job_id = _pick_job(s, run, job)
     path = _job_dir(run, job_id) / "gallery.json"
@@ -318,13 +321,13 @@ def gallery(job: JobQuery = None, run: Run = Depends(run_or_404), s: Session = D
 
 
 @router.get("/runs/{run_id}/artifacts")
-def artifacts(run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> list[dict]:
+def artifacts(run: RunDep, s: SessionDep) -> list[dict]:
     rows = s.scalars(select(Artifact).where(Artifact.run_id == run.id).order_by(Artifact.name)).all()
     return [{"name": a.name, "kind": a.kind, "size": a.size, "url": f"/api/runs/{run.id}/artifacts/{a.name}"} for a in rows]
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
-def artifact(name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: Run = Depends(run_or_404), s: Session = Depends(get_session)) -> FileResponse:
+def artifact(name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: RunDep, s: SessionDep) -> FileResponse:
     a = s.scalar(select(Artifact).where(Artifact.run_id == run.id, Artifact.name == name))
     if a is None or not Path(a.path).is_file():
         raise HTTPException(404, detail=f"run {run.id} has no artifact {name!r}")
@@ -332,15 +335,15 @@ def artifact(name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: R
 
 
 @router.get("/export")
-def export(ids: str = Query(..., max_length=4000, description="Comma-separated run ids"), format: Literal["csv", "json"] = "csv",
-           s: Session = Depends(get_session)) -> Response:
+def export(s: SessionDep, ids: str = Query(..., max_length=4000, description="Comma-separated run ids"),
+           format: Literal["csv", "json"] = "csv") -> Response:
     """Metrics of a selection of runs, long format: run_id, key, step, value."""
     try:
         id_list = [int(i) for i in ids.split(",") if i]
         if not all(1 <= i < 2**31 for i in id_list):
             raise ValueError
     except ValueError:
-        raise HTTPException(422, detail=[{"loc": ["query", "ids"], "msg": "ids must be comma-separated run ids (positive 32-bit integers)", "type": "value_error"}]) from None
+        raise unprocessable((["query", "ids"], "ids must be comma-separated run ids (positive 32-bit integers)")) from None
     rows = s.execute(select(Metric.run_id, Metric.key, Metric.step, Metric.value)
                      .where(Metric.run_id.in_(id_list)).order_by(Metric.run_id, Metric.key, Metric.step)).all()
     if format == "json":
