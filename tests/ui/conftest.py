@@ -2,6 +2,7 @@
 any request that leaves the app's origin."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,3 +25,14 @@ def browser_page(lab):
         pg.on("request", lambda r: r.url.startswith(lab.base) or r.url.startswith("data:") or pg.foreign.append(r.url))
         yield pg
         browser.close()
+
+
+def wait_until(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll a JavaScript expression until it is true. Playwright's wait_for_function compiles its
+    string with `new Function`, which the dashboard's CSP (no 'unsafe-eval') rightly refuses;
+    page.evaluate runs through the DevTools protocol, which CSP does not govern."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never true within {timeout} s: {expression}")
+        time.sleep(0.05)

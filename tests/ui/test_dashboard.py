@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from bench._common import Stack
 
-from .conftest import ARTIFACTS, browser_page
+from .conftest import ARTIFACTS, browser_page, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,12 @@ def test_launch_watch_robustness_compare_export(page, lab):
     run_id = int(page.url.rsplit("/", 1)[1])
     expect(page.locator(".run-head .status")).to_have_text("succeeded", timeout=240_000)
     page.wait_for_selector('#app[data-ready="run"]')
-    page.wait_for_function("document.querySelectorAll('.badge').length >= 7", timeout=30_000)
+    wait_until(page, "document.querySelectorAll('.badge').length >= 7", timeout=30)
     assert points(page, '[data-chart="loss"]') > 0 and points(page, '[data-chart="accuracy"]') > 0
     assert points(page, '[data-chart="histogram"]') > 0
     page.locator('[data-chart="loss"] .u-over').hover()  # scrolls it into view, cursor in the plot
     page.mouse.wheel(0, -300)  # zoom in around the cursor; the chart re-queries its window
-    page.wait_for_function("document.querySelector('[data-chart=\"loss\"]').dataset.zoomed === '1'")
+    wait_until(page, "document.querySelector('[data-chart=\"loss\"]').dataset.zoomed === '1'")
     zoomed = [float(v) for v in page.get_attribute('[data-chart="loss"]', "data-range").split(",")]
     page.keyboard.down("Shift")
     page.mouse.wheel(0, 200)  # pan
@@ -91,10 +91,10 @@ def test_launch_watch_robustness_compare_export(page, lab):
     page.screenshot(path=ARTIFACTS / "runs.png", full_page=True)
     page.click("#compare")
     page.wait_for_selector('#app[data-ready="compare"]')
-    page.wait_for_function("document.querySelector('#overlay').dataset.series === '2'", timeout=30_000)
+    wait_until(page, "document.querySelector('#overlay').dataset.series === '2'", timeout=30)
     assert points(page, "#overlay") > 0
     page.select_option("#group", "method")  # two groups: a mean curve and a ±std band each
-    page.wait_for_function("document.querySelector('#overlay').dataset.bands === '2'", timeout=30_000)
+    wait_until(page, "document.querySelector('#overlay').dataset.bands === '2'", timeout=30)
     assert page.get_attribute("#overlay", "data-series") == "6"
     page.select_option("#group", "")
     with page.expect_download() as dl:
