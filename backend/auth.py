@@ -4,12 +4,13 @@ Tokens and session ids are 32 random bytes; the database keeps only their SHA-25
 right for high-entropy secrets), so a leaked database row signs nobody in. Passwords, which are low
 entropy, use scrypt from the standard library. A token is shown once, when it is created.
 """
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -55,6 +56,7 @@ def set_password(s: Session, *, user: User, password: str) -> None:
 
 
 # --- user management (the CLI and the API call these) ---------------------------------------------
+
 
 def create_user(s: Session, *, name: str, admin: bool = False, password: str | None = None) -> User:
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -110,8 +112,14 @@ def user_for_token(s: Session, secret: str) -> tuple[User, ApiToken] | None:
 
 def open_session(s: Session, *, user: User, token: ApiToken | None) -> str:
     sid = secrets.token_urlsafe(32)
-    s.add(WebSession(user_id=user.id, token_id=token.id if token else None, session_hash=sha256(sid),
-                     expires_at=now() + timedelta(hours=get_settings().session_hours)))
+    s.add(
+        WebSession(
+            user_id=user.id,
+            token_id=token.id if token else None,
+            session_hash=sha256(sid),
+            expires_at=now() + timedelta(hours=get_settings().session_hours),
+        )
+    )
     return sid
 
 
@@ -130,4 +138,4 @@ def close_session(s: Session, sid: str) -> None:
 
 
 def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite drops the zone

@@ -6,6 +6,7 @@ Training (worker/cli.py, the `worker` install): gatlab train | eval | export | w
 
 `main` dispatches: a training command goes to `worker.cli`, which the slim API image does not ship.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,15 +70,19 @@ def cmd_up(args) -> int:
     s = get_settings()
     if not s.auth:
         if not loopback:
-            raise CliError(f"refusing to serve {args.host} with GATLAB_AUTH=false: bind 127.0.0.1, or turn auth on")
+            raise CliError(
+                f"refusing to serve {args.host} with GATLAB_AUTH=false: bind 127.0.0.1, or turn auth on"
+            )
         auth_line = "auth off: embedded mode, local use only"
     else:
         auth_line = "auth on: sign in with a token from `gatlab setup` / `gatlab users create`"
     upgrade()
     worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy())
-    print(f"GAT Lab on http://{args.host}:{args.port}  (database {s.db_url.split('@')[-1]}, "
-          f"broker {s.broker.split('@')[-1]}, worker pid {worker.pid}; {auth_line})",
-          flush=True)
+    print(
+        f"GAT Lab on http://{args.host}:{args.port}  (database {s.db_url.split('@')[-1]}, "
+        f"broker {s.broker.split('@')[-1]}, worker pid {worker.pid}; {auth_line})",
+        flush=True,
+    )
     # uvicorn re-raises SIGTERM once it has shut down; with the default handler the process would
     # die there and leave its worker running. This one turns it into an exit through `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -160,9 +165,13 @@ def cmd_users(args) -> int:
                 _print_token(user, secret)
             elif args.action == "list":
                 for u in s.scalars(select(User).order_by(User.id)):
-                    live = s.scalars(select(ApiToken).where(ApiToken.user_id == u.id, ApiToken.revoked_at.is_(None))).all()
-                    print(f"{u.id:>4}  {u.name:<20} {'admin' if u.is_admin else 'user ':<6} "
-                          f"{'disabled' if u.disabled else 'active':<9} {len(live)} live token(s)")
+                    live = s.scalars(
+                        select(ApiToken).where(ApiToken.user_id == u.id, ApiToken.revoked_at.is_(None))
+                    ).all()
+                    print(
+                        f"{u.id:>4}  {u.name:<20} {'admin' if u.is_admin else 'user ':<6} "
+                        f"{'disabled' if u.disabled else 'active':<9} {len(live)} live token(s)"
+                    )
             elif args.action == "token":
                 user = auth.get_user(s, args.name)
                 _, secret = auth.create_token(s, user=user, label=args.label)
@@ -170,8 +179,10 @@ def cmd_users(args) -> int:
             elif args.action == "tokens":
                 user = auth.get_user(s, args.name)
                 for t in s.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)):
-                    print(f"{t.id:>4}  {t.prefix}...  {t.label or '-':<16} created {t.created_at:%Y-%m-%d %H:%M}  "
-                          f"{'REVOKED' if t.revoked_at else 'live'}")
+                    print(
+                        f"{t.id:>4}  {t.prefix}...  {t.label or '-':<16} created {t.created_at:%Y-%m-%d %H:%M}  "
+                        f"{'REVOKED' if t.revoked_at else 'live'}"
+                    )
             elif args.action == "revoke":
                 row = auth.revoke_token(s, token_id=int(args.name) if args.name.isdigit() else -1)
                 print(f"revoked token {row.id} ({row.prefix}...)")
@@ -204,9 +215,12 @@ def cmd_health(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The service commands' parser; the training commands are listed in its help."""
     listing = "\n".join(f"  {name:<10} {text}" for name, text in WORKER_COMMANDS.items())
-    p = argparse.ArgumentParser(prog="gatlab", description="GAT Lab: gradient adversarial training.",
-                                epilog=f"training commands (the worker install):\n{listing}",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gatlab",
+        description="GAT Lab: gradient adversarial training.",
+        epilog=f"training commands (the worker install):\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("methods", help="list scenarios, methods and their knobs")
@@ -222,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--experiment")
     sb.add_argument("--tag", action="append")
     sb.set_defaults(func=cmd_submit)
-    h = sub.add_parser("health", help="exit 0 if the API or a worker on this host is healthy (container health checks)")
+    h = sub.add_parser(
+        "health", help="exit 0 if the API or a worker on this host is healthy (container health checks)"
+    )
     hg = h.add_mutually_exclusive_group(required=True)
     hg.add_argument("--api", metavar="URL")
     hg.add_argument("--worker", metavar="NAME")
@@ -232,9 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--password-stdin", action="store_true", help="also set a password, read from stdin")
     st.set_defaults(func=cmd_setup)
     us = sub.add_parser("users", help="manage users and API tokens (lab server)")
-    us.add_argument("action", choices=["create", "list", "token", "tokens", "revoke", "password", "disable"],
-                    help="create NAME | list | token NAME (a new one) | tokens NAME | revoke TOKEN_ID | "
-                         "password NAME (from stdin) | disable NAME")
+    us.add_argument(
+        "action",
+        choices=["create", "list", "token", "tokens", "revoke", "password", "disable"],
+        help="create NAME | list | token NAME (a new one) | tokens NAME | revoke TOKEN_ID | "
+        "password NAME (from stdin) | disable NAME",
+    )
     us.add_argument("name", nargs="?", default="")
     us.add_argument("--admin", action="store_true")
     us.add_argument("--label", default="", help="a label for the new token")
@@ -261,13 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from worker.cli import main as worker_main
         except ImportError:
-            print(f"gatlab: error: '{argv[0]}' needs the training install: "
-                  "pip install -c requirements-lock.txt -e '.[worker]'", file=sys.stderr)
+            print(
+                f"gatlab: error: '{argv[0]}' needs the training install: "
+                "pip install -c requirements-lock.txt -e '.[worker]'",
+                file=sys.stderr,
+            )
             return 2
         return worker_main(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except CliError as e:

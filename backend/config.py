@@ -1,4 +1,5 @@
 """All settings in one place, read from the environment (prefix-free names) or a .env file."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -34,7 +35,9 @@ class Settings(BaseSettings):
     cookie_secure: bool = Field(False, validation_alias="GATLAB_COOKIE_SECURE")  # true behind HTTPS
     # Failed sign-ins allowed in 15 minutes, per user name and per client address (then 429).
     max_failed_sign_ins_user: int = Field(10, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_USER")
-    max_failed_sign_ins_address: int = Field(50, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_ADDRESS")
+    max_failed_sign_ins_address: int = Field(
+        50, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_ADDRESS"
+    )
     # Host names this server answers to (DNS rebinding): comma-separated, `*` for any. Default: the
     # loopback names with auth off (embedded mode), any name with auth on (set it on a lab server).
     allowed_hosts: str = Field("", validation_alias="GATLAB_ALLOWED_HOSTS")
@@ -55,7 +58,11 @@ class Settings(BaseSettings):
     def host_names(self) -> frozenset[str] | None:
         """The allowed Host names, lower case; None for any."""
         names = self.allowed_hosts or ("*" if self.auth else "127.0.0.1,localhost,::1")
-        return None if names.strip() == "*" else frozenset(n.strip().lower() for n in names.split(",") if n.strip())
+        return (
+            None
+            if names.strip() == "*"
+            else frozenset(n.strip().lower() for n in names.split(",") if n.strip())
+        )
 
     @property
     def data_path(self) -> Path | None:

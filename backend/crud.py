@@ -1,7 +1,8 @@
 """Database operations, keyword-only, each taking a session."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,18 +35,47 @@ def get_or_create_experiment(s: Session, *, name: str | None) -> int | None:
     return exp.id
 
 
-def create_run(s: Session, *, config: dict, experiment: str | None = None, tags: list[str] | None = None,
-               kind: str = "train", parent_id: int | None = None, owner: User | None = None) -> Run:
-    run = Run(name=config["name"], scenario=config["scenario"], method=config["method"], owner_id=owner.id if owner else None,
-              dataset=config["dataset"]["name"], config=config, tags=tags or [], kind=kind, parent_id=parent_id,
-              experiment_id=get_or_create_experiment(s, name=experiment), status="queued")
+def create_run(
+    s: Session,
+    *,
+    config: dict,
+    experiment: str | None = None,
+    tags: list[str] | None = None,
+    kind: str = "train",
+    parent_id: int | None = None,
+    owner: User | None = None,
+) -> Run:
+    run = Run(
+        name=config["name"],
+        scenario=config["scenario"],
+        method=config["method"],
+        owner_id=owner.id if owner else None,
+        dataset=config["dataset"]["name"],
+        config=config,
+        tags=tags or [],
+        kind=kind,
+        parent_id=parent_id,
+        experiment_id=get_or_create_experiment(s, name=experiment),
+        status="queued",
+    )
     s.add(run)
     s.flush()
     return run
 
 
-def list_runs(s: Session, *, status=None, scenario=None, method=None, experiment=None, tag=None, q=None,
-              sort="-created_at", limit=50, offset=0) -> tuple[list[Run], int]:
+def list_runs(
+    s: Session,
+    *,
+    status=None,
+    scenario=None,
+    method=None,
+    experiment=None,
+    tag=None,
+    q=None,
+    sort="-created_at",
+    limit=50,
+    offset=0,
+) -> tuple[list[Run], int]:
     stmt = select(Run)
     if status:
         stmt = stmt.where(Run.status == status)
@@ -56,9 +86,13 @@ def list_runs(s: Session, *, status=None, scenario=None, method=None, experiment
     if experiment:
         stmt = stmt.join(Experiment, Run.experiment_id == Experiment.id).where(Experiment.name == experiment)
     if tag:
-        stmt = stmt.where(cast(Run.tags, Text).contains(f'"{tag}"', autoescape=True))  # % and _ match themselves
+        stmt = stmt.where(
+            cast(Run.tags, Text).contains(f'"{tag}"', autoescape=True)
+        )  # % and _ match themselves
     if q:
-        stmt = stmt.where(or_(Run.name.icontains(q, autoescape=True), Run.notes.icontains(q, autoescape=True)))
+        stmt = stmt.where(
+            or_(Run.name.icontains(q, autoescape=True), Run.notes.icontains(q, autoescape=True))
+        )
     total = s.scalar(select(func.count()).select_from(stmt.subquery()))
     col = getattr(Run, sort.lstrip("-"))
     stmt = stmt.order_by(col.desc() if sort.startswith("-") else col.asc(), Run.id.desc())
@@ -71,7 +105,9 @@ def _insert(s: Session):
 
 def add_histograms(s: Session, *, rows: list[dict]) -> None:
     if rows:
-        s.execute(_insert(s)(Histogram).on_conflict_do_nothing(index_elements=["run_id", "key", "step"]), rows)
+        s.execute(
+            _insert(s)(Histogram).on_conflict_do_nothing(index_elements=["run_id", "key", "step"]), rows
+        )
 
 
 def drop_points_after(s: Session, *, run_id: int, step: int) -> None:
@@ -89,24 +125,60 @@ def store_eval(s: Session, *, run_id: int, result: dict, job_id: int | None = No
     same_job = SanityCheck.job_id.is_(None) if job_id is None else SanityCheck.job_id == job_id
     s.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id, same_job))
     for r in result["rows"]:
-        s.add(EvalResult(run_id=run_id, job_id=job_id, panel=panel, attack=r["attack"], norm=r["norm"], eps=r["eps"],
-                         steps=r.get("steps"), restarts=r.get("restarts"), accuracy=r["accuracy"], n=r["n"]))
+        s.add(
+            EvalResult(
+                run_id=run_id,
+                job_id=job_id,
+                panel=panel,
+                attack=r["attack"],
+                norm=r["norm"],
+                eps=r["eps"],
+                steps=r.get("steps"),
+                restarts=r.get("restarts"),
+                accuracy=r["accuracy"],
+                n=r["n"],
+            )
+        )
     for c in result["checks"]:
-        s.add(SanityCheck(run_id=run_id, job_id=job_id, panel=panel, name=c["name"], passed=c["passed"], detail=c["detail"]))
+        s.add(
+            SanityCheck(
+                run_id=run_id,
+                job_id=job_id,
+                panel=panel,
+                name=c["name"],
+                passed=c["passed"],
+                detail=c["detail"],
+            )
+        )
 
 
-def metric_columns(s: Session, *, run_id: int, keys: list[str] | None, max_points: int, after_step: int,
-                   before_step: int | None = None) -> dict:
+def metric_columns(
+    s: Session,
+    *,
+    run_id: int,
+    keys: list[str] | None,
+    max_points: int,
+    after_step: int,
+    before_step: int | None = None,
+) -> dict:
     """Chart-ready columns per key; long series come as min/max/last buckets (see backend.series)."""
     if not keys:
-        keys = list(s.scalars(select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key)))
-    return {k: series.columns(s, run_id=run_id, key=k, max_points=max_points, after_step=after_step,
-                              before_step=before_step) for k in keys}
+        keys = list(
+            s.scalars(select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key))
+        )
+    return {
+        k: series.columns(
+            s, run_id=run_id, key=k, max_points=max_points, after_step=after_step, before_step=before_step
+        )
+        for k in keys
+    }
 
 
 def stale_runs(s: Session, *, older_than_s: float) -> list[Run]:
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
-    return list(s.scalars(select(Run).where(Run.status == "running", Run.heartbeat_at < cutoff).with_for_update()))
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    return list(
+        s.scalars(select(Run).where(Run.status == "running", Run.heartbeat_at < cutoff).with_for_update())
+    )
 
 
 def mark_enqueued(s: Session, *, run_ids: list[int]) -> None:
@@ -116,9 +188,12 @@ def mark_enqueued(s: Session, *, run_ids: list[int]) -> None:
 
 def unsent_runs(s: Session, *, older_than_s: float) -> list[int]:
     """Queued in the database, never put on the broker, for longer than a request takes."""
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
-    return list(s.scalars(select(Run.id).where(Run.status == "queued", Run.enqueued_at.is_(None),
-                                               Run.created_at < cutoff)))
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    return list(
+        s.scalars(
+            select(Run.id).where(Run.status == "queued", Run.enqueued_at.is_(None), Run.created_at < cutoff)
+        )
+    )
 
 
 def request_cancel(s: Session, *, run: Run) -> None:

@@ -1,9 +1,10 @@
 """Engine, sessions and the declarative base (with a constraint naming convention for Alembic)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine

@@ -6,6 +6,7 @@ add that header without a CORS preflight, which this app never grants. Every oth
 request (a signed-in cookie, or anything at all in auth-off embedded mode) must come from this
 origin: `Sec-Fetch-Site` same-origin (or none: typed by the user), or else an `Origin` whose host
 is this request's `Host`. Clients that send neither (curl, the CLI) are not browsers."""
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -14,11 +15,17 @@ from fastapi.responses import JSONResponse
 
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
 # Scripts only from this origin; inline style attributes stay allowed (progress bars, chart sizes).
-CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
-       b"base-uri 'none'; form-action 'self'")
+CSP = (
+    b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+    b"base-uri 'none'; form-action 'self'"
+)
 # FastAPI's /docs page is Swagger UI from a CDN with an inline script: it keeps only frame-ancestors.
 DOCS_CSP = b"frame-ancestors 'none'"
-HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin")]
+HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]
 
 
 def host_name(host: str) -> str:
@@ -35,7 +42,11 @@ def refusal(headers: dict[bytes, bytes], method: bytes, allowed: frozenset[str] 
         return None
     site = headers.get(b"sec-fetch-site")
     if site is not None:
-        return None if site in (b"same-origin", b"none") else f"cross-site request refused (Sec-Fetch-Site: {site.decode()})"
+        return (
+            None
+            if site in (b"same-origin", b"none")
+            else f"cross-site request refused (Sec-Fetch-Site: {site.decode()})"
+        )
     origin = headers.get(b"origin")
     if origin is not None and urlsplit(origin.decode("latin-1")).netloc.lower() != host.lower():
         return f"cross-origin request refused (Origin {origin.decode('latin-1')!r} is not this server)"
@@ -57,10 +68,16 @@ class SameOrigin:
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"content-security-policy", csp), *HEADERS]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"content-security-policy", csp),
+                    *HEADERS,
+                ]
             await send(message)
 
         if why is not None:
             status = 400 if why.startswith("Host") else 403
-            return await JSONResponse(status_code=status, content={"detail": why})(scope, receive, send_with_headers)
+            return await JSONResponse(status_code=status, content={"detail": why})(
+                scope, receive, send_with_headers
+            )
         await self.app(scope, receive, send_with_headers)

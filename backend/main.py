@@ -1,4 +1,5 @@
 """The FastAPI app factory."""
+
 from __future__ import annotations
 
 import logging
@@ -36,21 +37,35 @@ async def _startup_line(app: FastAPI):
             with session_scope() as s:
                 users = s.scalar(select(func.count()).select_from(User))
         except SQLAlchemyError as e:
-            log.error("GAT Lab API: auth on, but the users table cannot be read (run `gatlab db upgrade`): %s", e)
+            log.error(
+                "GAT Lab API: auth on, but the users table cannot be read (run `gatlab db upgrade`): %s", e
+            )
             users = 0
-        log.info("GAT Lab API: auth on, %d user(s)%s", users, "" if users else ": create the first admin with `gatlab setup NAME`")
+        log.info(
+            "GAT Lab API: auth on, %d user(s)%s",
+            users,
+            "" if users else ": create the first admin with `gatlab setup NAME`",
+        )
     yield
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="GAT Lab", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json", lifespan=_startup_line)
+    app = FastAPI(
+        title="GAT Lab",
+        version="0.1.0",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        lifespan=_startup_line,
+    )
     app.include_router(meta.router)
     app.include_router(auth.router)
     app.include_router(runs.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
-    app.add_middleware(SameOrigin, allowed_hosts=get_settings().host_names)  # outermost: first to see a request
+    app.add_middleware(
+        SameOrigin, allowed_hosts=get_settings().host_names
+    )  # outermost: first to see a request
     app.openapi = lambda: _openapi_with_run_config(app)
     return app
 

@@ -1,4 +1,5 @@
 """Alembic, driven from code: `gatlab db upgrade` and the app's start-up both call `upgrade`."""
+
 from __future__ import annotations
 
 from pathlib import Path

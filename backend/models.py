@@ -1,7 +1,8 @@
 """Tables: users, tokens, sessions, experiments, runs, metrics, histograms, evaluation results, artifacts."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -21,7 +22,7 @@ from .db import Base
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Experiment(Base):
@@ -73,7 +74,9 @@ class Run(Base):
     __table_args__ = {"sqlite_autoincrement": True}  # a deleted run's id is never handed out again
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"), index=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="train")  # train | eval
@@ -97,8 +100,12 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
-    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fencing token of the writing attempt
-    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: not yet on the broker
+    attempt: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0"
+    )  # fencing token of the writing attempt
+    enqueued_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )  # None: not yet on the broker
     summary: Mapped[dict | None] = mapped_column(JSON)
     owner_user: Mapped[User | None] = relationship(lazy="selectin")
 
@@ -148,7 +155,9 @@ class EvalResult(Base):
     __tablename__ = "eval_results"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    job_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the panel job (None: the run's own panel)
+    job_id: Mapped[int | None] = mapped_column(
+        Integer, index=True
+    )  # the panel job (None: the run's own panel)
     panel: Mapped[str] = mapped_column(String(16))
     attack: Mapped[str] = mapped_column(String(64))
     norm: Mapped[str] = mapped_column(String(8))
@@ -180,5 +189,3 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(String(32))  # checkpoint | model | file
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
-
-

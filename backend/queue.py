@@ -1,5 +1,6 @@
 """The Celery app as the backend sees it: configuration, and enqueue by task name only
 (the backend never imports the worker or torch)."""
+
 from __future__ import annotations
 
 import time
@@ -28,9 +29,15 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue,
         # The SQLAlchemy transport hands its options to create_engine, so only Redis gets them.
         # Every Redis call is bounded: a broker that accepts and never answers must not hang a request.
-        broker_transport_options=({"visibility_timeout": settings.visibility_timeout_s, "socket_timeout": BROKER_TIMEOUT_S,
-                                   "socket_connect_timeout": BROKER_TIMEOUT_S}
-                                  if settings.broker.startswith("redis") else {}),
+        broker_transport_options=(
+            {
+                "visibility_timeout": settings.visibility_timeout_s,
+                "socket_timeout": BROKER_TIMEOUT_S,
+                "socket_connect_timeout": BROKER_TIMEOUT_S,
+            }
+            if settings.broker.startswith("redis")
+            else {}
+        ),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         worker_hijack_root_logger=False,
@@ -56,6 +63,8 @@ def enqueue(run_id: int) -> None:
     try:
         celery().send_task(TRAIN_TASK, args=[run_id], retry=False)
     except Exception as e:  # noqa: BLE001 - kombu raises many connection error types
-        _down.update(until=time.monotonic() + DOWN_FOR_S,
-                     why=f"the job queue (broker) is unavailable: {e.__class__.__name__}: {e}")
+        _down.update(
+            until=time.monotonic() + DOWN_FOR_S,
+            why=f"the job queue (broker) is unavailable: {e.__class__.__name__}: {e}",
+        )
         raise BrokerUnavailable(_down["why"]) from e

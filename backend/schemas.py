@@ -6,6 +6,7 @@ Importable without FastAPI or torch. A run config has the top-level keys `name`,
 The knob defaults here mirror the keyword defaults of the core's method factories; a test keeps
 the two in step.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
@@ -32,13 +33,26 @@ class _Strict(BaseModel):
 
 
 DatasetName = Literal[
-    "digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
-    "digits_mt", "multidigits", "multimnist", "cifar100_coarse",
+    "digits",
+    "synthetic",
+    "npz",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "digits_mt",
+    "multidigits",
+    "multimnist",
+    "cifar100_coarse",
 ]
 # Tasks of the built-in multi-task sets (an .npz's tasks are `y` and its extra arrays).
-DATASET_TASKS = {"digits_mt": ["digit", "parity", "gt4", "intensity"],
-                 "multidigits": ["left", "right"], "multimnist": ["left", "right"],
-                 "cifar100_coarse": ["fine", "coarse"]}
+DATASET_TASKS = {
+    "digits_mt": ["digit", "parity", "gt4", "intensity"],
+    "multidigits": ["left", "right"],
+    "multimnist": ["left", "right"],
+    "cifar100_coarse": ["fine", "coarse"],
+}
 
 # Config fields that name files: on a lab server they must stay inside the data root.
 PATH_FIELDS = (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir"))
@@ -46,7 +60,9 @@ PATH_FIELDS = (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher
 
 class DatasetConfig(_Strict):
     name: DatasetName = Field(description="Data source; digits and synthetic need no files.")
-    path: str | None = Field(None, pattern=NO_NUL, description="The .npz file (npz; multidigits: its source images).")
+    path: str | None = Field(
+        None, pattern=NO_NUL, description="The .npz file (npz; multidigits: its source images)."
+    )
     data_dir: str = Field("data", pattern=NO_NUL, description="Folder of torchvision datasets.")
     download: bool = Field(False, description="Allow torchvision to download the dataset.")
     fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split used.")
@@ -81,7 +97,9 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     panel: Literal["none", "quick", "standard"] = "quick"
-    n: int | None = Field(None, ge=1, le=1_000_000, description="Test examples attacked; the panel's default if unset.")
+    n: int | None = Field(
+        None, ge=1, le=1_000_000, description="Test examples attacked; the panel's default if unset."
+    )
     eps: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
         None, description="L-inf epsilon grid; the dataset's default if unset."
     )
@@ -97,13 +115,20 @@ LamSchedule = Literal["constant", "warmup", "dann"]
 
 class AuxKnobs(_Strict):
     grad_norm: GradNorm = Field("l2", description="How g is normalised before A (l2: unit RMS).")
-    aux_arch: Literal["auto", "cnn", "mlp"] = Field("auto", description="A's architecture; auto picks CNN for image-shaped g.")
+    aux_arch: Literal["auto", "cnn", "mlp"] = Field(
+        "auto", description="A's architecture; auto picks CNN for image-shaped g."
+    )
     aux_width: int = Field(32, ge=4, le=1024, description="A's channels / hidden units.")
     aux_lr: float = Field(1e-3, gt=0, le=1, description="A's Adam learning rate.")
 
 
 class AdvKnobs(AuxKnobs):
-    lam: float = Field(0.1, ge=0, le=100, description="Reversal strength lambda (0.1: see docs/results; 1.0 collapses digits models).")
+    lam: float = Field(
+        0.1,
+        ge=0,
+        le=100,
+        description="Reversal strength lambda (0.1: see docs/results; 1.0 collapses digits models).",
+    )
     lam_schedule: LamSchedule = Field("constant", description="constant, warmup (linear) or dann ramp.")
     warmup: float = Field(0.1, gt=0, le=1, description="Training fraction of the linear warm-up.")
     adv_every: int = Field(1, ge=1, le=MAX_INT, description="Apply the adversarial term every k steps.")
@@ -118,15 +143,21 @@ class GreatParams(AdvKnobs):
 
 
 class GreaceParams(AuxKnobs):
-    beta: float = Field(1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy).")
+    beta: float = Field(
+        1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy)."
+    )
 
 
 class GreatGreaceParams(AdvKnobs):
-    beta: float = Field(1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy).")
+    beta: float = Field(
+        1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy)."
+    )
 
 
 class EpsKnob(_Strict):
-    eps: float | None = Field(None, ge=0, le=1, description="L-inf radius; the dataset's standard one if unset.")
+    eps: float | None = Field(
+        None, ge=0, le=1, description="L-inf radius; the dataset's standard one if unset."
+    )
 
 
 class FgsmAtParams(EpsKnob):
@@ -161,7 +192,10 @@ DEFENSE_PARAMS: dict[str, type[BaseModel]] = {
 
 METHOD_HELP: dict[tuple[str, str], str] = {
     ("defense", "erm"): "Plain cross entropy (empirical risk minimisation).",
-    ("defense", "great"): "GREAT: A classifies the input gradient by class; f learns through the GRL to hide it.",
+    (
+        "defense",
+        "great",
+    ): "GREAT: A classifies the input gradient by class; f learns through the GRL to hide it.",
     ("defense", "greace"): "GREACE loss: negatives A confuses with the true class are pushed down harder.",
     ("defense", "great+greace"): "GREAT and GREACE together.",
     ("defense", "fgsm_at"): "FGSM adversarial training with random start (Wong et al. 2020).",
@@ -179,8 +213,12 @@ class TeacherKnobs(_Strict):
     """Where the fixed teacher comes from: a finished run directory, a run of this lab, or a first
     phase of the same job (trained with ERM on the full training split)."""
 
-    teacher_dir: str | None = Field(None, pattern=NO_NUL, description="A finished run directory (CLI and API).")
-    teacher_run: int | None = Field(None, ge=1, lt=2**31, description="A succeeded run of this lab (service only).")
+    teacher_dir: str | None = Field(
+        None, pattern=NO_NUL, description="A finished run directory (CLI and API)."
+    )
+    teacher_run: int | None = Field(
+        None, ge=1, lt=2**31, description="A succeeded run of this lab (service only)."
+    )
     teacher_arch: ArchName = Field("cnn", description="Phase-1 teacher architecture (no dir/run given).")
     teacher_width: int = Field(32, ge=1, le=512, description="Phase-1 teacher width.")
     teacher_epochs: int = Field(20, ge=1, le=10_000, description="Phase-1 teacher epochs.")
@@ -192,11 +230,15 @@ class StudentParams(TeacherKnobs):
 
 class SoftTargetParams(TeacherKnobs):
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature tau.")
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft-target term (1 - alpha on cross entropy).")
+    alpha: float = Field(
+        0.9, ge=0, le=1, description="Weight of the soft-target term (1 - alpha on cross entropy)."
+    )
 
 
 class JacobianParams(TeacherKnobs):
-    beta: float = Field(1.0, ge=0, le=1e4, description="Weight of the L2 distance between normalised input gradients.")
+    beta: float = Field(
+        1.0, ge=0, le=1e4, description="Weight of the L2 distance between normalised input gradients."
+    )
 
 
 class DistillAdvKnobs(TeacherKnobs, AdvKnobs):
@@ -224,12 +266,15 @@ DISTILL_PARAMS: dict[str, type[BaseModel]] = {
 
 
 class SingleTaskParams(_Strict):
-    task: str = Field("", max_length=128, pattern=NO_NUL, description="The task trained (the dataset's first if empty).")
+    task: str = Field(
+        "", max_length=128, pattern=NO_NUL, description="The task trained (the dataset's first if empty)."
+    )
 
 
 class EqualParams(_Strict):
     weights: dict[str, Annotated[float, Field(ge=0, le=1e4)]] | None = Field(
-        None, description="Fixed loss weight per task (1 for tasks not named).")
+        None, description="Fixed loss weight per task (1 for tasks not named)."
+    )
 
 
 class UncertaintyParams(_Strict):
@@ -250,28 +295,51 @@ class MultitaskGreatParams(AdvKnobs):
 
 
 MULTITASK_PARAMS: dict[str, type[BaseModel]] = {
-    "single_task": SingleTaskParams, "equal": EqualParams, "uncertainty": UncertaintyParams,
-    "gradnorm": GradNormParams, "pcgrad": PcGradParams, "great": MultitaskGreatParams,
+    "single_task": SingleTaskParams,
+    "equal": EqualParams,
+    "uncertainty": UncertaintyParams,
+    "gradnorm": GradNormParams,
+    "pcgrad": PcGradParams,
+    "great": MultitaskGreatParams,
 }
-METHOD_HELP.update({
-    ("multitask", "single_task"): "One task alone: the reference for delta-m%.",
-    ("multitask", "equal"): "Sum of task losses with fixed weights.",
-    ("multitask", "uncertainty"): "Kendall et al. 2018: weights from learned homoscedastic uncertainty.",
-    ("multitask", "gradnorm"): "Chen et al. 2018: weights that balance gradient norms at the shared layer.",
-    ("multitask", "pcgrad"): "Yu et al. 2020: project away conflicting task gradients.",
-    ("multitask", "great"): "GREAT: gradient alignment layers trained against a task-id classifier of the gradients.",
-})
+METHOD_HELP.update(
+    {
+        ("multitask", "single_task"): "One task alone: the reference for delta-m%.",
+        ("multitask", "equal"): "Sum of task losses with fixed weights.",
+        ("multitask", "uncertainty"): "Kendall et al. 2018: weights from learned homoscedastic uncertainty.",
+        (
+            "multitask",
+            "gradnorm",
+        ): "Chen et al. 2018: weights that balance gradient norms at the shared layer.",
+        ("multitask", "pcgrad"): "Yu et al. 2020: project away conflicting task gradients.",
+        (
+            "multitask",
+            "great",
+        ): "GREAT: gradient alignment layers trained against a task-id classifier of the gradients.",
+    }
+)
 
 # Knobs the trainer consumes (to build the teacher) rather than the method factory.
 TRAINER_KNOBS = set(TeacherKnobs.model_fields)
 
-METHOD_HELP.update({
-    ("distill", "student"): "The student alone: cross entropy on its (possibly small) training set.",
-    ("distill", "soft_targets"): "Hinton et al. 2015: cross entropy plus KL to the teacher's tempered softmax.",
-    ("distill", "jacobian_matching"): "Srinivas & Fleuret 2018: match normalised input gradients of student and teacher.",
-    ("distill", "great"): "GREAT: a binary A tells teacher from student gradients; the student learns to pass as the teacher.",
-    ("distill", "great+soft_targets"): "GREAT plus soft targets.",
-})
+METHOD_HELP.update(
+    {
+        ("distill", "student"): "The student alone: cross entropy on its (possibly small) training set.",
+        (
+            "distill",
+            "soft_targets",
+        ): "Hinton et al. 2015: cross entropy plus KL to the teacher's tempered softmax.",
+        (
+            "distill",
+            "jacobian_matching",
+        ): "Srinivas & Fleuret 2018: match normalised input gradients of student and teacher.",
+        (
+            "distill",
+            "great",
+        ): "GREAT: a binary A tells teacher from student gradients; the student learns to pass as the teacher.",
+        ("distill", "great+soft_targets"): "GREAT plus soft targets.",
+    }
+)
 
 PARAMS: dict[tuple[str, str], type[BaseModel]] = {
     **{("defense", m): p for m, p in DEFENSE_PARAMS.items()},
@@ -332,7 +400,8 @@ def _tag(value: Any) -> str | None:
 _ALLOWED = ", ".join(f"{s}:{m}" for s, m in PARAMS)
 
 RunConfig = Annotated[
-    Union[tuple(Annotated[m, Tag(f"{s}:{me}")] for (s, me), m in RUN_MODELS.items())],  # type: ignore[misc]
+    # Union over a tuple built at run time: `X | Y` cannot be spread from a generator.
+    Union[tuple(Annotated[m, Tag(f"{s}:{me}")] for (s, me), m in RUN_MODELS.items())],  # type: ignore[misc]  # noqa: UP007
     Discriminator(
         _tag,
         custom_error_type="unknown_method",

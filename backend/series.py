@@ -6,6 +6,7 @@ min/max/last per bucket are folded into `metric_rollups` at widths 16, 256 and 4
 `max_points` buckets uses the raw table when N is small, else the finest rollup level with at
 most 8 x max_points rows, merged into the output buckets: spikes survive as min/max.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -21,7 +22,7 @@ WIDTHS = (16, 256, 4096)
 _RAW_SQL = {
     "sqlite": "INSERT OR IGNORE INTO metrics (run_id, key, step, value, wall_time) VALUES (?, ?, ?, ?, ?)",
     "postgresql": "INSERT INTO metrics (run_id, key, step, value, wall_time) VALUES (%s, %s, %s, %s, %s) "
-                  "ON CONFLICT (run_id, key, step) DO NOTHING",
+    "ON CONFLICT (run_id, key, step) DO NOTHING",
 }
 
 
@@ -47,8 +48,19 @@ def _rollups(rows) -> list[dict]:
                 a[1] = max(a[1], value)
                 if step >= a[2]:
                     a[2], a[3] = step, value
-    return [{"run_id": r, "key": k, "width": w, "bucket": b, "vmin": a[0], "vmax": a[1], "last_step": a[2],
-             "last_value": a[3]} for (r, k, w, b), a in acc.items()]
+    return [
+        {
+            "run_id": r,
+            "key": k,
+            "width": w,
+            "bucket": b,
+            "vmin": a[0],
+            "vmax": a[1],
+            "last_step": a[2],
+            "last_value": a[3],
+        }
+        for (r, k, w, b), a in acc.items()
+    ]
 
 
 def _fold(s: Session, rollups: list[dict], dialect: str) -> None:
@@ -58,9 +70,13 @@ def _fold(s: Session, rollups: list[dict], dialect: str) -> None:
     newer = x.last_step >= t.last_step
     stmt = ins.on_conflict_do_update(
         index_elements=["run_id", "key", "width", "bucket"],
-        set_={"vmin": lo(t.vmin, x.vmin), "vmax": hi(t.vmax, x.vmax),
-              "last_step": case((newer, x.last_step), else_=t.last_step),
-              "last_value": case((newer, x.last_value), else_=t.last_value)})
+        set_={
+            "vmin": lo(t.vmin, x.vmin),
+            "vmax": hi(t.vmax, x.vmax),
+            "last_step": case((newer, x.last_step), else_=t.last_step),
+            "last_value": case((newer, x.last_value), else_=t.last_value),
+        },
+    )
     for i in range(0, len(rollups), 2000):
         s.execute(stmt, rollups[i : i + 2000])
 
@@ -69,16 +85,23 @@ def drop_after(s: Session, *, run_id: int, step: int) -> None:
     """Forget points after `step` (a resume recomputes them) and rebuild the buckets they touched."""
     s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step))
     for w in WIDTHS:
-        s.execute(delete(MetricRollup).where(MetricRollup.run_id == run_id, MetricRollup.width == w,
-                                             MetricRollup.bucket >= (step + 1) // w))
+        s.execute(
+            delete(MetricRollup).where(
+                MetricRollup.run_id == run_id, MetricRollup.width == w, MetricRollup.bucket >= (step + 1) // w
+            )
+        )
     start = (step + 1) // WIDTHS[-1] * WIDTHS[-1]  # the first step of the oldest touched bucket
-    pts = s.execute(select(Metric.run_id, Metric.key, Metric.step, Metric.value, Metric.wall_time)
-                    .where(Metric.run_id == run_id, Metric.step >= start)).all()
+    pts = s.execute(
+        select(Metric.run_id, Metric.key, Metric.step, Metric.value, Metric.wall_time).where(
+            Metric.run_id == run_id, Metric.step >= start
+        )
+    ).all()
     _fold(s, _rollups(pts), s.bind.dialect.name)
 
 
-def columns(s: Session, *, run_id: int, key: str, max_points: int, after_step: int,
-            before_step: int | None = None) -> dict:
+def columns(
+    s: Session, *, run_id: int, key: str, max_points: int, after_step: int, before_step: int | None = None
+) -> dict:
     """{step, value (last), min, max} with at most max_points entries, for after_step < step <= before_step."""
     where = [Metric.run_id == run_id, Metric.key == key, Metric.step > after_step]
     if before_step is not None:
@@ -87,17 +110,35 @@ def columns(s: Session, *, run_id: int, key: str, max_points: int, after_step: i
     hi = s.scalar(select(func.max(Metric.step)).where(*where))
     if lo is None:
         return {"step": [], "value": [], "min": [], "max": []}
-    n = s.scalar(select(func.count()).select_from(select(Metric.id).where(*where).limit(max_points + 1).subquery()))
+    n = s.scalar(
+        select(func.count()).select_from(select(Metric.id).where(*where).limit(max_points + 1).subquery())
+    )
     if n <= max_points:
         pts = s.execute(select(Metric.step, Metric.value).where(*where).order_by(Metric.step)).all()
         vals = [p[1] for p in pts]
         return {"step": [p[0] for p in pts], "value": vals, "min": vals, "max": vals}
     width = next((w for w in WIDTHS if (hi - lo) / w <= 8 * max_points), WIDTHS[-1])
     first, end = -(-lo // width), (hi + 1) // width  # whole buckets: first <= bucket < end
-    rows = [tuple(r) for r in s.execute(
-        select(MetricRollup.bucket, MetricRollup.vmin, MetricRollup.vmax, MetricRollup.last_step, MetricRollup.last_value)
-        .where(MetricRollup.run_id == run_id, MetricRollup.key == key, MetricRollup.width == width,
-               MetricRollup.bucket >= first, MetricRollup.bucket < end).order_by(MetricRollup.bucket)).all()]
+    rows = [
+        tuple(r)
+        for r in s.execute(
+            select(
+                MetricRollup.bucket,
+                MetricRollup.vmin,
+                MetricRollup.vmax,
+                MetricRollup.last_step,
+                MetricRollup.last_value,
+            )
+            .where(
+                MetricRollup.run_id == run_id,
+                MetricRollup.key == key,
+                MetricRollup.width == width,
+                MetricRollup.bucket >= first,
+                MetricRollup.bucket < end,
+            )
+            .order_by(MetricRollup.bucket)
+        ).all()
+    ]
     # partial buckets at either edge come from raw points
     head = _raw_bucket(s, where, lo, min(first * width, hi + 1))
     tail = _raw_bucket(s, where, max(end * width, first * width, lo), hi + 1) if end * width <= hi else None
@@ -106,8 +147,11 @@ def columns(s: Session, *, run_id: int, key: str, max_points: int, after_step: i
 
 
 def _raw_bucket(s: Session, where: list, start: int, stop: int) -> tuple | None:
-    pts = s.execute(select(Metric.step, Metric.value).where(*where, Metric.step >= start, Metric.step < stop)
-                    .order_by(Metric.step)).all()
+    pts = s.execute(
+        select(Metric.step, Metric.value)
+        .where(*where, Metric.step >= start, Metric.step < stop)
+        .order_by(Metric.step)
+    ).all()
     if not pts:
         return None
     vals = [v for _, v in pts]

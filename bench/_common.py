@@ -1,5 +1,6 @@
 """Shared by the service benchmarks and tests: fresh databases at head, and a lab stack of real
 processes (migrations, API, workers) started as `gatlab up` and docker compose start them."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,9 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -37,7 +38,7 @@ def interleaved_step_cost(runs: dict, x, y, rounds: int = 7) -> dict[str, float]
         train_step(method, opt, aux_opt, x, y, 0.5, i)
         return time.perf_counter() - t
 
-    for name, (_, method, opt, aux_opt) in runs.items():  # warm-up
+    for _, method, opt, aux_opt in runs.values():  # warm-up
         one(method, opt, aux_opt, 0)
     times: dict[str, list] = {name: [] for name in runs}
     for r in range(rounds):
@@ -85,11 +86,15 @@ class Stack:
     """One lab: migrations, an API process and worker processes sharing one environment."""
 
     @classmethod
-    def create(cls, home: Path, database_url: str | None, redis_url: str | None, **extra: str) -> "Stack":
+    def create(cls, home: Path, database_url: str | None, redis_url: str | None, **extra: str) -> Stack:
         """Embedded (SQLite + SQLAlchemy broker) when both URLs are None; a fresh queue name each time."""
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
-        env.update(GATLAB_HOME=str(home / ".gatlab"), PYTHONUNBUFFERED="1",
-                   QUEUE=f"gatlab-test-{uuid.uuid4().hex[:8]}", PYTHONPATH=str(Path(__file__).parents[1]))
+        env.update(
+            GATLAB_HOME=str(home / ".gatlab"),
+            PYTHONUNBUFFERED="1",
+            QUEUE=f"gatlab-test-{uuid.uuid4().hex[:8]}",
+            PYTHONPATH=str(Path(__file__).parents[1]),
+        )
         if database_url:
             env["DATABASE_URL"] = database_url
         if redis_url:
@@ -111,18 +116,41 @@ class Stack:
 
     def _spawn(self, *args, log: str) -> subprocess.Popen:
         out = open(self.home / log, "ab")
-        return subprocess.Popen([sys.executable, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.home)
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.home,
+        )
 
-    def start(self) -> "Stack":
-        subprocess.run([sys.executable, "-m", "backend.cli", "db", "upgrade"], env=self.env, check=True,
-                       cwd=self.home, capture_output=True)
+    def start(self) -> Stack:
+        subprocess.run(
+            [sys.executable, "-m", "backend.cli", "db", "upgrade"],
+            env=self.env,
+            check=True,
+            cwd=self.home,
+            capture_output=True,
+        )
         if self.env["GATLAB_AUTH"] == "true":
             # A fresh admin per stack: tests may share one database.
-            self.token = self.cli("users", "create", f"admin-{uuid.uuid4().hex[:6]}", "--admin").strip().splitlines()[-1]
+            self.token = (
+                self.cli("users", "create", f"admin-{uuid.uuid4().hex[:6]}", "--admin")
+                .strip()
+                .splitlines()[-1]
+            )
             self.http.headers["Authorization"] = f"Bearer {self.token}"
-        self.api = self._spawn("-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port",
-                               str(self.port), log="api.log")
+        self.api = self._spawn(
+            "-m",
+            "uvicorn",
+            "backend.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            log="api.log",
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -134,8 +162,15 @@ class Stack:
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         """`gatlab ARGS` in this lab's environment; its stdout."""
-        return subprocess.run([sys.executable, "-m", "backend.cli", *args], env=self.env, check=True, cwd=self.home,
-                              capture_output=True, text=True, input=stdin).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "backend.cli", *args],
+            env=self.env,
+            check=True,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            input=stdin,
+        ).stdout
 
     def start_worker(self) -> subprocess.Popen:
         w = self._spawn("-m", "backend.cli", "worker", log="worker.log")
@@ -160,5 +195,7 @@ class Stack:
             if pred(run):
                 return run
             time.sleep(poll)
-        logs = "\n".join((self.home / f).read_text()[-3000:] for f in ("api.log", "worker.log") if (self.home / f).exists())
+        logs = "\n".join(
+            (self.home / f).read_text()[-3000:] for f in ("api.log", "worker.log") if (self.home / f).exists()
+        )
         raise AssertionError(f"run {run_id} never {what}: {run}\n{logs}")

@@ -8,6 +8,7 @@ Prints markdown: clean and per-attack accuracy at the dataset's standard L-inf r
 PGD at its standard L2 radius), mean +- std over seeds, and how many sanity checks passed.
 A lambda sweep for GREAT is scored on the validation split only (never the test split).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,27 +28,57 @@ from worker.gat.recorder import Recorder
 from worker.gat.train import train
 
 METHODS = ["erm", "great", "greace", "great+greace", "fgsm_at", "pgd_at", "trades", "igr"]
-COLUMNS = ["clean", "fgsm", "pgd", "pgd_margin", "pgd_target_ll", "square", "transfer", "autoattack", "worst_case", "pgd_l2"]
+COLUMNS = [
+    "clean",
+    "fgsm",
+    "pgd",
+    "pgd_margin",
+    "pgd_target_ll",
+    "square",
+    "transfer",
+    "autoattack",
+    "worst_case",
+    "pgd_l2",
+]
 
 
 def config(args, method: str, seed: int, params: dict | None = None, panel: str | None = None) -> dict:
     ds = {"name": args.dataset, "data_dir": args.data_dir}
     if args.path:
         ds["path"] = args.path
-    return parse_run_config({
-        "name": f"bench-{method}-{seed}", "scenario": "defense", "method": method, "dataset": ds,
-        "model": {"arch": args.arch, "width": args.width},
-        "train": {"epochs": args.epochs, "batch_size": 64, "lr": args.lr, "seed": seed, "log_every": 50, "stats_every": 10**6},
-        "params": params or {}, "eval": {"panel": panel or args.panel, "n": args.n},
-    }).model_dump()
+    return parse_run_config(
+        {
+            "name": f"bench-{method}-{seed}",
+            "scenario": "defense",
+            "method": method,
+            "dataset": ds,
+            "model": {"arch": args.arch, "width": args.width},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": 64,
+                "lr": args.lr,
+                "seed": seed,
+                "log_every": 50,
+                "stats_every": 10**6,
+            },
+            "params": params or {},
+            "eval": {"panel": panel or args.panel, "n": args.n},
+        }
+    ).model_dump()
 
 
 def row_of(result: dict) -> dict:
     std, std2 = result["std_eps"], result["std_eps_l2"]
-    out = {"clean": result["clean_accuracy"], "checks": sum(c["passed"] for c in result["checks"]),
-           "n_checks": len(result["checks"]), "failed": [c["name"] for c in result["checks"] if not c["passed"]]}
+    out = {
+        "clean": result["clean_accuracy"],
+        "checks": sum(c["passed"] for c in result["checks"]),
+        "n_checks": len(result["checks"]),
+        "failed": [c["name"] for c in result["checks"] if not c["passed"]],
+    }
     for r in result["rows"]:
-        if (r["norm"] == "linf" and abs(r["eps"] - std) < 1e-9) or (r["attack"] == "pgd_l2" and abs(r["eps"] - std2) < 1e-9):
+        if (r["norm"] == "linf" and abs(r["eps"] - std) < 1e-9) or (
+            r["attack"] == "pgd_l2" and abs(r["eps"] - std2) < 1e-9
+        ):
             out[r["attack"]] = r["accuracy"]
     return out
 
@@ -107,15 +138,19 @@ def main() -> None:
     std, std2 = gdata.STANDARD_EPS[args.dataset]
     print(f"# Defense on {args.dataset}: accuracy (%) at L-inf eps {std:.4g} (L2 PGD at {std2:.4g})\n")
     print(f"Command: `python -m bench.defense {' '.join(sys.argv[1:])}`  ")
-    print(f"{args.arch} width {args.width}, {args.epochs} epochs, {args.seeds} seeds (mean ± std), "
-          f"panel '{args.panel}' on {summary['eval']['n']} test examples; AutoAttack on its panel subset. "
-          f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads.\n")
+    print(
+        f"{args.arch} width {args.width}, {args.epochs} epochs, {args.seeds} seeds (mean ± std), "
+        f"panel '{args.panel}' on {summary['eval']['n']} test examples; AutoAttack on its panel subset. "
+        f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads.\n"
+    )
     print("| method | " + " | ".join(COLUMNS) + " | sanity checks passed |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for method, rows in results.items():
         cells = [fmt([r[c] for r in rows if c in r]) for c in COLUMNS]
         failed = sorted({f for r in rows for f in r["failed"]})
-        checks = f"{sum(r['checks'] for r in rows)}/{sum(r['n_checks'] for r in rows)}" + (f" (failed: {', '.join(failed)})" if failed else "")
+        checks = f"{sum(r['checks'] for r in rows)}/{sum(r['n_checks'] for r in rows)}" + (
+            f" (failed: {', '.join(failed)})" if failed else ""
+        )
         print(f"| {method} | " + " | ".join(cells) + f" | {checks} |")
     if not args.no_sweep:
         print("\n## GREAT's lambda, scored on the validation split (seed 0)\n")

@@ -7,6 +7,7 @@ seeds, and seconds per step of each method against the plain student, in one run
 One teacher (ERM, full training split, seed 0) serves every student. Every method gets the same
 training schedule (about --steps optimiser steps, lr --lr); nothing is tuned per method.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,16 @@ def step_costs(args, ds: dict, teacher) -> dict[str, float]:
     runs = {}
     for m in METHODS:
         torch.manual_seed(0)
-        model = models.build({"arch": "cnn", "width": args.width}, input_shape=data.input_shape,
-                             num_classes=data.num_classes, mean=data.mean, std=data.std)
-        meth = make("distill", m, model, num_classes=data.num_classes, input_shape=data.input_shape, teacher=teacher)
+        model = models.build(
+            {"arch": "cnn", "width": args.width},
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            mean=data.mean,
+            std=data.std,
+        )
+        meth = make(
+            "distill", m, model, num_classes=data.num_classes, input_shape=data.input_shape, teacher=teacher
+        )
         runs[m] = (model, meth, torch.optim.Adam(model.parameters(), lr=args.lr), aux_optimizer(meth))
     return interleaved_step_cost(runs, x, y)
 
@@ -59,9 +67,17 @@ def main() -> None:
     ds = {"name": args.dataset, **({"path": args.path} if args.path else {})}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tdir:
-        tcfg = parse_run_config({"name": "teacher", "scenario": "defense", "method": "erm", "dataset": ds,
-                                 "model": {"arch": "cnn", "width": args.teacher_width},
-                                 "train": {"epochs": 20, "batch_size": 64, "seed": 0}, "eval": {"panel": "none"}}).model_dump()
+        tcfg = parse_run_config(
+            {
+                "name": "teacher",
+                "scenario": "defense",
+                "method": "erm",
+                "dataset": ds,
+                "model": {"arch": "cnn", "width": args.teacher_width},
+                "train": {"epochs": 20, "batch_size": 64, "seed": 0},
+                "eval": {"panel": "none"},
+            }
+        ).model_dump()
         teacher = train(tcfg, Path(tdir), Recorder())
         acc: dict[tuple, list] = {}
         for frac in map(float, args.fractions.split(",")):
@@ -69,10 +85,25 @@ def main() -> None:
             epochs = max(1, math.ceil(args.steps / math.ceil(n / 32)))
             for method in args.methods.split(","):
                 for seed in range(args.seeds):
-                    cfg = parse_run_config({"name": "s", "scenario": "distill", "method": method,
-                                            "dataset": {**ds, "fraction": frac}, "model": {"arch": "cnn", "width": args.width},
-                                            "train": {"epochs": epochs, "batch_size": 32, "lr": args.lr, "seed": seed, "log_every": 100, "stats_every": 10**6},
-                                            "params": {"teacher_dir": tdir}, "eval": {"panel": "none"}}).model_dump()
+                    cfg = parse_run_config(
+                        {
+                            "name": "s",
+                            "scenario": "distill",
+                            "method": method,
+                            "dataset": {**ds, "fraction": frac},
+                            "model": {"arch": "cnn", "width": args.width},
+                            "train": {
+                                "epochs": epochs,
+                                "batch_size": 32,
+                                "lr": args.lr,
+                                "seed": seed,
+                                "log_every": 100,
+                                "stats_every": 10**6,
+                            },
+                            "params": {"teacher_dir": tdir},
+                            "eval": {"panel": "none"},
+                        }
+                    ).model_dump()
                     with tempfile.TemporaryDirectory() as d:
                         s = train(cfg, Path(d), Recorder())
                     acc.setdefault((method, frac), []).append(s["test"]["acc"])
@@ -81,9 +112,11 @@ def main() -> None:
     fracs = list(map(float, args.fractions.split(",")))
     print(f"# Distillation on {args.dataset}: student test accuracy (%)\n")
     print(f"Command: `python -m bench.distill {' '.join(sys.argv[1:])}`  ")
-    print(f"Teacher: CNN width {args.teacher_width}, ERM on the full training split, test accuracy "
-          f"{100 * teacher['test']['acc']:.1f}%. Student: CNN width {args.width}, ~{args.steps} steps of batch 32, "
-          f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std). {time.time() - t0:.0f} s.\n")
+    print(
+        f"Teacher: CNN width {args.teacher_width}, ERM on the full training split, test accuracy "
+        f"{100 * teacher['test']['acc']:.1f}%. Student: CNN width {args.width}, ~{args.steps} steps of batch 32, "
+        f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std). {time.time() - t0:.0f} s.\n"
+    )
     print("s/step: median over interleaved steps of every method on one batch of 32.\n")
     print("| method | " + " | ".join(f"fraction {f}" for f in fracs) + " | s/step | × student |")
     print("|---" * (len(fracs) + 3) + "|")
@@ -92,7 +125,9 @@ def main() -> None:
         cells = []
         for f in fracs:
             v = acc[(m, f)]
-            cells.append(f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}")
+            cells.append(
+                f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}"
+            )
         print(f"| {m} | " + " | ".join(cells) + f" | {sps[m]:.4f} | {sps[m] / base:.2f} |")
 
 

@@ -5,6 +5,7 @@ executemany for the floor, and MLflow's log_batch into its own SQLite store (if 
 
     python -m bench.ingest [--points 1000000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,9 @@ import sqlite3
 import tempfile
 import time
 
-from bench._common import database
 from backend import series
 from backend.models import Run
+from bench._common import database
 
 KEYS = [f"train/m{i}" for i in range(10)]  # a training step logs about ten scalars
 
@@ -27,7 +28,9 @@ def points(n: int, run_id: int):
 
 def recorder_rate(kind: str, n: int, batch: int = 5000) -> float:
     with database(kind) as s:
-        run = Run(name="b", scenario="defense", method="erm", dataset="d", config={}, tags=[], status="running")
+        run = Run(
+            name="b", scenario="defense", method="erm", dataset="d", config={}, tags=[], status="running"
+        )
         s.add(run)
         s.commit()
         buf, t = [], time.perf_counter()
@@ -46,7 +49,9 @@ def raw_sqlite_rate(n: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         c = sqlite3.connect(f"{d}/raw.db")
         c.execute("PRAGMA journal_mode=WAL")
-        c.execute("CREATE TABLE m (run_id INT, key TEXT, step INT, value REAL, wall REAL, UNIQUE(run_id, key, step))")
+        c.execute(
+            "CREATE TABLE m (run_id INT, key TEXT, step INT, value REAL, wall REAL, UNIQUE(run_id, key, step))"
+        )
         t = time.perf_counter()
         c.executemany("INSERT INTO m VALUES (?, ?, ?, ?, ?)", points(n, 1))
         c.commit()

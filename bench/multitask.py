@@ -7,6 +7,7 @@ the single-task models, and seconds per step against `equal`, in one run.
 Δm% = mean over tasks of (-1)^(lower is better) (M_method - M_single) / M_single x 100 (higher is
 better; Maninis et al. 2019). Same schedule for every method; nothing tuned per method.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,19 +38,45 @@ def step_costs(args) -> dict[str, float]:
     runs = {}
     for m in ["single_task", *METHODS]:
         torch.manual_seed(0)
-        model = models.build_multitask({"arch": "cnn", "width": args.width}, input_shape=data.input_shape,
-                                       tasks=data.tasks, mean=data.mean, std=data.std)
-        meth = make("multitask", m, model, num_classes=data.num_classes, input_shape=data.input_shape, tasks=data.tasks)
+        model = models.build_multitask(
+            {"arch": "cnn", "width": args.width},
+            input_shape=data.input_shape,
+            tasks=data.tasks,
+            mean=data.mean,
+            std=data.std,
+        )
+        meth = make(
+            "multitask",
+            m,
+            model,
+            num_classes=data.num_classes,
+            input_shape=data.input_shape,
+            tasks=data.tasks,
+        )
         runs[m] = (model, meth, torch.optim.Adam(model.parameters(), lr=args.lr), aux_optimizer(meth))
     return interleaved_step_cost(runs, x, y)
 
 
 def run(args, method: str, seed: int, params: dict) -> dict:
-    cfg = parse_run_config({"name": "mt", "scenario": "multitask", "method": method, "dataset": {"name": args.dataset},
-                            "model": {"arch": "cnn", "width": args.width},
-                            "train": {"epochs": args.epochs, "batch_size": 64, "lr": args.lr, "seed": seed,
-                                      "log_every": 100, "stats_every": 10**6},
-                            "params": params, "eval": {"panel": "none"}}).model_dump()
+    cfg = parse_run_config(
+        {
+            "name": "mt",
+            "scenario": "multitask",
+            "method": method,
+            "dataset": {"name": args.dataset},
+            "model": {"arch": "cnn", "width": args.width},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": 64,
+                "lr": args.lr,
+                "seed": seed,
+                "log_every": 100,
+                "stats_every": 10**6,
+            },
+            "params": params,
+            "eval": {"panel": "none"},
+        }
+    ).model_dump()
     with tempfile.TemporaryDirectory() as d:
         return train(cfg, Path(d), Recorder())["test"]
 
@@ -81,29 +108,48 @@ def main() -> None:
 
     def delta(test: dict, only: list[str] | None = None) -> float:
         ks = only or keys
-        return 100 * statistics.mean((-1 if k.endswith("mse") else 1) * (test[k] - ref[k]) / ref[k] for k in ks)
+        return 100 * statistics.mean(
+            (-1 if k.endswith("mse") else 1) * (test[k] - ref[k]) / ref[k] for k in ks
+        )
 
     cls_keys = [k for k in keys if k.endswith("acc")]
 
-    fmt = lambda v, k: (f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}" if k.endswith("acc")
-                        else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
-    print(f"# Multi-task learning on {args.dataset}: test metrics (accuracy %, or MSE), mean ± std over {args.seeds} seeds\n")
+    fmt = lambda v, k: (
+        f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}"
+        if k.endswith("acc")
+        else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
+    )
+    print(
+        f"# Multi-task learning on {args.dataset}: test metrics (accuracy %, or MSE), mean ± std over {args.seeds} seeds\n"
+    )
     print(f"Command: `python -m bench.multitask {' '.join(sys.argv[1:])}`  ")
-    print(f"Shared CNN width {args.width}, {args.epochs} epochs, Adam lr {args.lr}, batch 64. {time.time() - t0:.0f} s.\n")
-    print("Δm% over all tasks is dominated by any regression task whose single-task error is tiny "
-          "(a relative change of a small MSE); the classification-only column shows the rest.\n")
-    print("s/step: median over interleaved steps of every method on one batch of 64 (single_task: one head).\n")
+    print(
+        f"Shared CNN width {args.width}, {args.epochs} epochs, Adam lr {args.lr}, batch 64. {time.time() - t0:.0f} s.\n"
+    )
+    print(
+        "Δm% over all tasks is dominated by any regression task whose single-task error is tiny "
+        "(a relative change of a small MSE); the classification-only column shows the rest.\n"
+    )
+    print(
+        "s/step: median over interleaved steps of every method on one batch of 64 (single_task: one head).\n"
+    )
     print("| method | " + " | ".join(keys) + " | Δm% | Δm% (classification) | s/step | × equal |")
     print("|---" * (len(keys) + 5) + "|")
     base = sps["equal"]
-    print("| single-task models | " + " | ".join(fmt(single[k], k) for k in keys)
-          + f" | 0 | 0 | {sps['single_task']:.4f} | {sps['single_task'] / base:.2f} |")
+    print(
+        "| single-task models | "
+        + " | ".join(fmt(single[k], k) for k in keys)
+        + f" | 0 | 0 | {sps['single_task']:.4f} | {sps['single_task'] / base:.2f} |"
+    )
     for m, rows in results.items():
         dm, dc = [delta(r) for r in rows], [delta(r, cls_keys) for r in rows]
         step = sps[m]
-        print(f"| {m} | " + " | ".join(fmt([r[k] for r in rows], k) for k in keys)
-              + f" | {statistics.mean(dm):+.1f} ± {statistics.stdev(dm):.1f} | {statistics.mean(dc):+.2f} ± {statistics.stdev(dc):.2f}"
-              + f" | {step:.4f} | {step / base:.2f} |")
+        print(
+            f"| {m} | "
+            + " | ".join(fmt([r[k] for r in rows], k) for k in keys)
+            + f" | {statistics.mean(dm):+.1f} ± {statistics.stdev(dm):.1f} | {statistics.mean(dc):+.2f} ± {statistics.stdev(dc):.2f}"
+            + f" | {step:.4f} | {step / base:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ over Redis (+ PostgreSQL) and over the embedded SQLite broker, in one run.
 
     python -m bench.queue_latency [--repeat 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,14 @@ from sqlalchemy.engine import make_url
 from bench._common import PG, Stack
 
 REDIS = "redis://127.0.0.1:6379/0"
-CONFIG = {"scenario": "defense", "method": "erm", "dataset": {"name": "synthetic", "size": 60},
-          "model": {"arch": "mlp", "width": 2}, "train": {"epochs": 1}, "eval": {"panel": "none"}}
+CONFIG = {
+    "scenario": "defense",
+    "method": "erm",
+    "dataset": {"name": "synthetic", "size": 60},
+    "model": {"arch": "mlp", "width": 2},
+    "train": {"epochs": 1},
+    "eval": {"panel": "none"},
+}
 
 
 def latencies(stack: Stack, repeat: int) -> list[float]:
@@ -47,8 +54,10 @@ def main() -> None:
         c.execute(f'CREATE DATABASE "{name}"')
     try:
         print(f"{'broker':<34}{'median s':>10}{'max s':>8}")
-        for label, db, redis in (("Redis + PostgreSQL", base.set(database=name).render_as_string(hide_password=False), REDIS),
-                                 ("embedded (SQLite broker)", None, None)):
+        for label, db, redis in (
+            ("Redis + PostgreSQL", base.set(database=name).render_as_string(hide_password=False), REDIS),
+            ("embedded (SQLite broker)", None, None),
+        ):
             with tempfile.TemporaryDirectory() as d:
                 stack = Stack.create(Path(d), db, redis)
                 try:

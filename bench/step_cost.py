@@ -3,6 +3,7 @@ interleaved in one run (so machine load hits every method alike), printed as a t
 
     python -m bench.step_cost [--rounds 5] [--device cpu|cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def main() -> None:
         runs = {}
         for m, (name, knobs) in VARIANTS.items():
             torch.manual_seed(0)
-            model = models.build(mcfg, input_shape=tuple(x.shape[1:]), num_classes=k, mean=mean, std=std).to(dev)
-            meth = make("defense", name, model, num_classes=k, input_shape=tuple(x.shape[1:]), eps=0.1, **knobs)
+            model = models.build(mcfg, input_shape=tuple(x.shape[1:]), num_classes=k, mean=mean, std=std).to(
+                dev
+            )
+            meth = make(
+                "defense", name, model, num_classes=k, input_shape=tuple(x.shape[1:]), eps=0.1, **knobs
+            )
             for a in meth.aux.values():
                 a.to(dev)
             runs[m] = (model, meth, torch.optim.SGD(model.parameters(), lr=0.01), aux_optimizer(meth))

@@ -6,6 +6,7 @@ the wheel (each step re-queries all 20 series for the visible window).
 
     python -m bench.ui_frames [--runs 20] [--points 1000000] [--steps 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,23 @@ from backend.db import make_engine
 from backend.models import Run
 from bench._common import Stack
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-CONFIG = {"name": "big", "scenario": "defense", "method": "great", "dataset": {"name": "digits"},
-          "model": {"arch": "cnn"}, "train": {"seed": 0}, "params": {}, "eval": {"panel": "none"}}
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CONFIG = {
+    "name": "big",
+    "scenario": "defense",
+    "method": "great",
+    "dataset": {"name": "digits"},
+    "model": {"arch": "cnn"},
+    "train": {"seed": 0},
+    "params": {},
+    "eval": {"panel": "none"},
+}
 
 
 def seed(db_url: str, runs: int, points: int) -> list[int]:
@@ -32,13 +47,28 @@ def seed(db_url: str, runs: int, points: int) -> list[int]:
     ids = []
     with Session(engine) as s:
         for r in range(runs):
-            run = Run(name=f"big-{r}", scenario="defense", method="great", dataset="digits",
-                      config={**CONFIG, "name": f"big-{r}", "train": {"seed": r}}, tags=[], status="succeeded")
+            run = Run(
+                name=f"big-{r}",
+                scenario="defense",
+                method="great",
+                dataset="digits",
+                config={**CONFIG, "name": f"big-{r}", "train": {"seed": r}},
+                tags=[],
+                status="succeeded",
+            )
             s.add(run)
             s.commit()
             batch = []
             for step in range(points):
-                batch.append((run.id, "val/acc", step, 0.5 + 0.4 * (1 - 1 / (1 + step / 1e5)) + 0.01 * ((step * 7919 + r) % 13) / 13, 0.0))
+                batch.append(
+                    (
+                        run.id,
+                        "val/acc",
+                        step,
+                        0.5 + 0.4 * (1 - 1 / (1 + step / 1e5)) + 0.01 * ((step * 7919 + r) % 13) / 13,
+                        0.0,
+                    )
+                )
                 if len(batch) == 20_000:
                     series.add_points(s, batch)
                     s.commit()
@@ -72,12 +102,17 @@ def main() -> None:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 t = time.perf_counter()
                 page.goto(f"{lab.base}/#/compare/{','.join(map(str, ids))}")
-                page.wait_for_function(f"document.querySelector('#overlay')?.dataset.series === '{args.runs}' "
-                                       "&& +document.querySelector('#overlay').dataset.points > 0", timeout=120_000)
+                page.wait_for_function(
+                    f"document.querySelector('#overlay')?.dataset.series === '{args.runs}' "
+                    "&& +document.querySelector('#overlay').dataset.points > 0",
+                    timeout=120_000,
+                )
                 first = time.perf_counter() - t
                 pts = int(page.get_attribute("#overlay", "data-points"))
-                print(f"compare page, {args.runs} series drawn: {first:.2f} s after navigation "
-                      f"({pts:,} points sent for {args.runs * args.points:,} stored)")
+                print(
+                    f"compare page, {args.runs} series drawn: {first:.2f} s after navigation "
+                    f"({pts:,} points sent for {args.runs * args.points:,} stored)"
+                )
                 page.locator("#overlay .u-over").hover()
                 page.evaluate(FRAMES)
                 t = time.perf_counter()
@@ -92,20 +127,28 @@ def main() -> None:
                 page.wait_for_function("!document.querySelector('#overlay').dataset.loading", timeout=120_000)
                 settle = time.perf_counter() - t
                 frames = page.evaluate("window.__frames.slice(1)")
-                reqs = page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.includes('/metrics'))"
-                                     ".map(e => e.duration)")
+                reqs = page.evaluate(
+                    "performance.getEntriesByType('resource').filter(e => e.name.includes('/metrics'))"
+                    ".map(e => e.duration)"
+                )
                 rng = page.get_attribute("#overlay", "data-range")
                 browser.close()
         finally:
             lab.stop()
     frames.sort()
-    print(f"{2 * args.steps} wheel steps (zoom then pan) over {wall:.1f} s; window now {rng}; "
-          f"the last window's {args.runs} series were drawn {settle:.2f} s after the last step")
-    print(f"frames: {len(frames) / wall:.1f} fps, median {statistics.median(frames):.1f} ms, "
-          f"p95 {frames[int(0.95 * len(frames))]:.1f} ms, longest {frames[-1]:.1f} ms")
+    print(
+        f"{2 * args.steps} wheel steps (zoom then pan) over {wall:.1f} s; window now {rng}; "
+        f"the last window's {args.runs} series were drawn {settle:.2f} s after the last step"
+    )
+    print(
+        f"frames: {len(frames) / wall:.1f} fps, median {statistics.median(frames):.1f} ms, "
+        f"p95 {frames[int(0.95 * len(frames))]:.1f} ms, longest {frames[-1]:.1f} ms"
+    )
     reqs.sort()
-    print(f"metric requests during zoom/pan: {len(reqs)}, median {statistics.median(reqs):.1f} ms, "
-          f"p95 {reqs[int(0.95 * len(reqs))]:.1f} ms, max {reqs[-1]:.1f} ms")
+    print(
+        f"metric requests during zoom/pan: {len(reqs)}, median {statistics.median(reqs):.1f} ms, "
+        f"p95 {reqs[int(0.95 * len(reqs))]:.1f} ms, max {reqs[-1]:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every import is a declared dependency of the part that needs it, and every shipped module imports
 in the environment the suite runs in (CI: a brand-new virtual environment holding only what
 `pyproject.toml` declares, at the versions of `requirements-lock.txt`)."""
+
 import importlib
 import importlib.metadata
 import pkgutil
@@ -24,8 +25,14 @@ TIERS = {
 
 def deptry(*args: str, config: Path = ROOT / "pyproject.toml") -> subprocess.CompletedProcess:
     """deptry as a process, its report (written to stderr) in .stdout."""
-    return subprocess.run([sys.executable, "-m", "deptry", *args, "--config", str(config), "--no-ansi"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "deptry", *args, "--config", str(config), "--no-ansi"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_import_anywhere_is_declared():
@@ -46,7 +53,10 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-LOCK = {_norm(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (ROOT / "requirements-lock.txt").read_text(), re.M)}
+LOCK = {
+    _norm(n): v
+    for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (ROOT / "requirements-lock.txt").read_text(), re.M)
+}
 
 
 def test_the_lock_pins_every_declared_dependency():
@@ -58,8 +68,11 @@ def test_the_lock_pins_every_declared_dependency():
 def test_the_environment_holds_exactly_the_locked_versions():
     """What the suite runs on is what the lock says (pip and setuptools come with the venv)."""
     installed = {_norm(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
-    off = {n: (v, LOCK.get(n)) for n, v in installed.items()
-           if n not in ("gatlab", "pip", "setuptools") and LOCK.get(n) != v}
+    off = {
+        n: (v, LOCK.get(n))
+        for n, v in installed.items()
+        if n not in ("gatlab", "pip", "setuptools") and LOCK.get(n) != v
+    }
     assert not off, f"installed (version, locked version): {off}"
 
 
@@ -102,8 +115,13 @@ def _shipped_modules() -> list[str]:
 def test_every_shipped_module_imports():
     assert len(_shipped_modules()) > 30
     code = "import importlib, sys\nfor n in sys.argv[1:]: importlib.import_module(n)"
-    r = subprocess.run([sys.executable, "-c", code, *_shipped_modules()], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code, *_shipped_modules()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -2,6 +2,7 @@
 and their subcommands answer `--help` through the installed `gatlab` script; every benchmark command
 (bench/ docstrings, docs/results/, the README) starts and answers `--help`; CI runs the README's
 install and test commands verbatim."""
+
 import re
 import shlex
 import subprocess
@@ -40,12 +41,26 @@ def readme_gatlab_commands() -> list[list[str]]:
 
 def test_the_readme_shows_the_cli():
     subcommands = {c[1] for c in readme_gatlab_commands()}
-    assert subcommands >= {"train", "eval", "export", "methods", "up", "worker", "submit", "db", "setup", "users", "health"}
+    assert subcommands >= {
+        "train",
+        "eval",
+        "export",
+        "methods",
+        "up",
+        "worker",
+        "submit",
+        "db",
+        "setup",
+        "users",
+        "health",
+    }
 
 
 @pytest.mark.parametrize("words", readme_gatlab_commands(), ids=" ".join)
 def test_each_readme_gatlab_command_parses(words):
-    args = parser_for(words[1:]).parse_args(words[1:])  # SystemExit (a failure) on an unknown command, flag or value
+    args = parser_for(words[1:]).parse_args(
+        words[1:]
+    )  # SystemExit (a failure) on an unknown command, flag or value
     assert args.cmd == words[1]
     for w in words:
         if w.startswith("examples/"):
@@ -63,8 +78,11 @@ BENCH_COMMAND = re.compile(r"python (-m bench\.\w+|bench/\S+\.py)([^\n`#]*)")
 
 
 def documented_bench_commands() -> list[str]:
-    sources = [README, *(p.read_text() for p in sorted((ROOT / "bench").glob("*.py"))),
-               *(p.read_text() for p in sorted((ROOT / "docs" / "results").iterdir()))]
+    sources = [
+        README,
+        *(p.read_text() for p in sorted((ROOT / "bench").glob("*.py"))),
+        *(p.read_text() for p in sorted((ROOT / "docs" / "results").iterdir())),
+    ]
     found = set()
     for text in sources:
         for target, rest in BENCH_COMMAND.findall(text):
@@ -75,7 +93,9 @@ def documented_bench_commands() -> list[str]:
 
 def test_every_benchmark_is_documented_with_a_command():
     scripts = {p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_")}
-    shown = {m.group(1).removeprefix("-m bench.") for m in map(BENCH_COMMAND.match, documented_bench_commands())}
+    shown = {
+        m.group(1).removeprefix("-m bench.") for m in map(BENCH_COMMAND.match, documented_bench_commands())
+    }
     assert scripts <= shown, f"benchmarks without a documented command: {scripts - shown}"
 
 
@@ -83,7 +103,9 @@ def test_every_benchmark_is_documented_with_a_command():
 def test_each_documented_benchmark_command_starts(command):
     """As written, plus --help: it must get past its imports and its argument parser."""
     words = shlex.split(command)
-    r = subprocess.run([sys.executable, *words[1:], "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, *words[1:], "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert r.returncode == 0, f"{command} --help failed:\n{r.stderr[-2000:]}"
     assert r.stdout.startswith("usage:")
 

@@ -2,6 +2,7 @@
 
 `backend.cli.main` is the one entry point; it hands these commands here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,10 @@ def print_panel(result: dict) -> None:
     eps = sorted({r["eps"] for r in rows})
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     acc = {(r["attack"], r["eps"]): r["accuracy"] for r in rows}
-    print(f"\nrobustness panel '{result['panel']}' on {result['n']} test examples "
-          f"(clean {result['clean_accuracy']:.3f}), L-inf accuracy:")
+    print(
+        f"\nrobustness panel '{result['panel']}' on {result['n']} test examples "
+        f"(clean {result['clean_accuracy']:.3f}), L-inf accuracy:"
+    )
     print(f"{'attack':<18}" + "".join(f"{e:>9.4f}" for e in eps))
     for a in attacks:
         print(f"{a:<18}" + "".join(f"{acc[(a, e)]:>9.3f}" if (a, e) in acc else f"{'-':>9}" for e in eps))
@@ -111,8 +114,10 @@ def cmd_export(args) -> int:
     example = torch.rand(2, *shape)
     scripted = torch.jit.trace(model, example, strict=False)  # multi-task models return {task: output}
     scripted.save(args.output)
-    print(f"wrote {args.output}: TorchScript, input N x {' x '.join(map(str, shape))} in [0, 1], "
-          f"output {'a dict of task outputs' if isinstance(model(example), dict) else 'logits'}")
+    print(
+        f"wrote {args.output}: TorchScript, input N x {' x '.join(map(str, shape))} in [0, 1], "
+        f"output {'a dict of task outputs' if isinstance(model(example), dict) else 'logits'}"
+    )
     return 0
 
 
@@ -120,9 +125,18 @@ def cmd_worker(args) -> int:
     """One Celery worker process (one per GPU): solo pool, one task at a time."""
     from worker.tasks import app  # here, not at the top: importing it configures Celery and the database
 
-    app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={app.conf.task_default_queue}",
-                     f"--hostname={args.name or f'gatlab-{os.getpid()}'}@%h", f"--loglevel={args.loglevel}", "--without-gossip",
-                     "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={app.conf.task_default_queue}",
+            f"--hostname={args.name or f'gatlab-{os.getpid()}'}@%h",
+            f"--loglevel={args.loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
     return 0
 
 
@@ -146,15 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
     w = sub.add_parser("worker", help="start one worker for the configured broker and database")
     w.add_argument("--loglevel", default="INFO")
-    w.add_argument("--name", help="worker name (default gatlab-<pid>); `gatlab health --worker NAME` pings it")
+    w.add_argument(
+        "--name", help="worker name (default gatlab-<pid>); `gatlab health --worker NAME` pings it"
+    )
     w.set_defaults(func=cmd_worker)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except CliError as e:

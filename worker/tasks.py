@@ -5,6 +5,7 @@ recorder that writes to the database in batches, heartbeats, honours cancel betw
 sets the final status. It is idempotent: a redelivered or requeued task resumes the same run
 from its last checkpoint and never creates a second copy or duplicate metric points.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,11 +14,11 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy.orm import Session
@@ -26,8 +27,10 @@ from backend import crud, series
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Artifact, Run, now
-from backend.schemas import PATH_FIELDS
 from backend.queue import TRAIN_TASK, make_celery
+from backend.schemas import PATH_FIELDS
+from worker.gat import job
+from worker.gat.train import HandedBack, Stopped, checkpoint_step, pick_device
 
 log = logging.getLogger(__name__)
 app = make_celery(get_settings())
@@ -60,8 +63,15 @@ class DbRecorder:
     """Buffers points and writes them in batches; progress is written at most once a second. Every
     write passes the attempt's fence."""
 
-    def __init__(self, run_id: int, fence: Fence, *, flush_every: int = 5000, progress_s: float = 1.0,
-                 job_id: int | None = None):
+    def __init__(
+        self,
+        run_id: int,
+        fence: Fence,
+        *,
+        flush_every: int = 5000,
+        progress_s: float = 1.0,
+        job_id: int | None = None,
+    ):
         self.run_id, self.fence, self.flush_every, self.progress_s = run_id, fence, flush_every, progress_s
         self.job_id = job_id  # a panel job's results are kept apart from the run's own and other jobs'
         self.rows: list[dict] = []
@@ -120,7 +130,10 @@ class Heartbeat(threading.Thread):
             try:
                 with session_scope() as s:
                     if time.monotonic() - last >= self.period_s:
-                        self.cancel = crud.heartbeat(s, run_id=self.fence.run_id, attempt=self.fence.attempt) or self.cancel
+                        self.cancel = (
+                            crud.heartbeat(s, run_id=self.fence.run_id, attempt=self.fence.attempt)
+                            or self.cancel
+                        )
                         last = time.monotonic()
                     else:
                         self.cancel = crud.cancel_requested(s, run_id=self.fence.run_id) or self.cancel
@@ -139,7 +152,9 @@ def _claim(run_id: int) -> dict | None:
         run = s.get(Run, run_id, with_for_update=True)
         if run is None or run.status in crud.FINAL:
             return None
-        fresh = run.heartbeat_at and (now() - _aware(run.heartbeat_at)).total_seconds() < settings.stale_after_s
+        fresh = (
+            run.heartbeat_at and (now() - _aware(run.heartbeat_at)).total_seconds() < settings.stale_after_s
+        )
         if run.status == "running" and fresh and run.worker_host != _me():
             log.info("run %s is alive on %s; not starting a second copy", run_id, run.worker_host)
             return None
@@ -150,8 +165,14 @@ def _claim(run_id: int) -> dict | None:
         run.status, run.worker_host, run.heartbeat_at = "running", _me(), now()
         run.started_at = run.started_at or now()
         run.attempt += 1
-        return {"id": run.id, "kind": run.kind, "config": run.config, "parent_id": run.parent_id,
-                "attempt": run.attempt, "first": first}
+        return {
+            "id": run.id,
+            "kind": run.kind,
+            "config": run.config,
+            "parent_id": run.parent_id,
+            "attempt": run.attempt,
+            "first": first,
+        }
 
 
 def _set_aside_foreign_files(run_dir: Path) -> None:
@@ -167,7 +188,7 @@ def _set_aside_foreign_files(run_dir: Path) -> None:
 
 def _aware(t: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were written in UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _me() -> str:
@@ -198,7 +219,9 @@ def _in_data_root(config: dict, root: Path | None) -> None:
             continue
         real = Path(os.path.realpath(root / value))
         if not real.is_relative_to(root.resolve()):
-            raise OutsideDataRoot(f"{section}.{key}: {value!r} resolves to {real}, outside the data root {root}")
+            raise OutsideDataRoot(
+                f"{section}.{key}: {value!r} resolves to {real}, outside the data root {root}"
+            )
         config[section] = {**config[section], key: str(real)}
 
 
@@ -223,8 +246,15 @@ def _register_artifacts(run_id: int, out_dir: Path) -> None:
                 continue
             art = s.query(Artifact).filter_by(run_id=run_id, name=f.name).first()
             if art is None:
-                s.add(Artifact(run_id=run_id, name=f.name, kind=kinds.get(f.name, "file"), path=str(f),
-                               size=f.stat().st_size))
+                s.add(
+                    Artifact(
+                        run_id=run_id,
+                        name=f.name,
+                        kind=kinds.get(f.name, "file"),
+                        path=str(f),
+                        size=f.stat().st_size,
+                    )
+                )
             else:
                 art.size = f.stat().st_size
 
@@ -260,35 +290,13 @@ def train_run(run_id: int) -> None:
         handler.close()
 
 
-def _attempt(job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run_dir: Path) -> tuple[str, dict]:
+def _attempt(
+    job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run_dir: Path
+) -> tuple[str, dict]:
     """Train (or evaluate) once; the final status and fields. Superseded propagates."""
-    from worker.gat import job
-    from worker.gat.train import HandedBack, Stopped, checkpoint_step, pick_device
-
-    settings, config, run_id = get_settings(), job_info["config"], job_info["id"]
+    run_id = job_info["id"]
     try:
-        device = pick_device(config["train"].get("device", "auto"))
-        with fence.write() as s:
-            s.get(Run, run_id).device = str(device)
-        _in_data_root(config, settings.data_path)
-        if job_info["kind"] == "eval":
-            parent = job_info["parent_id"]
-            result = job.evaluate_run(settings.runs_path / str(parent), config,
-                                      DbRecorder(parent, fence, job_id=run_id), device=device, out_dir=run_dir)
-            return "succeeded", {"summary": {"panel": result["panel"], "parent": parent}}
-        teacher = config.get("params", {}).get("teacher_run")
-        if teacher is not None:  # the core knows directories, the lab knows run ids
-            config["params"] = {**config["params"], "teacher_run": None,
-                                "teacher_dir": str(settings.runs_path / str(teacher))}
-        start = checkpoint_step(run_dir)
-        if start:
-            log.info("run %s resumes from its checkpoint at step %d", run_id, start)
-        with fence.write() as s:
-            crud.drop_points_after(s, run_id=run_id, step=start)
-        summary = job.run(config, run_dir, rec, should_stop=lambda: beat.stop,
-                          should_hand_back=SHUTTING_DOWN.is_set, device=device)
-        summary.pop("eval", None)
-        return "succeeded", {"summary": summary, "eta_s": 0.0}
+        return _run_job(job_info, fence, beat, rec, run_dir)
     except HandedBack as e:
         log.info("run %s: %s (this worker is shutting down)", run_id, e)
         return "queued", {}
@@ -301,6 +309,43 @@ def _attempt(job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run
     except Exception as e:  # noqa: BLE001 - any failure is recorded on the run
         log.exception("run %s failed", run_id)
         return "failed", {"error": f"{e.__class__.__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def _run_job(
+    job_info: dict, fence: Fence, beat: Heartbeat, rec: DbRecorder, run_dir: Path
+) -> tuple[str, dict]:
+    """The job itself: a panel on a parent run, or a training run resumed from its checkpoint."""
+    settings, config, run_id = get_settings(), job_info["config"], job_info["id"]
+    device = pick_device(config["train"].get("device", "auto"))
+    with fence.write() as s:
+        s.get(Run, run_id).device = str(device)
+    _in_data_root(config, settings.data_path)
+    if job_info["kind"] == "eval":
+        parent = job_info["parent_id"]
+        recorder = DbRecorder(parent, fence, job_id=run_id)
+        result = job.evaluate_run(
+            settings.runs_path / str(parent), config, recorder, device=device, out_dir=run_dir
+        )
+        return "succeeded", {"summary": {"panel": result["panel"], "parent": parent}}
+    teacher = config.get("params", {}).get("teacher_run")
+    if teacher is not None:  # the core knows directories, the lab knows run ids
+        teacher_dir = str(settings.runs_path / str(teacher))
+        config["params"] = {**config["params"], "teacher_run": None, "teacher_dir": teacher_dir}
+    start = checkpoint_step(run_dir)
+    if start:
+        log.info("run %s resumes from its checkpoint at step %d", run_id, start)
+    with fence.write() as s:
+        crud.drop_points_after(s, run_id=run_id, step=start)
+    summary = job.run(
+        config,
+        run_dir,
+        rec,
+        should_stop=lambda: beat.stop,
+        should_hand_back=SHUTTING_DOWN.is_set,
+        device=device,
+    )
+    summary.pop("eval", None)
+    return "succeeded", {"summary": summary, "eta_s": 0.0}
 
 
 def _hand_back(fence: Fence) -> None:
@@ -342,7 +387,9 @@ def requeue_stale() -> int:
                 resend.append(run.id)
             else:
                 run.status, run.finished_at = "failed", now()
-                run.error = f"worker lost (no heartbeat for {settings.stale_after_s:.0f} s), retries exhausted"
+                run.error = (
+                    f"worker lost (no heartbeat for {settings.stale_after_s:.0f} s), retries exhausted"
+                )
     for run_id in resend:
         log.warning("run %s lost its worker; requeued", run_id)
     _send(resend)

@@ -1,6 +1,7 @@
 """FastAPI dependencies and their `Annotated` aliases (as in the FastAPI full-stack template):
 a route says `s: SessionDep, user: CurrentUser, run: RunDep` and gets a session, the signed-in
 user and the run of its path."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -42,8 +43,9 @@ MaybeUser = Annotated[User | None, Depends(current_user)]
 def require_user(user: MaybeUser) -> User | None:
     """Every API route but health and sign-in: a user when auth is on; None (anyone) when it is off."""
     if user is None and get_settings().auth:
-        raise HTTPException(401, detail="sign in: send 'Authorization: Bearer <token>' or use the dashboard",
-                            headers=BEARER)
+        raise HTTPException(
+            401, detail="sign in: send 'Authorization: Bearer <token>' or use the dashboard", headers=BEARER
+        )
     return user
 
 
@@ -64,4 +66,6 @@ def check_owner(run: Run, user: User | None, action: str) -> None:
     """Only a run's owner or an admin may change it (auth off: anyone)."""
     if user is None or user.is_admin or run.owner_id == user.id:
         return
-    raise HTTPException(403, detail=f"run {run.id} belongs to another user: only its owner or an admin may {action} it")
+    raise HTTPException(
+        403, detail=f"run {run.id} belongs to another user: only its owner or an admin may {action} it"
+    )

@@ -1,4 +1,5 @@
 """API request and response bodies (the run config itself lives in backend.schemas)."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,7 +14,9 @@ Text = Annotated[str, StringConstraints(pattern=NO_NUL, max_length=200)]
 
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    config: dict[str, Any] = Field(description="A run config: name, scenario, method, dataset, model, train, params, eval.")
+    config: dict[str, Any] = Field(
+        description="A run config: name, scenario, method, dataset, model, train, params, eval."
+    )
     experiment: Text | None = None
     tags: list[Text] = Field(default_factory=list, max_length=50)
 
@@ -21,8 +24,12 @@ class RunCreate(BaseModel):
 class SweepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any]
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted knob path -> values, e.g. {'params.lam': [0.1, 1]}")
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Dotted knob path -> values, e.g. {'params.lam': [0.1, 1]}"
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=100
+    )
     experiment: Annotated[Text, Field(min_length=1)]
     tags: list[Text] = Field(default_factory=list, max_length=50)
 

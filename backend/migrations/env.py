@@ -1,4 +1,5 @@
 """Alembic environment: the URL comes from Settings (DATABASE_URL), the metadata from backend.models."""
+
 from alembic import context
 
 from backend import models  # noqa: F401  (registers the tables)
@@ -18,7 +19,9 @@ def run() -> None:
     engine = make_engine(url)
     with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
-        if sqlite:  # batch migrations rebuild tables: a DROP must not cascade into the rows that point at them
+        if (
+            sqlite
+        ):  # batch migrations rebuild tables: a DROP must not cascade into the rows that point at them
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()  # end the transaction the PRAGMA began: Alembic must own the migrations' one
         context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=sqlite)

@@ -19,8 +19,13 @@ def synthetic() -> gdata.Data:
 
 def small_cnn(d: gdata.Data, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return models.build({"arch": "cnn", "width": 8, "depth": 2}, input_shape=d.input_shape,
-                        num_classes=d.num_classes, mean=d.mean, std=d.std)
+    return models.build(
+        {"arch": "cnn", "width": 8, "depth": 2},
+        input_shape=d.input_shape,
+        num_classes=d.num_classes,
+        mean=d.mean,
+        std=d.std,
+    )
 
 
 def fit_erm(d: gdata.Data, epochs: int = 15, seed: int = 0) -> torch.nn.Module:

@@ -38,7 +38,9 @@ def test_lambda_schedules():
     assert ramp == sorted(ramp)
 
 
-@pytest.mark.parametrize("shape,arch", [((1, 8, 8), "cnn"), ((3, 32, 32), "cnn"), ((10,), "mlp"), ((1, 8, 8), "mlp")])
+@pytest.mark.parametrize(
+    "shape,arch", [((1, 8, 8), "cnn"), ((3, 32, 32), "cnn"), ((10,), "mlp"), ((1, 8, 8), "mlp")]
+)
 def test_aux_net_shapes(shape, arch):
     a = aux_net(shape, 7, arch="auto" if arch == "cnn" else arch)
     assert a(torch.randn(2, *shape)).shape == (2, 7)

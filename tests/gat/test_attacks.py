@@ -16,7 +16,12 @@ def _acc(model, x, y):
 
 
 # The reference attacks take eps > 0 only; at eps 0 the panel reports clean accuracy for them.
-CASES = [(n, e) for n in sorted(ATTACKS) for e in (0.0, 0.1) if e > 0 or n not in ("autoattack", "apgd_ce", "square")]
+CASES = [
+    (n, e)
+    for n in sorted(ATTACKS)
+    for e in (0.0, 0.1)
+    if e > 0 or n not in ("autoattack", "apgd_ce", "square")
+]
 
 
 @pytest.mark.parametrize("name,eps", CASES)
@@ -54,7 +59,11 @@ class Masked(torch.nn.Module):
         return self.base(torch.round(x * 4) / 4)
 
 
-CONFIG = {"dataset": {"name": "digits"}, "model": {"arch": "cnn", "width": 8, "depth": 2}, "train": {"seed": 0}}
+CONFIG = {
+    "dataset": {"name": "digits"},
+    "model": {"arch": "cnn", "width": 8, "depth": 2},
+    "train": {"seed": 0},
+}
 
 
 def test_sanity_checks_pass_on_a_standard_model_and_flag_a_masked_one(digits, digits_model):

@@ -1,4 +1,5 @@
 """The `gatlab` command as a user runs it: a real subprocess."""
+
 import fcntl
 import json
 import os
@@ -18,14 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def gatlab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "backend.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "backend.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 TINY = {
-    "name": "tiny", "scenario": "defense", "method": "great",
-    "dataset": {"name": "synthetic", "size": 200}, "model": {"arch": "cnn", "width": 4},
-    "train": {"epochs": 2, "batch_size": 32}, "eval": {"panel": "quick", "n": 30},
+    "name": "tiny",
+    "scenario": "defense",
+    "method": "great",
+    "dataset": {"name": "synthetic", "size": 200},
+    "model": {"arch": "cnn", "width": 4},
+    "train": {"epochs": 2, "batch_size": 32},
+    "eval": {"panel": "quick", "n": 30},
 }
 
 
@@ -40,10 +46,21 @@ def test_train_eval_export_end_to_end(tmp_path):
     r = gatlab("train", write(tmp_path, TINY), "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
     assert "sanity checks" in r.stdout
-    for f in ("config.json", "metrics.jsonl", "histograms.jsonl", "checkpoint.pt", "model.pt", "eval.json", "gallery.json"):
+    for f in (
+        "config.json",
+        "metrics.jsonl",
+        "histograms.jsonl",
+        "checkpoint.pt",
+        "model.pt",
+        "eval.json",
+        "gallery.json",
+    ):
         assert (out / f).exists(), f
     ev = json.loads((out / "eval.json").read_text())
-    assert ev["n"] == 30 and {c["name"] for c in ev["checks"]} >= {"large_eps_to_zero", "white_box_beats_black_box"}
+    assert ev["n"] == 30 and {c["name"] for c in ev["checks"]} >= {
+        "large_eps_to_zero",
+        "white_box_beats_black_box",
+    }
 
     r = gatlab("eval", str(out), "--n", "20")
     assert r.returncode == 0, r.stderr
@@ -62,13 +79,26 @@ BAD_CONFIGS = {
     "unknown method": ({**TINY, "method": "magic"}, "method: unknown scenario:method; allowed: defense:erm"),
     "bad fraction": ({**TINY, "dataset": {"name": "digits", "fraction": 1.5}}, "dataset.fraction"),
     "unknown knob": ({**TINY, "params": {"lamda": 1}}, "params.lamda: Extra inputs are not permitted"),
-    "bad schedule": ({**TINY, "params": {"lam_schedule": "cubic"}}, "params.lam_schedule: Input should be 'constant', 'warmup' or 'dann'"),
+    "bad schedule": (
+        {**TINY, "params": {"lam_schedule": "cubic"}},
+        "params.lam_schedule: Input should be 'constant', 'warmup' or 'dann'",
+    ),
     "unknown dataset": ({**TINY, "dataset": {"name": "imagenet"}}, "dataset.name: Input should be 'digits'"),
     "negative epochs": ({**TINY, "train": {"epochs": -1}}, "train.epochs"),
-    "task not in dataset": ({**TINY, "scenario": "multitask", "method": "single_task", "dataset": {"name": "digits_mt"},
-                             "params": {"task": "colour"}}, "params: Value error, task(s) ['colour'] not in digits_mt"),
-    "one-task dataset": ({**TINY, "scenario": "multitask", "method": "equal", "dataset": {"name": "digits"}},
-                         "dataset: Value error, digits has one task"),
+    "task not in dataset": (
+        {
+            **TINY,
+            "scenario": "multitask",
+            "method": "single_task",
+            "dataset": {"name": "digits_mt"},
+            "params": {"task": "colour"},
+        },
+        "params: Value error, task(s) ['colour'] not in digits_mt",
+    ),
+    "one-task dataset": (
+        {**TINY, "scenario": "multitask", "method": "equal", "dataset": {"name": "digits"}},
+        "dataset: Value error, digits has one task",
+    ),
     "distill knob on defense": ({**TINY, "params": {"teacher_dir": "x"}}, "params.teacher_dir: Extra inputs"),
 }
 
@@ -93,7 +123,12 @@ def test_bad_files_give_cli_messages(tmp_path):
     assert r.returncode == 2 and "dataset.path: no such file" in r.stderr and "Traceback" not in r.stderr
     r = gatlab("eval", str(tmp_path))
     assert r.returncode == 2 and "not a run directory" in r.stderr
-    cfg = {**TINY, "scenario": "distill", "method": "soft_targets", "params": {"teacher_dir": str(tmp_path / "nope")}}
+    cfg = {
+        **TINY,
+        "scenario": "distill",
+        "method": "soft_targets",
+        "params": {"teacher_dir": str(tmp_path / "nope")},
+    }
     r = gatlab("train", write(tmp_path, cfg), "--out", str(tmp_path / "r2"))
     assert r.returncode == 2 and "params.teacher_dir:" in r.stderr and "Traceback" not in r.stderr
     cfg = {**TINY, "scenario": "distill", "method": "student", "params": {"teacher_run": 3}}
@@ -104,16 +139,28 @@ def test_bad_files_give_cli_messages(tmp_path):
 def test_methods_lists_every_method_with_knob_defaults():
     r = gatlab("methods")
     assert r.returncode == 0
-    for m in ("defense:erm", "defense:great", "defense:greace", "defense:great+greace",
-              "defense:fgsm_at", "defense:pgd_at", "defense:trades", "defense:igr"):
+    for m in (
+        "defense:erm",
+        "defense:great",
+        "defense:greace",
+        "defense:great+greace",
+        "defense:fgsm_at",
+        "defense:pgd_at",
+        "defense:trades",
+        "defense:igr",
+    ):
         assert m in r.stdout
     table = json.loads(gatlab("methods", "--json").stdout)
     great = next(m for m in table if m["method"] == "great")
-    assert {"name": "lam_schedule", "default": "constant"}.items() <= next(k for k in great["knobs"] if k["name"] == "lam_schedule").items()
+    assert {"name": "lam_schedule", "default": "constant"}.items() <= next(
+        k for k in great["knobs"] if k["name"] == "lam_schedule"
+    ).items()
 
 
-@pytest.mark.parametrize("name,scenario", [("defense-digits", "defense"), ("distill-digits", "distill"),
-                                           ("multitask-digits", "multitask")])
+@pytest.mark.parametrize(
+    "name,scenario",
+    [("defense-digits", "defense"), ("distill-digits", "distill"), ("multitask-digits", "multitask")],
+)
 def test_shipped_examples_are_valid(name, scenario):
     from worker.cli import load_config
 
@@ -121,7 +168,13 @@ def test_shipped_examples_are_valid(name, scenario):
 
 
 def test_multitask_train_and_export_end_to_end(tmp_path):
-    cfg = {**TINY, "scenario": "multitask", "method": "great", "dataset": {"name": "digits_mt"}, "eval": {"panel": "none"}}
+    cfg = {
+        **TINY,
+        "scenario": "multitask",
+        "method": "great",
+        "dataset": {"name": "digits_mt"},
+        "eval": {"panel": "none"},
+    }
     out = tmp_path / "mt"
     r = gatlab("train", write(tmp_path, cfg), "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
@@ -139,8 +192,14 @@ def test_train_a_shipped_example_as_installed_with_its_progress_bar(tmp_path):
     out = tmp_path / "run"
     parent, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    p = subprocess.Popen([str(gatlab_script), "train", "examples/defense-digits.yaml", "--out", str(out)],
-                         cwd=ROOT, stdin=child, stdout=child, stderr=child, close_fds=True)
+    p = subprocess.Popen(
+        [str(gatlab_script), "train", "examples/defense-digits.yaml", "--out", str(out)],
+        cwd=ROOT,
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        close_fds=True,
+    )
     os.close(child)
     screen = b""
     while True:

@@ -37,7 +37,10 @@ BAD = {
     "flat_x": ({"x": np.zeros((4, 64)), "y": np.zeros(4, int)}, "N x H x W or N x C x H x W"),
     "float_out_of_range": ({"x": np.full((4, 8, 8), 3.0), "y": np.zeros(4, int)}, r"\[0, 1\]"),
     "bad_dtype": ({"x": np.zeros((4, 8, 8), np.int32), "y": np.zeros(4, int)}, "dtype must be uint8"),
-    "label_count": ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)}, "expected a 1-D array of 4 labels"),
+    "label_count": (
+        {"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)},
+        "expected a 1-D array of 4 labels",
+    ),
     "float_labels": ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(4)}, "non-negative integers"),
     "channels_last": ({"x": np.zeros((4, 8, 8, 3), np.uint8), "y": np.zeros(4, int)}, "1 or 3 channels"),
 }
@@ -79,8 +82,11 @@ def test_cifar100_with_coarse_labels_reads_the_python_pickles(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", 50), ("test", 20)):
-        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": list(rng.integers(0, 100, n)),
-             b"coarse_labels": list(rng.integers(0, 20, n))}
+        d = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"fine_labels": list(rng.integers(0, 100, n)),
+            b"coarse_labels": list(rng.integers(0, 20, n)),
+        }
         (folder / split).write_bytes(pickle.dumps(d))
     data = load({"name": "cifar100_coarse", "data_dir": str(tmp_path)})
     assert data.input_shape == (3, 32, 32) and len(data.test) == 20

@@ -16,8 +16,13 @@ from .conftest import small_cnn
 
 def _mlp(d):
     torch.manual_seed(0)
-    return models.build({"arch": "mlp", "width": 8, "depth": 1}, input_shape=d.input_shape,
-                        num_classes=d.num_classes, mean=d.mean, std=d.std)
+    return models.build(
+        {"arch": "mlp", "width": 8, "depth": 1},
+        input_shape=d.input_shape,
+        num_classes=d.num_classes,
+        mean=d.mean,
+        std=d.std,
+    )
 
 
 def _weight_grads(model, method, x, y):
@@ -34,8 +39,10 @@ def test_aux_loss_reaches_main_weights_through_second_order_gradients(synthetic)
     plain = _weight_grads(model, make("defense", "erm", model, **kw), x, y)
     adv = _weight_grads(model, make("defense", "great", model, lam=1.0, **kw), x, y)
     off = _weight_grads(model, make("defense", "great", model, lam=0.0, **kw), x, y)
-    assert any(not torch.allclose(a, p) for a, p in zip(adv, plain)), "A's loss never reached f"
-    assert all(torch.allclose(o, p, atol=1e-7) for o, p in zip(off, plain)), "lambda = 0 must leave f's gradient as CE's"
+    assert any(not torch.allclose(a, p) for a, p in zip(adv, plain, strict=False)), "A's loss never reached f"
+    assert all(torch.allclose(o, p, atol=1e-7) for o, p in zip(off, plain, strict=False)), (
+        "lambda = 0 must leave f's gradient as CE's"
+    )
 
 
 def test_greace_with_beta_zero_is_cross_entropy():

@@ -9,8 +9,13 @@ from worker.gat import models
 def test_every_architecture_maps_unit_images_to_logits_and_backpropagates_to_the_input(arch, shape):
     torch.manual_seed(0)
     width = 2 if arch != "mlp" else 4
-    m = models.build({"arch": arch, "width": width}, input_shape=shape, num_classes=7,
-                     mean=[0.5] * shape[0], std=[0.25] * shape[0])
+    m = models.build(
+        {"arch": arch, "width": width},
+        input_shape=shape,
+        num_classes=7,
+        mean=[0.5] * shape[0],
+        std=[0.25] * shape[0],
+    )
     x = torch.rand(2, *shape, requires_grad=True)
     out = m(x)
     assert out.shape == (2, 7)

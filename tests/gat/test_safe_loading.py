@@ -1,5 +1,6 @@
 """Files under the data root or a run directory never run code: crafted model, checkpoint and CIFAR
 pickle files are refused with a clear error, and the command they carry never runs."""
+
 import json
 import os
 import pickle
@@ -61,12 +62,33 @@ def test_a_crafted_teacher_fails_the_run_with_a_clear_error_and_runs_nothing(tmp
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     crafted_torch_file(teacher / "model.pt", marker)
-    cfg = {"name": "kd", "scenario": "distill", "method": "student", "dataset": {"name": "synthetic", "size": 200},
-           "model": {"arch": "cnn", "width": 4}, "train": {"epochs": 1, "batch_size": 32},
-           "params": {"teacher_dir": str(teacher)}, "eval": {"panel": "none"}}
+    cfg = {
+        "name": "kd",
+        "scenario": "distill",
+        "method": "student",
+        "dataset": {"name": "synthetic", "size": 200},
+        "model": {"arch": "cnn", "width": 4},
+        "train": {"epochs": 1, "batch_size": 32},
+        "params": {"teacher_dir": str(teacher)},
+        "eval": {"panel": "none"},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "backend.cli", "train", str(tmp_path / "c.yaml"), "--out",
-                        str(tmp_path / "run"), "-q"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "train",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 2, r.stderr
     assert "gatlab: error: params.teacher_dir:" in r.stderr and "refused" in r.stderr
     assert "Traceback" not in r.stderr
@@ -74,12 +96,30 @@ def test_a_crafted_teacher_fails_the_run_with_a_clear_error_and_runs_nothing(tmp
 
 
 def test_checkpoints_the_trainer_writes_load_safely_and_resume(tmp_path):
-    cfg = {"name": "t", "scenario": "defense", "method": "erm", "dataset": {"name": "synthetic", "size": 200},
-           "model": {"arch": "mlp", "width": 8}, "train": {"epochs": 1, "batch_size": 32}, "eval": {"panel": "none"}}
+    cfg = {
+        "name": "t",
+        "scenario": "defense",
+        "method": "erm",
+        "dataset": {"name": "synthetic", "size": 200},
+        "model": {"arch": "mlp", "width": 8},
+        "train": {"epochs": 1, "batch_size": 32},
+        "eval": {"panel": "none"},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    run = [sys.executable, "-m", "backend.cli", "train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]
+    run = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "train",
+        str(tmp_path / "c.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+        "-q",
+    ]
     assert subprocess.run(run, capture_output=True, timeout=300, cwd=ROOT).returncode == 0
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # raises if anything but tensors/containers
+    ckpt = torch.load(
+        tmp_path / "run" / "checkpoint.pt", weights_only=True
+    )  # raises if anything but tensors/containers
     assert ckpt["step"] == checkpoint_step(tmp_path / "run") > 0
     assert load_model(tmp_path / "run") is not None
     cfg["train"]["epochs"] = 2  # resume from the checkpoint (numpy's RNG state included)
@@ -93,8 +133,11 @@ def cifar100_folder(root: Path, payload=None) -> None:
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     for split, n in (("train", 40), ("test", 20)):
-        d = {b"data": np.random.default_rng(0).integers(0, 255, (n, 3072), dtype=np.uint8),
-             b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [i % 20 for i in range(n)]}
+        d = {
+            b"data": np.random.default_rng(0).integers(0, 255, (n, 3072), dtype=np.uint8),
+            b"fine_labels": [i % 100 for i in range(n)],
+            b"coarse_labels": [i % 20 for i in range(n)],
+        }
         if payload is not None:
             d[b"evil"] = payload
         (folder / split).write_bytes(pickle.dumps(d, protocol=2))
@@ -109,7 +152,10 @@ def test_cifar_pickles_of_arrays_load(tmp_path):
 def test_a_crafted_cifar_pickle_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     cifar100_folder(tmp_path, Payload(marker))
-    with pytest.raises(gdata.DataError, match=r"dataset.data_dir: .* is not a CIFAR pickle of arrays \(refused: "
-                                              r"the file names posix.system"):
+    with pytest.raises(
+        gdata.DataError,
+        match=r"dataset.data_dir: .* is not a CIFAR pickle of arrays \(refused: "
+        r"the file names posix.system",
+    ):
         gdata.load({"name": "cifar100_coarse", "data_dir": str(tmp_path)})
     assert not marker.exists()

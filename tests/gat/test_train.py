@@ -7,11 +7,17 @@ from worker.gat.train import Stopped, checkpoint_step, train
 
 
 def _config(method: str, epochs: int = 3) -> dict:
-    return parse_run_config({
-        "name": "t", "scenario": "defense", "method": method, "dataset": {"name": "synthetic", "size": 300},
-        "model": {"arch": "cnn", "width": 4}, "train": {"epochs": epochs, "batch_size": 32, "stats_every": 3},
-        "eval": {"panel": "none"},
-    }).model_dump()
+    return parse_run_config(
+        {
+            "name": "t",
+            "scenario": "defense",
+            "method": method,
+            "dataset": {"name": "synthetic", "size": 300},
+            "model": {"arch": "cnn", "width": 4},
+            "train": {"epochs": epochs, "batch_size": 32, "stats_every": 3},
+            "eval": {"panel": "none"},
+        }
+    ).model_dump()
 
 
 class StopAfter:
@@ -63,8 +69,16 @@ def test_training_records_progress_statistics_and_histograms(tmp_path):
     assert seen[-1][:2] == (14, 14) and seen[-1][2] == 0.0
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     keys = set().union(*rows)
-    for k in ("train/loss", "train/aux_acc", "train/aux_chance", "cos/within", "cos/between",
-              "grad_norm/class_0", "val/acc", "test/acc"):
+    for k in (
+        "train/loss",
+        "train/aux_acc",
+        "train/aux_chance",
+        "cos/within",
+        "cos/between",
+        "grad_norm/class_0",
+        "val/acc",
+        "test/acc",
+    ):
         assert k in keys, k
     assert any(k.startswith("layer_grad/") for k in keys)
     hists = read_jsonl(tmp_path / "histograms.jsonl")
@@ -99,7 +113,9 @@ def test_a_checkpoint_never_runs_ahead_of_the_flushed_points(tmp_path, monkeypat
     assert seen == [7, 14]
 
 
-@pytest.mark.parametrize("scenario,method", [("defense", "great"), ("distill", "great"), ("multitask", "equal")])
+@pytest.mark.parametrize(
+    "scenario,method", [("defense", "great"), ("distill", "great"), ("multitask", "equal")]
+)
 def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, method):
     """A crash after the last epoch's checkpoint (during the test evaluation, the teacher agreement
     or the panel): training again into the directory finishes the job from that checkpoint."""
@@ -107,14 +123,27 @@ def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, metho
     from worker.gat.recorder import JsonlRecorder
 
     dataset = {"name": "digits_mt" if scenario == "multitask" else "synthetic", "size": 300}
-    cfg = parse_run_config({"name": "t", "scenario": scenario, "method": method, "dataset": dataset,
-                     "model": {"arch": "cnn", "width": 4}, "train": {"epochs": 2, "batch_size": 64},
-                     "params": {"teacher_width": 4, "teacher_epochs": 1} if scenario == "distill" else {},
-                     "eval": {"panel": "quick" if scenario == "defense" else "none", "n": 10}}).model_dump(mode="json")
+    cfg = parse_run_config(
+        {
+            "name": "t",
+            "scenario": scenario,
+            "method": method,
+            "dataset": dataset,
+            "model": {"arch": "cnn", "width": 4},
+            "train": {"epochs": 2, "batch_size": 64},
+            "params": {"teacher_width": 4, "teacher_epochs": 1} if scenario == "distill" else {},
+            "eval": {"panel": "quick" if scenario == "defense" else "none", "n": 10},
+        }
+    ).model_dump(mode="json")
     whole = job.run(cfg, tmp_path / "whole", JsonlRecorder(tmp_path / "whole", progress_bar=False))
     out = tmp_path / "crashed"
     job.run(cfg, out, JsonlRecorder(out, progress_bar=False))
-    for f in ("model.pt", "summary.json", "eval.json", "gallery.json"):  # as if killed right after the checkpoint
+    for f in (
+        "model.pt",
+        "summary.json",
+        "eval.json",
+        "gallery.json",
+    ):  # as if killed right after the checkpoint
         (out / f).unlink(missing_ok=True)
     resumed = job.run(cfg, out, JsonlRecorder(out, resume_step=checkpoint_step(out), progress_bar=False))
     assert resumed["steps"] == whole["steps"] and resumed["test"] == whole["test"]

@@ -1,5 +1,6 @@
 """Real services for the service tests: the API and worker run as processes, exactly as
 `gatlab up` / docker compose start them, over Redis + PostgreSQL or the embedded SQLite broker."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,14 @@ empty_pg_database = pytest.fixture(_new_pg_database)  # one test's own: e.g. no 
 
 
 def make_stack(tmp: Path, kind: str, pg_url: str | None = None, **extra) -> Stack:
-    return Stack.create(tmp, pg_url if kind == "lab" else None, REDIS_URL if kind == "lab" else None,
-                        HEARTBEAT_S="0.5", STALE_AFTER_S="6", **extra)
+    return Stack.create(
+        tmp,
+        pg_url if kind == "lab" else None,
+        REDIS_URL if kind == "lab" else None,
+        HEARTBEAT_S="0.5",
+        STALE_AFTER_S="6",
+        **extra,
+    )
 
 
 @pytest.fixture(params=["embedded", "lab"])
@@ -45,9 +52,15 @@ def stack(request, tmp_path, pg_database):
 
 
 def tiny_config(**over) -> dict:
-    cfg = {"name": "tiny", "scenario": "defense", "method": "great",
-           "dataset": {"name": "digits"}, "model": {"arch": "cnn", "width": 4},
-           "train": {"epochs": 2, "batch_size": 64, "stats_every": 5}, "eval": {"panel": "quick", "n": 20}}
+    cfg = {
+        "name": "tiny",
+        "scenario": "defense",
+        "method": "great",
+        "dataset": {"name": "digits"},
+        "model": {"arch": "cnn", "width": 4},
+        "train": {"epochs": 2, "batch_size": 64, "stats_every": 5},
+        "eval": {"panel": "quick", "n": 20},
+    }
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
     if cfg["scenario"] == "distill":

@@ -1,4 +1,5 @@
 """The REST API's contract, against a real API process (embedded stack, no worker needed)."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,18 +35,32 @@ def test_invalid_config_is_a_422_naming_the_field(api, change, loc):
 
 
 def test_malformed_bodies_are_422(api):
-    assert api.http.post("/api/runs", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        api.http.post(
+            "/api/runs", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
     assert api.http.post("/api/runs", json={"cfg": {}}).status_code == 422
     assert api.http.patch("/api/runs/1", json={"name": ""}).status_code in (404, 422)
     assert api.http.get("/api/runs", params={"limit": 0}).status_code == 422
     assert api.http.get("/api/export", params={"ids": "1,x"}).status_code == 422
 
 
-@pytest.mark.parametrize("method,path", [
-    ("get", "/api/runs/999999"), ("patch", "/api/runs/999999"), ("post", "/api/runs/999999/cancel"),
-    ("post", "/api/runs/999999/retry"), ("delete", "/api/runs/999999"), ("get", "/api/runs/999999/metrics"),
-    ("get", "/api/runs/999999/eval"), ("post", "/api/runs/999999/eval"), ("get", "/api/runs/999999/artifacts"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("get", "/api/runs/999999"),
+        ("patch", "/api/runs/999999"),
+        ("post", "/api/runs/999999/cancel"),
+        ("post", "/api/runs/999999/retry"),
+        ("delete", "/api/runs/999999"),
+        ("get", "/api/runs/999999/metrics"),
+        ("get", "/api/runs/999999/eval"),
+        ("post", "/api/runs/999999/eval"),
+        ("get", "/api/runs/999999/artifacts"),
+    ],
+)
 def test_unknown_ids_are_404(api, method, path):
     kw = {"json": {}} if method in ("patch", "post") else {}
     assert getattr(api.http, method)(path, **kw).status_code == 404
@@ -53,7 +68,10 @@ def test_unknown_ids_are_404(api, method, path):
 
 def test_methods_catalogue_and_schema(api):
     body = api.http.get("/api/methods").json()
-    assert {(m["scenario"], m["method"]) for m in body["methods"]} >= {("defense", "great"), ("defense", "pgd_at")}
+    assert {(m["scenario"], m["method"]) for m in body["methods"]} >= {
+        ("defense", "great"),
+        ("defense", "pgd_at"),
+    }
     assert "oneOf" in body["config_schema"] or "anyOf" in body["config_schema"]
 
 
@@ -66,13 +84,18 @@ def test_openapi_describes_the_real_run_config(api):
     variants = [schemas[v["$ref"].split("/")[-1]] for v in schemas["RunConfig"]["oneOf"]]
     methods = api.http.get("/api/methods").json()["methods"]
     listed = {(m["scenario"], m["method"]) for m in methods}
-    assert {(v["properties"]["scenario"]["const"], v["properties"]["method"]["const"]) for v in variants} == listed
+    assert {
+        (v["properties"]["scenario"]["const"], v["properties"]["method"]["const"]) for v in variants
+    } == listed
     for v in variants:
         scenario, method = v["properties"]["scenario"]["const"], v["properties"]["method"]["const"]
         dataset = schemas[v["properties"]["dataset"]["$ref"].split("/")[-1]]["properties"]["name"]["enum"]
         assert set(v["required"]) == {"scenario", "method", "dataset"}
-        body = {"scenario": scenario, "method": method,
-                "dataset": {"name": "digits_mt" if scenario == "multitask" else dataset[0]}}
+        body = {
+            "scenario": scenario,
+            "method": method,
+            "dataset": {"name": "digits_mt" if scenario == "multitask" else dataset[0]},
+        }
         if scenario == "distill":
             body["params"] = {"teacher_epochs": 1}
         r = api.http.post("/api/runs", json={"config": body})
@@ -80,17 +103,27 @@ def test_openapi_describes_the_real_run_config(api):
 
 
 def test_sweep_expands_grid_times_seeds_and_lifecycle_edits(api):
-    r = api.http.post("/api/sweeps", json={"config": tiny_config(), "grid": {"params.lam": [0.1, 1.0]},
-                                           "seeds": [0, 1, 2], "experiment": "sweep-a"})
+    r = api.http.post(
+        "/api/sweeps",
+        json={
+            "config": tiny_config(),
+            "grid": {"params.lam": [0.1, 1.0]},
+            "seeds": [0, 1, 2],
+            "experiment": "sweep-a",
+        },
+    )
     assert r.status_code == 201, r.text
     items = r.json()["items"]
     assert len(items) == 6
-    assert sorted((i["config"]["params"]["lam"], i["config"]["train"]["seed"]) for i in items) == \
-        [(lam, s) for lam in (0.1, 1.0) for s in (0, 1, 2)]
+    assert sorted((i["config"]["params"]["lam"], i["config"]["train"]["seed"]) for i in items) == [
+        (lam, s) for lam in (0.1, 1.0) for s in (0, 1, 2)
+    ]
     listed = api.http.get("/api/runs", params={"experiment": "sweep-a", "limit": 4, "sort": "id"}).json()
     assert listed["total"] == 6 and len(listed["items"]) == 4
     first = items[0]["id"]
-    patched = api.http.patch(f"/api/runs/{first}", json={"name": "renamed", "tags": ["x"], "notes": "hello"}).json()
+    patched = api.http.patch(
+        f"/api/runs/{first}", json={"name": "renamed", "tags": ["x"], "notes": "hello"}
+    ).json()
     assert (patched["name"], patched["tags"], patched["notes"]) == ("renamed", ["x"], "hello")
     assert api.http.get("/api/runs", params={"q": "renamed"}).json()["total"] == 1
     assert api.http.post(f"/api/runs/{first}/cancel").json()["status"] == "cancelled"  # queued: at once
@@ -99,7 +132,9 @@ def test_sweep_expands_grid_times_seeds_and_lifecycle_edits(api):
     assert api.http.post(f"/api/runs/{first}/eval", json={}).status_code == 409  # not a succeeded run
     assert api.http.delete(f"/api/runs/{first}").status_code == 204
     assert api.http.get(f"/api/runs/{first}").status_code == 404
-    bad = api.http.post("/api/sweeps", json={"config": tiny_config(), "grid": {"params.lam": [-5]}, "experiment": "b"})
+    bad = api.http.post(
+        "/api/sweeps", json={"config": tiny_config(), "grid": {"params.lam": [-5]}, "experiment": "b"}
+    )
     assert bad.status_code == 422 and ["config", "params", "lam"] in [d["loc"] for d in bad.json()["detail"]]
 
 

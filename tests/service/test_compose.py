@@ -2,6 +2,7 @@
 checks are checked against the settings the code reads, and its exact commands (migrations, first
 admin, API, worker, health checks) run here as processes against the real PostgreSQL and Redis
 and carry a job end to end. (No Docker engine on this machine: the images are not built here.)"""
+
 from __future__ import annotations
 
 import os
@@ -35,12 +36,14 @@ def compose(which: str = "server") -> dict:
 
 def interpolate(text: str, values: dict[str, str]) -> str:
     """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} (error: unset or empty)."""
+
     def sub(m):
         name, op, arg = m.groups()
         value = values.get(name, "")
         if op == "?" and not value:
             raise KeyError(f"{name} is required: {arg}")
         return value or (arg if op == "-" else "")
+
     return VAR.sub(sub, text)
 
 
@@ -66,7 +69,12 @@ def settings_from(env: dict[str, str], monkeypatch) -> Settings:
     return Settings(_env_file=None)
 
 
-SECRETS = {"POSTGRES_PASSWORD": "pw", "REDIS_PASSWORD": "pw", "GATLAB_SERVER": "lab.example", "GATLAB_RUNS_DIR": "/mnt/runs"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "pw",
+    "REDIS_PASSWORD": "pw",
+    "GATLAB_SERVER": "lab.example",
+    "GATLAB_RUNS_DIR": "/mnt/runs",
+}
 
 
 @pytest.mark.parametrize("which", ["server", "remote"])
@@ -81,19 +89,30 @@ def test_compose_environment_volumes_and_commands_match_the_code(which, monkeypa
         assert not unknown, f"{name}: {unknown} are not settings the code reads (backend/config.py)"
         assert ":?" in env["DATABASE_URL"] and ":?" in env["REDIS_URL"]  # passwords have no default
         s = settings_from({k: interpolate(v, SECRETS) for k, v in env.items()}, monkeypatch)
-        assert s.auth is True and s.database_url.startswith("postgresql+psycopg://") and s.broker.startswith("redis://")
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in (interpolate(m, SECRETS) for m in svc.get("volumes", []))}
+        assert (
+            s.auth is True
+            and s.database_url.startswith("postgresql+psycopg://")
+            and s.broker.startswith("redis://")
+        )
+        mounts = {
+            v.split(":")[1]: v.split(":")[0]
+            for v in (interpolate(m, SECRETS) for m in svc.get("volumes", []))
+        }
         if name in ("api", "worker"):
             assert str(s.runs_path) in mounts, f"{name} must mount the runs directory {s.runs_path}"
         if name == "worker":
             data_dir = s.data_path / DatasetConfig.model_fields["data_dir"].default
-            assert str(data_dir) in mounts, "the worker mounts datasets where a config's default data_dir points"
+            assert str(data_dir) in mounts, (
+                "the worker mounts datasets where a config's default data_dir points"
+            )
             devices = svc["deploy"]["resources"]["reservations"]["devices"]
             assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
             assert len(devices[0].get("device_ids", [])) == 1  # one GPU per worker
         words = argv(svc["command"])
         if words[0] == "gatlab":
-            parser_for(words[1:]).parse_args(words[1:])  # exits (fails the test) on an unknown command or flag
+            parser_for(words[1:]).parse_args(
+                words[1:]
+            )  # exits (fails the test) on an unknown command or flag
         else:
             assert words[:2] == ["uvicorn", "backend.main:app"]
         if name != "migrate":
@@ -107,7 +126,10 @@ def test_compose_environment_volumes_and_commands_match_the_code(which, monkeypa
         assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert services["migrate"]["restart"] == "no"
-        assert "--appendonly" in services["redis"]["command"] and "redisdata:/data" in services["redis"]["volumes"]
+        assert (
+            "--appendonly" in services["redis"]["command"]
+            and "redisdata:/data" in services["redis"]["volumes"]
+        )
         assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
         assert all("healthcheck" in services[n] for n in ("postgres", "redis", "api", "worker"))
 
@@ -132,43 +154,66 @@ def test_images_api_has_no_torch_nor_worker_worker_has_them_and_the_api_code_run
     assert "pip install -c requirements-lock.txt -e '.[worker]'" in worker
     assert "pip install -c requirements-lock.txt torch torchvision" in worker
     lock = (ROOT / "requirements-lock.txt").read_text().splitlines()
-    assert "torch==2.14.1" in lock and "torchvision==0.29.1" in lock  # both images install the lock's versions
+    assert (
+        "torch==2.14.1" in lock and "torchvision==0.29.1" in lock
+    )  # both images install the lock's versions
     for svc in ("api", "migrate", "worker"):
         assert (ROOT / compose()["services"][svc]["build"]["dockerfile"]).is_file()
-    blocker = ("import sys\nclass B:\n def find_spec(self, name, path=None, target=None):\n"
-               "  if name.split('.')[0] in ('worker', 'torch', 'torchvision', 'numpy', 'sklearn', 'autoattack'):\n"
-               "   raise ImportError('not in the API image: ' + name)\nsys.meta_path.insert(0, B())\n"
-               "import backend.main, backend.cli\nbackend.main.create_app()\n"
-               "from backend.methods import methods_table\nassert methods_table()\n"
-               "assert backend.cli.main(['users', 'list']) == 0\n"
-               "assert backend.cli.main(['train', 'x.yaml']) == 2\nprint('imports ok')\n")
-    env = {**os.environ, "GATLAB_HOME": str(Path(os.environ.get("TMPDIR", "/tmp")) / f"noth-{uuid.uuid4().hex[:6]}")}
+    blocker = (
+        "import sys\nclass B:\n def find_spec(self, name, path=None, target=None):\n"
+        "  if name.split('.')[0] in ('worker', 'torch', 'torchvision', 'numpy', 'sklearn', 'autoattack'):\n"
+        "   raise ImportError('not in the API image: ' + name)\nsys.meta_path.insert(0, B())\n"
+        "import backend.main, backend.cli\nbackend.main.create_app()\n"
+        "from backend.methods import methods_table\nassert methods_table()\n"
+        "assert backend.cli.main(['users', 'list']) == 0\n"
+        "assert backend.cli.main(['train', 'x.yaml']) == 2\nprint('imports ok')\n"
+    )
+    env = {
+        **os.environ,
+        "GATLAB_HOME": str(Path(os.environ.get("TMPDIR", "/tmp")) / f"noth-{uuid.uuid4().hex[:6]}"),
+    }
     env.pop("DATABASE_URL", None)
-    r = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
     assert r.returncode == 0 and "imports ok" in r.stdout, r.stderr[-2000:]
     assert "gatlab: error: 'train' needs the training install" in r.stderr
 
 
 def run_argv(words: list[str], port: int) -> list[str]:
     """A compose command as a process here: the console scripts by module, the API on a free port."""
-    head = {"gatlab": [sys.executable, "-m", "backend.cli"], "uvicorn": [sys.executable, "-m", "uvicorn"]}[words[0]]
+    head = {"gatlab": [sys.executable, "-m", "backend.cli"], "uvicorn": [sys.executable, "-m", "uvicorn"]}[
+        words[0]
+    ]
     return head + [w.replace("8000", str(port)) for w in words[1:]]
 
 
 def test_the_compose_commands_run_a_job_end_to_end(tmp_path, empty_pg_database):
     services = compose()["services"]
     lab, port = tmp_path / "lab", free_port()
-    values = {"POSTGRES_PASSWORD": "unused", "REDIS_PASSWORD": "unused", "GATLAB_QUEUE": f"compose-{uuid.uuid4().hex[:8]}"}
+    values = {
+        "POSTGRES_PASSWORD": "unused",
+        "REDIS_PASSWORD": "unused",
+        "GATLAB_QUEUE": f"compose-{uuid.uuid4().hex[:8]}",
+    }
     env = {k: v for k, v in os.environ.items() if k not in settings_env_names()}
     for k, v in services["api"]["environment"].items():  # the same anchor for migrate, api and worker
-        env[k] = interpolate(v, values).replace("/lab", str(lab), 1) if v.startswith("/lab") else interpolate(v, values)
+        env[k] = (
+            interpolate(v, values).replace("/lab", str(lab), 1)
+            if v.startswith("/lab")
+            else interpolate(v, values)
+        )
     # What a container sees under other names: PostgreSQL and Redis are on this machine.
-    env.update(DATABASE_URL=empty_pg_database, REDIS_URL=REDIS_URL, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(
+        DATABASE_URL=empty_pg_database, REDIS_URL=REDIS_URL, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"
+    )
     (lab / "runs").mkdir(parents=True)
     (lab / "data").mkdir()
 
     def call(words, **kw):
-        return subprocess.run(run_argv(words, port), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, **kw)
+        return subprocess.run(
+            run_argv(words, port), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, **kw
+        )
 
     assert call(argv(services["migrate"]["command"])).returncode == 0
     setup = call(["gatlab", "setup", "admin"])  # the README's first-admin command
@@ -179,13 +224,23 @@ def test_the_compose_commands_run_a_job_end_to_end(tmp_path, empty_pg_database):
     try:
         for name in ("api", "worker"):
             log = open(tmp_path / f"{name}.log", "w")
-            procs.append(subprocess.Popen(run_argv(argv(services[name]["command"]), port), env=env, cwd=tmp_path,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    run_argv(argv(services[name]["command"]), port),
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         for name in ("api", "worker"):  # the compose health checks, as they run in the containers
             check = argv(services[name]["healthcheck"]["test"])
             deadline = time.monotonic() + 90
             while call(check).returncode != 0:
-                assert time.monotonic() < deadline, f"{name} never became healthy:\n" + (tmp_path / f"{name}.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (
+                    f"{name} never became healthy:\n" + (tmp_path / f"{name}.log").read_text()[-3000:]
+                )
                 time.sleep(1)
         assert call(["gatlab", "health", "--worker", "no-such-worker"]).returncode == 1  # the check can fail
         assert "auth on, 1 user(s)" in (tmp_path / "api.log").read_text()  # the start-up line says so
@@ -195,12 +250,18 @@ def test_the_compose_commands_run_a_job_end_to_end(tmp_path, empty_pg_database):
         run = http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"})}).json()
         assert run["owner"] == "admin"
         deadline = time.monotonic() + 180
-        while (run := http.get(f"/api/runs/{run['id']}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        while (run := http.get(f"/api/runs/{run['id']}").json())["status"] not in (
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
             assert time.monotonic() < deadline, run
             time.sleep(0.5)
         assert run["status"] == "succeeded", run.get("traceback")
         assert (lab / "runs" / str(run["id"]) / "model.pt").is_file()  # on the runs volume
-        assert http.get("/").status_code == 200 and "GAT Lab" in http.get("/").text  # the API serves the dashboard
+        assert (
+            http.get("/").status_code == 200 and "GAT Lab" in http.get("/").text
+        )  # the API serves the dashboard
     finally:
         for p in procs:
             os.killpg(p.pid, 9)

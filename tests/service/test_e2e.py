@@ -1,4 +1,5 @@
 """End to end through a real worker process: submit, train, read back, cancel, crash and resume."""
+
 from __future__ import annotations
 
 import time
@@ -19,13 +20,21 @@ def test_run_succeeds_and_its_results_are_readable(stack):
     assert run["step"] == run["total_steps"] == 2 * 21  # 1797 digits -> 1293 train, batches of 64
     assert run["worker_host"] and run["device"] == "cpu" and run["started_at"] and run["finished_at"]
 
-    series = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,val/acc,train/aux_acc"}).json()["series"]
+    series = stack.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,val/acc,train/aux_acc"}
+    ).json()["series"]
     assert series["train/loss"]["step"] == list(range(1, 43))
     assert len(series["val/acc"]["step"]) == 2
     assert all(0 <= v <= 1 for v in series["train/aux_acc"]["value"])
-    small = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "max_points": 10}).json()["series"]["train/loss"]
-    assert len(small["step"]) <= 10 and max(small["max"]) == max(series["train/loss"]["value"])  # spikes survive
-    after = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "after_step": 40}).json()
+    small = stack.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "max_points": 10}
+    ).json()["series"]["train/loss"]
+    assert len(small["step"]) <= 10 and max(small["max"]) == max(
+        series["train/loss"]["value"]
+    )  # spikes survive
+    after = stack.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "after_step": 40}
+    ).json()
     assert after["series"]["train/loss"]["step"] == [41, 42]
 
     ev = stack.http.get(f"/api/runs/{run_id}/eval").json()
@@ -45,7 +54,9 @@ def test_run_succeeds_and_its_results_are_readable(stack):
     csv = stack.http.get("/api/export", params={"ids": str(run_id)}).text.splitlines()
     assert csv[0] == "run_id,key,step,value" and len(csv) > 42
 
-    listed = stack.http.get("/api/runs", params={"experiment": "e2e", "tag": "smoke", "status": "succeeded"}).json()
+    listed = stack.http.get(
+        "/api/runs", params={"experiment": "e2e", "tag": "smoke", "status": "succeeded"}
+    ).json()
     assert [i["id"] for i in listed["items"]] == [run_id]
 
 
@@ -74,7 +85,9 @@ def test_kill_9_mid_run_resumes_from_checkpoint_without_losing_or_duplicating_po
     stack.start_worker()
     run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished after the crash")
     assert run["status"] == "succeeded" and run["retry_count"] == 1, run
-    series = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
+    series = stack.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}
+    ).json()["series"]
     assert series["train/loss"]["step"] == list(range(1, total + 1))  # none missing, none twice
     assert series["epoch"]["value"] == [1, 2, 3, 4, 5, 6]
     log = (stack.home / "worker.log").read_text()
@@ -94,7 +107,9 @@ def test_failing_run_stores_its_traceback(stack):
 
 
 def test_broker_down_at_submit_is_a_clear_error_and_leaves_no_queued_run(tmp_path, pg_database):
-    s = make_stack(tmp_path, "lab", pg_database, REDIS_URL="redis://127.0.0.1:6399/0")  # nothing listens there
+    s = make_stack(
+        tmp_path, "lab", pg_database, REDIS_URL="redis://127.0.0.1:6399/0"
+    )  # nothing listens there
     try:
         t = time.monotonic()
         r = s.http.post("/api/runs", json={"config": tiny_config(), "experiment": "broker-down"})
@@ -109,17 +124,30 @@ def test_broker_down_at_submit_is_a_clear_error_and_leaves_no_queued_run(tmp_pat
 def test_distillation_from_a_teacher_run_of_the_lab(stack):
     stack.start_worker()
     teacher = stack.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"})}).json()["id"]
-    bad = stack.http.post("/api/runs", json={"config": tiny_config(scenario="distill", method="student",
-                                                                    params={"teacher_run": teacher}, eval={"panel": "none"})})
+    bad = stack.http.post(
+        "/api/runs",
+        json={
+            "config": tiny_config(
+                scenario="distill", method="student", params={"teacher_run": teacher}, eval={"panel": "none"}
+            )
+        },
+    )
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["config", "params", "teacher_run"]
     stack.wait_for(teacher, lambda r: r["status"] == "succeeded", what="succeeded")
-    cfg = tiny_config(scenario="distill", method="great+soft_targets", params={"teacher_run": teacher},
-                      dataset={"fraction": 0.2}, eval={"panel": "none"})
+    cfg = tiny_config(
+        scenario="distill",
+        method="great+soft_targets",
+        params={"teacher_run": teacher},
+        dataset={"fraction": 0.2},
+        eval={"panel": "none"},
+    )
     run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
     run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "succeeded", run
     assert 0 <= run["summary"]["test"]["agreement"] <= 1
-    keys = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/st_cos,train/aux_acc"}).json()["series"]
+    keys = stack.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/st_cos,train/aux_acc"}
+    ).json()["series"]
     assert keys["train/st_cos"]["step"] and keys["train/aux_acc"]["step"]
     missing = stack.http.post("/api/runs", json={"config": {**cfg, "params": {"teacher_run": 99999}}})
     assert missing.status_code == 422 and "does not exist" in missing.json()["detail"][0]["msg"]

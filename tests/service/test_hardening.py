@@ -2,6 +2,7 @@
 reads only files it wrote, panel results kept per job and queued only by the owner, bounded
 integers, literal text filters, sessions ended with a password change, rate-limited sign-in, the
 fencing token, every phase resumable, SIGTERM hand-back, paths checked at use, a silent broker."""
+
 from __future__ import annotations
 
 import os
@@ -50,14 +51,18 @@ def test_a_new_run_never_reads_files_left_in_its_directory(stack, tmp_path):
     stack.start_worker()
     run = stack.wait_for(new, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "succeeded", run
-    loss = stack.http.get(f"/api/runs/{new}/metrics", params={"keys": "train/loss", "max_points": 10_000}).json()
+    loss = stack.http.get(
+        f"/api/runs/{new}/metrics", params={"keys": "train/loss", "max_points": 10_000}
+    ).json()
     assert loss["series"]["train/loss"]["step"][0] == 1  # trained from the start, not resumed
     assert any(p.name.startswith(f"{new}-") for p in (runs / ".set-aside").iterdir())
 
 
 @pytest.fixture
 def lab(tmp_path, empty_pg_database):
-    s = Stack.create(tmp_path, empty_pg_database, None, GATLAB_AUTH="true", HEARTBEAT_S="0.5", STALE_AFTER_S="6")
+    s = Stack.create(
+        tmp_path, empty_pg_database, None, GATLAB_AUTH="true", HEARTBEAT_S="0.5", STALE_AFTER_S="6"
+    )
     yield s
     s.stop()
 
@@ -70,7 +75,9 @@ def user(lab: Stack, name: str) -> httpx.Client:
 def test_panels_are_kept_per_job_and_only_the_owner_may_queue_one(lab):
     alice, bob = user(lab, "alice"), user(lab, "bob")
     lab.start_worker()
-    run_id = alice.post("/api/runs", json={"config": tiny_config(eval={"panel": "quick", "n": 20})}).json()["id"]
+    run_id = alice.post("/api/runs", json={"config": tiny_config(eval={"panel": "quick", "n": 20})}).json()[
+        "id"
+    ]
     lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     own = alice.get(f"/api/runs/{run_id}/eval").json()
     assert own["job_id"] == run_id and {r["n"] for r in own["rows"]} == {20}
@@ -84,7 +91,9 @@ def test_panels_are_kept_per_job_and_only_the_owner_may_queue_one(lab):
     latest = alice.get(f"/api/runs/{run_id}/eval").json()
     assert latest["job_id"] == job and {r["n"] for r in latest["rows"]} == {10} and len(latest["checks"]) == 7
     assert [(p["job_id"], p["n"]) for p in latest["panels"]] == [(run_id, 20), (job, 10)]
-    again = alice.get(f"/api/runs/{run_id}/eval", params={"job": run_id}).json()  # the first panel is still there
+    again = alice.get(
+        f"/api/runs/{run_id}/eval", params={"job": run_id}
+    ).json()  # the first panel is still there
     assert again["rows"] == own["rows"] and again["checks"] == own["checks"]
     assert alice.get(f"/api/runs/{run_id}/gallery", params={"job": run_id}).text == gallery  # not rewritten
     assert alice.get(f"/api/runs/{run_id}/gallery").status_code == 200
@@ -92,8 +101,12 @@ def test_panels_are_kept_per_job_and_only_the_owner_may_queue_one(lab):
 
 
 def test_integers_past_what_the_worker_and_database_take_are_a_422_naming_the_field(stack):
-    for section, key, value in (("train", "seed", 2**70), ("dataset", "split_seed", 2**31), ("eval", "seed", -1),
-                                ("train", "log_every", 2**40)):
+    for section, key, value in (
+        ("train", "seed", 2**70),
+        ("dataset", "split_seed", 2**31),
+        ("eval", "seed", -1),
+        ("train", "log_every", 2**40),
+    ):
         r = stack.http.post("/api/runs", json={"config": tiny_config(**{section: {key: value}})})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", section, key], r.text
     r = stack.http.post("/api/sweeps", json={"config": tiny_config(), "seeds": [2**40]})
@@ -151,24 +164,35 @@ def test_a_paused_worker_that_wakes_after_its_run_was_requeued_writes_nothing(la
     first = lab.start_worker()
     cfg = tiny_config(train={"epochs": 60}, eval={"panel": "none"})
     run_id = lab.http.post("/api/runs", json={"config": cfg}).json()["id"]
-    running = lab.wait_for(run_id, lambda r: r["status"] == "running" and r["step"] >= 2 * 21 + 5, what="past epoch 2")
+    running = lab.wait_for(
+        run_id, lambda r: r["status"] == "running" and r["step"] >= 2 * 21 + 5, what="past epoch 2"
+    )
     os.killpg(first.pid, signal.SIGSTOP)
     try:
         lab.start_worker()
-        taken = lab.wait_for(run_id, lambda r: r["worker_host"] != running["worker_host"] and r["step"] > running["step"],
-                             timeout=60, what="taken over by the second worker")
+        taken = lab.wait_for(
+            run_id,
+            lambda r: r["worker_host"] != running["worker_host"] and r["step"] > running["step"],
+            timeout=60,
+            what="taken over by the second worker",
+        )
         assert taken["retry_count"] == 1
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "succeeded" and run["worker_host"] == taken["worker_host"], run
     deadline = time.monotonic() + 20
-    while "attempt 1 writes nothing more" not in (lab.home / "worker.log").read_text() and time.monotonic() < deadline:
+    while (
+        "attempt 1 writes nothing more" not in (lab.home / "worker.log").read_text()
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     log = (lab.home / "worker.log").read_text()
     assert f"run {run_id} is running under attempt 2; attempt 1 writes nothing more" in log
     total = 60 * 21
-    series = lab.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
+    series = lab.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}
+    ).json()["series"]
     assert series["train/loss"]["step"] == list(range(1, total + 1))
     assert series["epoch"]["value"] == list(range(1, 61))  # each epoch once
     assert lab.http.get(f"/api/runs/{run_id}").json()["step"] == total  # progress never went back
@@ -176,10 +200,14 @@ def test_a_paused_worker_that_wakes_after_its_run_was_requeued_writes_nothing(la
 
 def test_kill_9_during_the_final_panel_resumes_the_panel(lab):
     w = lab.start_worker()
-    run_id = lab.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "quick", "n": 100})}).json()["id"]
+    run_id = lab.http.post(
+        "/api/runs", json={"config": tiny_config(eval={"panel": "quick", "n": 100})}
+    ).json()["id"]
     run_log = lab.home / ".gatlab" / "runs" / str(run_id) / "run.log"
     deadline = time.monotonic() + 240
-    while not (run_log.exists() and "finished: test" in run_log.read_text()):  # training and test evaluation done
+    while not (
+        run_log.exists() and "finished: test" in run_log.read_text()
+    ):  # training and test evaluation done
         assert time.monotonic() < deadline, "the run never finished training"
         time.sleep(0.05)
     lab.kill_worker(w)  # in the panel: it attacks 100 examples for several seconds
@@ -207,9 +235,15 @@ def test_sigterm_hands_the_run_back_at_once_and_spends_no_retry(lab):
     assert run["status"] == "succeeded" and run["retry_count"] == 0, run
     log = (lab.home / "worker.log").read_text()
     handed = int(log.split(f"run {run_id}: checkpointed at step ")[1].split()[0])
-    assert f"run {run_id} resumes from its checkpoint at step {handed}" in log  # where it stopped, mid-epoch or not
-    series = lab.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}).json()["series"]
-    assert series["train/loss"]["step"] == list(range(1, 60 * 21 + 1)) and series["epoch"]["value"] == list(range(1, 61))
+    assert (
+        f"run {run_id} resumes from its checkpoint at step {handed}" in log
+    )  # where it stopped, mid-epoch or not
+    series = lab.http.get(
+        f"/api/runs/{run_id}/metrics", params={"keys": "train/loss,epoch", "max_points": 10_000}
+    ).json()["series"]
+    assert series["train/loss"]["step"] == list(range(1, 60 * 21 + 1)) and series["epoch"]["value"] == list(
+        range(1, 61)
+    )
 
 
 def test_a_path_made_a_link_out_of_the_data_root_after_submit_is_refused_at_use(lab, tmp_path):
@@ -220,7 +254,9 @@ def test_a_path_made_a_link_out_of_the_data_root_after_submit_is_refused_at_use(
     data_root = lab.home / ".gatlab" / "data"
     data_root.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config(dataset={"name": "npz", "path": "later.npz"}, eval={"panel": "none"})
-    run_id = lab.http.post("/api/runs", json={"config": cfg}).json()["id"]  # inside the root, not there yet: 201
+    run_id = lab.http.post("/api/runs", json={"config": cfg}).json()[
+        "id"
+    ]  # inside the root, not there yet: 201
     (data_root / "later.npz").symlink_to(outside)  # then a link that leads out
     lab.start_worker()
     run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
@@ -264,10 +300,14 @@ def test_a_silent_broker_gets_a_prompt_503_and_never_blocks_the_api(tmp_path, pg
         r = s.http.post("/api/runs", json={"config": tiny_config(), "experiment": "silent"})
         assert r.status_code == 503 and "broker" in r.json()["detail"] and time.monotonic() - t < 15, r.text
         with ThreadPoolExecutor(42) as pool:  # 42 submissions at once, as in the report
-            posts = [pool.submit(s.http.post, "/api/runs", json={"config": tiny_config(), "experiment": "silent"})
-                     for _ in range(42)]
+            posts = [
+                pool.submit(s.http.post, "/api/runs", json={"config": tiny_config(), "experiment": "silent"})
+                for _ in range(42)
+            ]
             t = time.monotonic()
-            assert s.http.get("/api/health").status_code == 200 and time.monotonic() - t < 2  # still answering
+            assert (
+                s.http.get("/api/health").status_code == 200 and time.monotonic() - t < 2
+            )  # still answering
             assert s.http.get("/api/runs", params={"limit": 1}).status_code == 200
             assert {p.result().status_code for p in posts} == {503}
         runs = s.http.get("/api/runs", params={"experiment": "silent", "limit": 100}).json()["items"]
@@ -290,7 +330,9 @@ def test_a_run_queued_but_never_sent_is_sent_by_the_sweeper(lab):
     with Session(engine) as db:
         cfg = parse_run_config(tiny_config(eval={"panel": "none"})).model_dump(mode="json")
         run_id = crud.create_run(db, config=cfg).id
-        db.execute(update(Run).where(Run.id == run_id).values(created_at=Run.created_at - timedelta(minutes=5)))
+        db.execute(
+            update(Run).where(Run.id == run_id).values(created_at=Run.created_at - timedelta(minutes=5))
+        )
         db.commit()
     engine.dispose()
     lab.start_worker()

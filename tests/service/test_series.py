@@ -1,4 +1,5 @@
 """Metric series on both databases: idempotent ingestion, rollups, downsampled reads, resume."""
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,9 @@ def s(request, tmp_path, pg_database):
 
 
 def _run(s) -> int:
-    run = Run(name="r", scenario="defense", method="erm", dataset="digits", config={}, tags=[], status="running")
+    run = Run(
+        name="r", scenario="defense", method="erm", dataset="digits", config={}, tags=[], status="running"
+    )
     s.add(run)
     s.flush()
     return run.id
@@ -38,10 +41,17 @@ def _brute(points: dict[int, float], after: int, before: int | None = None):
     return steps, [points[k] for k in steps]
 
 
-@pytest.mark.parametrize("n,max_points,after,before", [
-    (50, 100, -1, None), (20_000, 300, -1, None), (20_000, 300, 7_777, None), (70_000, 1000, 100, None),
-    (20_000, 200, 1_000, 50_001), (20_000, 200, 29_000, 31_000),  # zoom windows
-])
+@pytest.mark.parametrize(
+    "n,max_points,after,before",
+    [
+        (50, 100, -1, None),
+        (20_000, 300, -1, None),
+        (20_000, 300, 7_777, None),
+        (70_000, 1000, 100, None),
+        (20_000, 200, 1_000, 50_001),
+        (20_000, 200, 29_000, 31_000),  # zoom windows
+    ],
+)
 def test_downsampled_read_is_bounded_and_keeps_extremes(s, n, max_points, after, before):
     rid = _run(s)
     rng = random.Random(n)
@@ -52,13 +62,17 @@ def test_downsampled_read_is_bounded_and_keeps_extremes(s, n, max_points, after,
     for i in range(0, len(rows), 4096):
         series.add_points(s, rows[i : i + 4096])
     series.add_points(s, rows[:5000])  # a replayed batch changes nothing
-    out = series.columns(s, run_id=rid, key="loss", max_points=max_points, after_step=after, before_step=before)
+    out = series.columns(
+        s, run_id=rid, key="loss", max_points=max_points, after_step=after, before_step=before
+    )
     steps, values = _brute(points, after, before)
     assert len(out["step"]) <= max_points
-    assert out["step"] == sorted(out["step"]) and out["step"][-1] == steps[-1] and out["value"][-1] == values[-1]
+    assert (
+        out["step"] == sorted(out["step"]) and out["step"][-1] == steps[-1] and out["value"][-1] == values[-1]
+    )
     assert max(out["max"]) == max(values) and min(out["min"]) == min(values)
     assert set(out["step"]) <= set(steps) and min(out["step"]) > after
-    for st, v in zip(out["step"], out["value"]):
+    for st, v in zip(out["step"], out["value"], strict=False):
         assert points[st] == v
 
 

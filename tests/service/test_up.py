@@ -1,4 +1,5 @@
 """The README's one command: `gatlab up` on a bare directory, then `gatlab submit` to it."""
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,20 @@ from .conftest import tiny_config
 
 def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")}
-    up = subprocess.Popen([sys.executable, "-m", "backend.cli", "up", "--port", str(port)], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "up", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = up.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line and "auth off" in line and "sqlite" in line, line
@@ -32,8 +44,13 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
                 time.sleep(0.2)
         cfg = tmp_path / "run.yaml"
         cfg.write_text(yaml.safe_dump(tiny_config(eval={"panel": "none"})))
-        r = subprocess.run([sys.executable, "-m", "backend.cli", "submit", str(cfg), "--server", base],
-                           capture_output=True, text=True, env=env, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "backend.cli", "submit", str(cfg), "--server", base],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert r.returncode == 0 and r.stdout.startswith("run 1 queued"), r.stdout + r.stderr
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -42,11 +59,18 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
                 break
             time.sleep(0.3)
         assert run["status"] == "succeeded", run
-        assert (tmp_path / ".gatlab" / "gatlab.db").exists() and (tmp_path / ".gatlab" / "runs" / "1" / "model.pt").exists()
+        assert (tmp_path / ".gatlab" / "gatlab.db").exists() and (
+            tmp_path / ".gatlab" / "runs" / "1" / "model.pt"
+        ).exists()
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump(tiny_config(params={"lam": -1})))
-        r = subprocess.run([sys.executable, "-m", "backend.cli", "submit", str(bad), "--server", base],
-                           capture_output=True, text=True, env=env, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "backend.cli", "submit", str(bad), "--server", base],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert r.returncode == 2 and "params.lam" in r.stderr
     finally:
         os.killpg(up.pid, signal.SIGTERM)
@@ -58,16 +82,33 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
 
 def test_gatlab_up_never_serves_a_public_address_without_auth(tmp_path):
     env = {**os.environ, "GATLAB_AUTH": "false"}
-    r = subprocess.run([sys.executable, "-m", "backend.cli", "up", "--host", "0.0.0.0"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "up", "--host", "0.0.0.0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "refusing to serve 0.0.0.0 with GATLAB_AUTH=false" in r.stderr
 
 
 def test_gatlab_up_stopped_with_sigterm_stops_its_worker(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")}
-    up = subprocess.Popen([sys.executable, "-m", "backend.cli", "up", "--port", str(port)], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "up", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = up.stdout.readline()
         worker_pid = int(line.split("worker pid ")[1].split(";")[0])

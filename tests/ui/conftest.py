@@ -1,5 +1,6 @@
 """A page in Debian's headless Chromium (never `playwright install`), recording console errors and
 any request that leaves the app's origin."""
+
 from __future__ import annotations
 
 import time
@@ -9,7 +10,13 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @contextmanager
@@ -22,7 +29,10 @@ def browser_page(lab):
         pg.errors, pg.foreign = [], []
         pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
         pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        pg.on("request", lambda r: r.url.startswith(lab.base) or r.url.startswith("data:") or pg.foreign.append(r.url))
+        pg.on(
+            "request",
+            lambda r: r.url.startswith(lab.base) or r.url.startswith("data:") or pg.foreign.append(r.url),
+        )
         yield pg
         browser.close()
 

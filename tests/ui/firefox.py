@@ -5,6 +5,7 @@ here) or, through its `moz-firefox` channel, a newer Firefox than Debian's ESR (
 `emulation.setMediaFeaturesOverride`, unknown to ESR 153); Selenium needs geckodriver, which
 Debian does not package. So this is the few BiDi commands the dashboard test needs, by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,12 @@ from bench._common import free_port
 
 # Quiet profile: no update, telemetry or remote-settings traffic to wait on or to confuse the test.
 PREFS = {
-    "app.update.enabled": False, "datareporting.policy.dataSubmissionEnabled": False,
-    "toolkit.telemetry.enabled": False, "services.settings.server": "http://127.0.0.1:9/",
-    "browser.shell.checkDefaultBrowser": False, "network.captive-portal-service.enabled": False,
+    "app.update.enabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "toolkit.telemetry.enabled": False,
+    "services.settings.server": "http://127.0.0.1:9/",
+    "browser.shell.checkDefaultBrowser": False,
+    "network.captive-portal-service.enabled": False,
 }
 
 
@@ -32,21 +36,40 @@ class Firefox:
         with open(f"{self.profile.name}/user.js", "w") as f:
             f.writelines(f'user_pref("{k}", {json.dumps(v)});\n' for k, v in PREFS.items())
         port = free_port()
-        self.proc = subprocess.Popen([executable, "--headless", "--no-remote", "--profile", self.profile.name,
-                                      f"--remote-debugging-port={port}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [
+                executable,
+                "--headless",
+                "--no-remote",
+                "--profile",
+                self.profile.name,
+                f"--remote-debugging-port={port}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for line in self.proc.stderr:  # "WebDriver BiDi listening on ws://127.0.0.1:PORT"
             if m := re.search(r"WebDriver BiDi listening on (ws://\S+)", line):
                 break
         else:
             raise RuntimeError("Firefox exited before serving WebDriver BiDi")
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()  # keep draining
+        threading.Thread(
+            target=lambda: [None for _ in self.proc.stderr], daemon=True
+        ).start()  # keep draining
         self.ws = websocket.create_connection(m.group(1) + "/session", suppress_origin=True, timeout=60)
         self.n, self.events = 0, []
         self.version = self.cmd("session.new", capabilities={})["capabilities"]["browserVersion"]
         self.context = self.cmd("browsingContext.getTree")["contexts"][0]["context"]
-        self.cmd("browsingContext.setViewport", context=self.context, viewport={"width": width, "height": height})
-        self.cmd("session.subscribe", events=["log.entryAdded", "network.beforeRequestSent"], contexts=[self.context])
+        self.cmd(
+            "browsingContext.setViewport", context=self.context, viewport={"width": width, "height": height}
+        )
+        self.cmd(
+            "session.subscribe",
+            events=["log.entryAdded", "network.beforeRequestSent"],
+            contexts=[self.context],
+        )
 
     def cmd(self, method: str, **params):
         self.n += 1
@@ -65,8 +88,12 @@ class Firefox:
 
     def js(self, expression: str):
         """Evaluate an expression (a promise is awaited); its JSON-serialisable value."""
-        r = self.cmd("script.evaluate", expression=f"(async () => JSON.stringify(await ({expression})))()",
-                     target={"context": self.context}, awaitPromise=True)
+        r = self.cmd(
+            "script.evaluate",
+            expression=f"(async () => JSON.stringify(await ({expression})))()",
+            target={"context": self.context},
+            awaitPromise=True,
+        )
         if r["type"] == "exception":
             raise RuntimeError(r["exceptionDetails"]["text"])
         return json.loads(r["result"]["value"]) if r["result"].get("value") is not None else None
@@ -80,15 +107,29 @@ class Firefox:
 
     def wheel(self, x: int, y: int, delta_y: int) -> None:
         """A real wheel event at viewport point (x, y)."""
-        self.cmd("input.performActions", context=self.context, actions=[{"type": "wheel", "id": "wheel", "actions": [
-            {"type": "scroll", "x": x, "y": y, "deltaX": 0, "deltaY": delta_y}]}])
+        self.cmd(
+            "input.performActions",
+            context=self.context,
+            actions=[
+                {
+                    "type": "wheel",
+                    "id": "wheel",
+                    "actions": [{"type": "scroll", "x": x, "y": y, "deltaX": 0, "deltaY": delta_y}],
+                }
+            ],
+        )
 
     def errors(self) -> list[str]:
-        return [e["params"].get("text", "") for e in self.events
-                if e["method"] == "log.entryAdded" and e["params"].get("level") == "error"]
+        return [
+            e["params"].get("text", "")
+            for e in self.events
+            if e["method"] == "log.entryAdded" and e["params"].get("level") == "error"
+        ]
 
     def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events if e["method"] == "network.beforeRequestSent"]
+        return [
+            e["params"]["request"]["url"] for e in self.events if e["method"] == "network.beforeRequestSent"
+        ]
 
     def close(self) -> None:
         try:

@@ -2,6 +2,7 @@
 change anything, in the embedded auth-off mode (any request) or on a lab server (a signed-in
 cookie, from another port of the same host: same site for SameSite=Strict); DNS rebinding meets
 the Host allow-list; the dashboard's pages carry CSP, nosniff and frame-ancestors 'none'."""
+
 from __future__ import annotations
 
 import threading
@@ -21,8 +22,10 @@ from .conftest import FLAGS
 @contextmanager
 def attacker_site(script: str):
     """Another origin (another port on 127.0.0.1) serving one page that runs `script`, then sets its title."""
-    page = f"<!doctype html><title>attacking</title><script>(async () => {{ try {{ {script} }} catch (e) {{}} " \
-           f"document.title = 'done'; }})();</script>".encode()
+    page = (
+        f"<!doctype html><title>attacking</title><script>(async () => {{ try {{ {script} }} catch (e) {{}} "
+        f"document.title = 'done'; }})();</script>".encode()
+    )
 
     class Page(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -52,7 +55,8 @@ def forged_posts(base: str, run_id: int) -> str:
     """What a hostile page can send without a preflight: 'simple' no-cors POSTs, cookies included."""
     return "".join(
         f"await fetch('{base}/api/runs/{run_id}/{action}', {{method: 'POST', mode: 'no-cors', credentials: 'include'}});"
-        for action in ("cancel", "retry"))
+        for action in ("cancel", "retry")
+    )
 
 
 @pytest.fixture
@@ -95,7 +99,9 @@ def test_lab_mode_a_page_on_another_port_cannot_use_the_session_cookie(tmp_path)
     try:
         alice = lab.cli("users", "create", "alice").strip().splitlines()[-1]
         as_alice = {"Authorization": f"Bearer {alice}"}
-        run_id = httpx.post(f"{lab.base}/api/runs", json={"config": tiny_config()}, headers=as_alice).json()["id"]
+        run_id = httpx.post(f"{lab.base}/api/runs", json={"config": tiny_config()}, headers=as_alice).json()[
+            "id"
+        ]
         with chromium() as ctx, attacker_site(forged_posts(lab.base, run_id)) as evil:
             page = ctx.new_page()
             page.goto(f"{lab.base}/#/runs")
@@ -117,13 +123,20 @@ def test_lab_mode_a_page_on_another_port_cannot_use_the_session_cookie(tmp_path)
 def test_pages_carry_csp_nosniff_and_refuse_framing(embedded):
     for path in ("/", "/app.js", "/api/runs"):
         h = embedded.http.get(path).headers
-        assert "default-src 'self'" in h["content-security-policy"] and "frame-ancestors 'none'" in h["content-security-policy"]
+        assert (
+            "default-src 'self'" in h["content-security-policy"]
+            and "frame-ancestors 'none'" in h["content-security-policy"]
+        )
         assert h["x-content-type-options"] == "nosniff"
-    frame = (f"const f = document.createElement('iframe'); f.src = '{embedded.base}/';"
-             "document.documentElement.appendChild(f); await new Promise(r => setTimeout(r, 2000));")
+    frame = (
+        f"const f = document.createElement('iframe'); f.src = '{embedded.base}/';"
+        "document.documentElement.appendChild(f); await new Promise(r => setTimeout(r, 2000));"
+    )
     with chromium() as ctx, attacker_site(frame) as evil:
         page = ctx.new_page()
         page.goto(evil)
         expect(page).to_have_title("done", timeout=20_000)
         assert len(page.frames) == 2
-        assert page.frames[1].query_selector("#app") is None  # the dashboard never renders inside another site
+        assert (
+            page.frames[1].query_selector("#app") is None
+        )  # the dashboard never renders inside another site

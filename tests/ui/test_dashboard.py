@@ -1,4 +1,5 @@
 """The dashboard in a real headless Chromium (Debian's), against a running app with a real worker."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,19 +76,36 @@ def test_launch_watch_robustness_compare_export(page, lab):
     assert points(page, "#robust .rob-chart") > 0
     page.wait_for_selector(".gallery canvas.thumb")
     expect(page.locator("#log")).to_contain_text("epoch 3/3")
-    assert page.locator(".gallery figure").count() == 6 and page.locator(".gallery canvas.thumb").count() == 18
+    assert (
+        page.locator(".gallery figure").count() == 6 and page.locator(".gallery canvas.thumb").count() == 18
+    )
     assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 7
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 
-    other = lab.http.post("/api/runs", json={"config": {"name": "baseline", "scenario": "defense", "method": "erm",
-        "dataset": {"name": "digits"}, "model": {"width": 4}, "train": {"epochs": 3}, "eval": {"panel": "none"}}}).json()["id"]
+    other = lab.http.post(
+        "/api/runs",
+        json={
+            "config": {
+                "name": "baseline",
+                "scenario": "defense",
+                "method": "erm",
+                "dataset": {"name": "digits"},
+                "model": {"width": 4},
+                "train": {"epochs": 3},
+                "eval": {"panel": "none"},
+            }
+        },
+    ).json()["id"]
     lab.wait_for(other, lambda r: r["status"] == "succeeded", what="succeeded")
     goto(page, lab, "#/runs", "runs")
     for rid in (run_id, other):
         page.check(f'tr[data-id="{rid}"] input.sel')
     href = page.get_attribute("#export", "href")
     csv = lab.http.get(href).text.splitlines()
-    assert csv[0] == "run_id,key,step,value" and {line.split(",")[0] for line in csv[1:]} == {str(run_id), str(other)}
+    assert csv[0] == "run_id,key,step,value" and {line.split(",")[0] for line in csv[1:]} == {
+        str(run_id),
+        str(other),
+    }
     page.screenshot(path=ARTIFACTS / "runs.png", full_page=True)
     page.click("#compare")
     page.wait_for_selector('#app[data-ready="compare"]')

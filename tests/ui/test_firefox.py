@@ -1,6 +1,7 @@
 """The dashboard in Debian's Firefox ESR (headless, over WebDriver BiDi: see firefox.py) against a
 running app with a real worker: the four pages render, charts draw and zoom, a field error shows,
 no console errors, no request outside the app's origin."""
+
 from __future__ import annotations
 
 import base64
@@ -42,8 +43,10 @@ def shot(ff, name: str) -> None:
 
 def test_dashboard_works_in_firefox(lab, firefox):
     ff = firefox
-    ids = [lab.http.post("/api/runs", json={"config": tiny_config(name=f"ff-{m}", method=m)}).json()["id"]
-           for m in ("great", "erm")]
+    ids = [
+        lab.http.post("/api/runs", json={"config": tiny_config(name=f"ff-{m}", method=m)}).json()["id"]
+        for m in ("great", "erm")
+    ]
     for i in ids:
         assert lab.wait_for(i, lambda r: r["status"] in ("succeeded", "failed"))["status"] == "succeeded"
 
@@ -76,7 +79,9 @@ def test_dashboard_works_in_firefox(lab, firefox):
     ff.js("""(() => { const i = document.querySelector('[data-path="params.lam"]'); i.value = '-1';
         i.dispatchEvent(new Event('input', {bubbles: true})); i.dispatchEvent(new Event('change', {bubbles: true}));
         document.querySelector('#launch').click(); })()""")
-    ff.wait("(document.querySelector('[data-error=\"params.lam\"]')?.textContent ?? '').includes('greater than or equal to 0')")
+    ff.wait(
+        "(document.querySelector('[data-error=\"params.lam\"]')?.textContent ?? '').includes('greater than or equal to 0')"
+    )
     shot(ff, "firefox-launch.png")
 
     assert [e for e in ff.errors() if "422" not in e] == []

@@ -1,5 +1,6 @@
 """Signing in to a lab server (auth on) in a real headless Chromium: token, session cookie the page
 cannot read, owners in the runs table, another user's run refused, sign out."""
+
 from __future__ import annotations
 
 import httpx
@@ -8,13 +9,15 @@ from playwright.sync_api import expect
 
 from bench._common import Stack
 
-from .conftest import ARTIFACTS, browser_page
 from ..service.conftest import tiny_config
+from .conftest import ARTIFACTS, browser_page
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    s = Stack.create(tmp_path_factory.mktemp("signin"), None, None, GATLAB_AUTH="true")  # no worker: runs stay queued
+    s = Stack.create(
+        tmp_path_factory.mktemp("signin"), None, None, GATLAB_AUTH="true"
+    )  # no worker: runs stay queued
     yield s
     s.stop()
 
@@ -22,8 +25,11 @@ def lab(tmp_path_factory):
 def test_sign_in_with_a_token_see_owners_and_sign_out(lab):
     alice = lab.cli("users", "create", "alice").strip().splitlines()[-1]
     bob = lab.cli("users", "create", "bob").strip().splitlines()[-1]
-    r = httpx.post(f"{lab.base}/api/runs", json={"config": tiny_config(name="alices-run")},
-                   headers={"Authorization": f"Bearer {alice}"})
+    r = httpx.post(
+        f"{lab.base}/api/runs",
+        json={"config": tiny_config(name="alices-run")},
+        headers={"Authorization": f"Bearer {alice}"},
+    )
     assert r.status_code == 201
     with browser_page(lab) as page:
         page.goto(f"{lab.base}/#/runs")
@@ -51,5 +57,7 @@ def test_sign_in_with_a_token_see_owners_and_sign_out(lab):
         page.click("#signout")
         expect(page.locator("#app[data-page=signin]")).to_be_visible()
         assert httpx.get(f"{lab.base}/api/runs", cookies=session).status_code == 401  # ended on the server
-        assert [e for e in page.errors if "401" not in e and "403" not in e] == []  # refused requests log themselves
+        assert [
+            e for e in page.errors if "401" not in e and "403" not in e
+        ] == []  # refused requests log themselves
         assert page.foreign == []

@@ -2,6 +2,7 @@
 lambda schedules (Sinha et al., "Gradient Adversarial Training of Neural Networks", 2018;
 the reversal layer and the DANN ramp follow Ganin & Lempitsky, 2015).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,9 +74,13 @@ def aux_net(shape: tuple[int, ...], num_outputs: int, *, arch: str = "auto", wid
         arch = "cnn" if len(shape) == 3 and min(shape[1:]) >= 4 else "mlp"
     if arch == "cnn":
         return nn.Sequential(
-            nn.Conv2d(shape[0], width, 3, padding=1), nn.ELU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ELU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, num_outputs),
+            nn.Conv2d(shape[0], width, 3, padding=1),
+            nn.ELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ELU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * width, num_outputs),
         )
     d = math.prod(shape)
     return nn.Sequential(nn.Flatten(), nn.Linear(d, 4 * width), nn.ELU(), nn.Linear(4 * width, num_outputs))

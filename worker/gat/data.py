@@ -5,15 +5,16 @@ reach the model in [0, 1]; the per-channel mean and std travel with the data so 
 normalises inside itself (attacks then work in pixel space). Splits are fixed by `split_seed`
 and recorded as index hashes, independent of the training seed.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import logging
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class Split:
         x = self.x if idx is None else self.x[idx]
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
-    def subset(self, idx: torch.Tensor) -> "Split":
+    def subset(self, idx: torch.Tensor) -> Split:
         return Split(self.x[idx], self.y[idx], {k: v[idx] for k, v in self.extra.items()})
 
 
@@ -68,10 +69,18 @@ class Data:
 # Standard L-inf and L2 radii per source: MNIST-like 0.3, colour sets 8/255 and 0.5 (DESIGN 4).
 # Digits are 8x8 with 17 grey levels, far coarser than MNIST; 0.1 is our own choice there.
 STANDARD_EPS = {
-    "digits": (0.1, 0.5), "synthetic": (0.1, 0.5), "npz": (0.1, 0.5),
-    "digits_mt": (0.1, 0.5), "multidigits": (0.1, 0.5), "multimnist": (0.3, 2.0), "cifar100_coarse": (8 / 255, 0.5),
-    "mnist": (0.3, 2.0), "fashion_mnist": (0.1, 1.0),
-    "cifar10": (8 / 255, 0.5), "cifar100": (8 / 255, 0.5), "svhn": (8 / 255, 0.5),
+    "digits": (0.1, 0.5),
+    "synthetic": (0.1, 0.5),
+    "npz": (0.1, 0.5),
+    "digits_mt": (0.1, 0.5),
+    "multidigits": (0.1, 0.5),
+    "multimnist": (0.3, 2.0),
+    "cifar100_coarse": (8 / 255, 0.5),
+    "mnist": (0.3, 2.0),
+    "fashion_mnist": (0.1, 1.0),
+    "cifar10": (8 / 255, 0.5),
+    "cifar100": (8 / 255, 0.5),
+    "svhn": (8 / 255, 0.5),
 }
 
 
@@ -89,11 +98,16 @@ def load(cfg: dict) -> Data:
     elif name == "multidigits":  # from scikit-learn's digits, or from any MNIST-like .npz given as path
         x, y, _ = load_npz(cfg["path"]) if cfg.get("path") else _digits()
         shift = max(2, x.shape[-1] * 2 // 7) if cfg.get("path") else 4
-        x, y, extra, test = *_overlay(x, y, max(3000, len(y)), shift=shift, seed=cfg.get("split_seed", 0)), None
+        x, y, extra, test = (
+            *_overlay(x, y, max(3000, len(y)), shift=shift, seed=cfg.get("split_seed", 0)),
+            None,
+        )
     elif name == "cifar100_coarse":
         (x, y, extra), test = _cifar100_coarse(Path(cfg.get("data_dir", "data")), cfg.get("download", False))
     elif name == "multimnist":
-        (x, y), (xt, yt) = _torchvision("mnist", Path(cfg.get("data_dir", "data")), cfg.get("download", False))
+        (x, y), (xt, yt) = _torchvision(
+            "mnist", Path(cfg.get("data_dir", "data")), cfg.get("download", False)
+        )
         x, y, extra = _overlay(x, y, 60_000, shift=8, seed=cfg.get("split_seed", 0))
         test = _overlay(xt, yt, 10_000, shift=8, seed=cfg.get("split_seed", 0) + 1)
     else:
@@ -131,7 +145,11 @@ def _digits_mt() -> tuple[torch.Tensor, torch.Tensor, dict]:
     intensity (a regression target, standardised)."""
     x, y, _ = _digits()
     intensity = x.mean(dim=(1, 2, 3))
-    extra = {"parity": y % 2, "gt4": (y > 4).long(), "intensity": (intensity - intensity.mean()) / intensity.std()}
+    extra = {
+        "parity": y % 2,
+        "gt4": (y > 4).long(),
+        "intensity": (intensity - intensity.mean()) / intensity.std(),
+    }
     return x, y, extra
 
 
@@ -199,8 +217,11 @@ def load_npz(path: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 
 _TV = {
-    "mnist": "MNIST", "fashion_mnist": "FashionMNIST",
-    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN",
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
 }
 
 
@@ -235,8 +256,13 @@ class _ArraysOnly(pickle.Unpickler):
     pickle naming any other callable (os.system, builtins.eval, ...) is refused before it runs."""
 
     ALLOWED = {
-        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        *(
+            (f"numpy.{core}.multiarray", name)
+            for core in ("core", "_core")
+            for name in ("_reconstruct", "scalar")
+        ),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
         ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 store bytes this way
     }
 
@@ -260,8 +286,10 @@ def _cifar100_coarse(root: Path, download: bool):
     folder = root / "cifar-100-python"
     if not folder.is_dir():
         if not download:
-            raise DataError(f"dataset.name: cifar100_coarse is not in data_dir {root}; set dataset.download: true "
-                            "to allow downloading CIFAR-100")
+            raise DataError(
+                f"dataset.name: cifar100_coarse is not in data_dir {root}; set dataset.download: true "
+                "to allow downloading CIFAR-100"
+            )
         _torchvision("cifar100", root, True)
     out = []
     for split in ("train", "test"):
@@ -292,9 +320,13 @@ def _split(name, x, y, extra, test, cfg) -> Data:
     mean = imgs.mean(dim=(0, 2, 3)).tolist()
     std = imgs.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     info = {
-        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_split),
-        "train_hash": _hash(train_idx), "val_hash": _hash(val_idx),
-        "input_shape": list(x.shape[1:]), "num_classes": num_classes,
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "n_test": len(test_split),
+        "train_hash": _hash(train_idx),
+        "val_hash": _hash(val_idx),
+        "input_shape": list(x.shape[1:]),
+        "num_classes": num_classes,
     }
     return Data(name, train, pool.subset(val_idx), test_split, num_classes, mean, std, info)
 

@@ -1,11 +1,12 @@
 """Classifiers taking images in [0, 1]: MLP, small CNN, CIFAR ResNet-20/32/56 (He et al. 2016)
 and ResNet-18. Normalisation is the first layer, so attacks and gradients live in pixel space.
 """
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class Normalize(nn.Module):
@@ -32,8 +33,11 @@ def cnn(in_channels: int, num_classes: int, *, width: int = 16, depth: int = 2) 
     layers: list[nn.Module] = []
     c_in, c = in_channels, width
     for i in range(depth):
-        layers += [nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                   nn.BatchNorm2d(c), nn.ReLU()]
+        layers += [
+            nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        ]
         c_in, c = c, 2 * c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
     return nn.Sequential(*layers)
@@ -56,10 +60,13 @@ class BasicBlock(nn.Module):
 
 
 def resnet(in_channels: int, num_classes: int, *, blocks: list[int], widths: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(),
+    ]
     c_in = widths[0]
-    for stage, (n, c) in enumerate(zip(blocks, widths)):
+    for stage, (n, c) in enumerate(zip(blocks, widths, strict=False)):
         for b in range(n):
             layers.append(BasicBlock(c_in, c, 2 if (b == 0 and stage > 0) else 1))
             c_in = c
@@ -67,8 +74,9 @@ def resnet(in_channels: int, num_classes: int, *, blocks: list[int], widths: lis
     return nn.Sequential(*layers)
 
 
-def build(cfg: dict, *, input_shape: tuple[int, int, int], num_classes: int,
-          mean: list[float], std: list[float]) -> nn.Sequential:
+def build(
+    cfg: dict, *, input_shape: tuple[int, int, int], num_classes: int, mean: list[float], std: list[float]
+) -> nn.Sequential:
     """The model a run config's `model` section names, behind its normalisation layer."""
     arch, width, depth = cfg.get("arch", "cnn"), cfg.get("width", 16), cfg.get("depth", 2)
     c, h, w = input_shape
@@ -101,8 +109,14 @@ class MultiTaskNet(nn.Module):
         return {t: head(f) for t, head in self.heads.items()}
 
 
-def build_multitask(cfg: dict, *, input_shape: tuple[int, int, int], tasks: dict[str, dict],
-                    mean: list[float], std: list[float]) -> MultiTaskNet:
+def build_multitask(
+    cfg: dict,
+    *,
+    input_shape: tuple[int, int, int],
+    tasks: dict[str, dict],
+    mean: list[float],
+    std: list[float],
+) -> MultiTaskNet:
     full = build(cfg, input_shape=input_shape, num_classes=1, mean=mean, std=std)
     last = full[-1]
     return MultiTaskNet(nn.Sequential(*list(full)[:-1]), last.in_features, tasks)

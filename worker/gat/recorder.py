@@ -1,16 +1,19 @@
 """Recorders: how the core reports. The worker's writes to the database in batches; the CLI's
 prints a progress bar and appends JSON lines to the run directory."""
+
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
-class Recorder:
-    """No-op base: subclasses override what they keep."""
+class Recorder(Protocol):
+    """How the core reports. The CLI's JsonlRecorder and the worker's DbRecorder implement it; a
+    class that subclasses it explicitly inherits no-op methods for what it does not keep."""
 
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 

@@ -4,6 +4,7 @@ Per-class norms of the input gradient g = dJ/dx, mean cosine similarity within a
 classes, per-layer weight-gradient norms, and a fixed-bin histogram of the tensor A classifies.
 The same statistics are computed for every method on clean inputs, so runs compare fairly.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@
 recorder, saves a checkpoint every epoch (model, auxiliary networks, optimisers, schedule and
 RNG state), resumes exactly from the last one, and checks a cooperative stop flag between steps.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import pickle
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -70,11 +71,17 @@ def setup(config: dict, device: torch.device | None = None) -> Setup:
     seed_all(config["train"]["seed"])
     data = gdata.load(config["dataset"])
     if config["scenario"] == "multitask":
-        model = models.build_multitask(config["model"], input_shape=data.input_shape, tasks=data.tasks,
-                                       mean=data.mean, std=data.std)
+        model = models.build_multitask(
+            config["model"], input_shape=data.input_shape, tasks=data.tasks, mean=data.mean, std=data.std
+        )
     else:
-        model = models.build(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
-                             mean=data.mean, std=data.std)
+        model = models.build(
+            config["model"],
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            mean=data.mean,
+            std=data.std,
+        )
     device = device or pick_device(config["train"].get("device", "auto"))
     return Setup(config, data, model.to(device), device)
 
@@ -85,13 +92,25 @@ def standard_eps(config: dict) -> tuple[float, float]:
 
 def _optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
     if t["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
-                               weight_decay=t["weight_decay"], nesterov=t["momentum"] > 0)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=t["lr"],
+            momentum=t["momentum"],
+            weight_decay=t["weight_decay"],
+            nesterov=t["momentum"] > 0,
+        )
     return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
 
 
-def train_step(method: Method, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer | None,
-               x: torch.Tensor, y, progress: float, i: int) -> tuple[torch.Tensor, dict]:
+def train_step(
+    method: Method,
+    opt: torch.optim.Optimizer,
+    aux_opt: torch.optim.Optimizer | None,
+    x: torch.Tensor,
+    y,
+    progress: float,
+    i: int,
+) -> tuple[torch.Tensor, dict]:
     """One optimisation step of the main network and the method's auxiliary modules."""
     opt.zero_grad(set_to_none=True)
     if aux_opt:
@@ -122,7 +141,11 @@ def evaluate_tasks(model: nn.Module, data: gdata.Data, split: gdata.Split, devic
         outs, targets = model(x.to(device)), data.targets(split, idx)
         for t, spec in data.tasks.items():
             o, y = outs[t].cpu(), targets[t]
-            sums[t] += (o.argmax(1) == y).sum().item() if spec["kind"] == "cls" else (o.squeeze(1) - y).pow(2).sum().item()
+            sums[t] += (
+                (o.argmax(1) == y).sum().item()
+                if spec["kind"] == "cls"
+                else (o.squeeze(1) - y).pow(2).sum().item()
+            )
     model.train(was)
     n = max(1, len(split))
     return {f"{t}/{'acc' if spec['kind'] == 'cls' else 'mse'}": sums[t] / n for t, spec in data.tasks.items()}
@@ -181,62 +204,109 @@ class Loop:
 
     def checkpoint(self, epoch: int, *, batch: int = 0, aug_gen: torch.Generator | None = None) -> None:
         self.recorder.flush()  # first: a checkpoint at step S promises every point up to S is stored
-        _save_checkpoint(self.out_dir, self.s, self.method, self.opt, self.aux_opt, self.sched, epoch, self.step,
-                         batch=batch, aug_gen=aug_gen)
+        _save_checkpoint(
+            self.out_dir,
+            self.s,
+            self.method,
+            self.opt,
+            self.aux_opt,
+            self.sched,
+            epoch,
+            self.step,
+            batch=batch,
+            aug_gen=aug_gen,
+        )
 
 
-def train(config: dict, out_dir: Path, recorder: Recorder, *,
-          should_stop: Callable[[], bool] = lambda: False, should_hand_back: Callable[[], bool] = lambda: False,
-          device: torch.device | None = None) -> dict:
+def train(
+    config: dict,
+    out_dir: Path,
+    recorder: Recorder,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    should_hand_back: Callable[[], bool] = lambda: False,
+    device: torch.device | None = None,
+) -> dict:
     """Train a run config into `out_dir`, resuming from its checkpoint if there is one. Between
     steps, `should_stop` ends the run (Stopped) and `should_hand_back` checkpoints it (HandedBack)."""
-    loop = prepare(config, out_dir, recorder, should_stop=should_stop, should_hand_back=should_hand_back, device=device)
+    loop = prepare(
+        config, out_dir, recorder, should_stop=should_stop, should_hand_back=should_hand_back, device=device
+    )
     for epoch in range(loop.start_epoch, config["train"]["epochs"]):
         train_one_epoch(loop, epoch, should_stop=should_stop, should_hand_back=should_hand_back)
         end_epoch(loop, epoch)
     return finish(loop)
 
 
-def prepare(config: dict, out_dir: Path, recorder: Recorder, *, should_stop: Callable[[], bool],
-            should_hand_back: Callable[[], bool], device: torch.device | None) -> Loop:
+def prepare(
+    config: dict,
+    out_dir: Path,
+    recorder: Recorder,
+    *,
+    should_stop: Callable[[], bool],
+    should_hand_back: Callable[[], bool],
+    device: torch.device | None,
+) -> Loop:
     """Data, model, method, optimisers and schedule, restored from the checkpoint if there is one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    s = setup(config, device)
-    t, p = config["train"], dict(config.get("params", {}))
-    if p.get("eps") is None:  # every factory takes eps; unset means the dataset's standard radius
-        p["eps"] = standard_eps(config)[0]
-    extra = {}
+    s, t = setup(config, device), config["train"]
+    teacher = None
     if config["scenario"] == "distill":
-        extra["teacher"] = prepare_teacher(config, out_dir, recorder, should_stop=should_stop,
-                                           should_hand_back=should_hand_back, device=s.device)
-        p = {k: v for k, v in p.items() if k not in TEACHER_KNOBS}
+        teacher = prepare_teacher(
+            config,
+            out_dir,
+            recorder,
+            should_stop=should_stop,
+            should_hand_back=should_hand_back,
+            device=s.device,
+        )
         seed_all(t["seed"])  # the student's run does not depend on how the teacher was obtained
-    if config["scenario"] == "multitask":
-        extra["tasks"] = s.data.tasks
-    method = make_method(config["scenario"], config["method"], s.model, num_classes=s.data.num_classes,
-                         input_shape=s.data.input_shape, **p, **extra)
-    for m in method.aux.values():
-        m.to(s.device)
+    method = _method(config, s, teacher)
     opt, aux_opt = _optimizer(s.model, t), aux_optimizer(method)
     total = -(-len(s.data.train) // t["batch_size"]) * t["epochs"]
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if t["lr_schedule"] == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        if t["lr_schedule"] == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    )
     start_epoch, step, start_batch, aug_state = _resume(out_dir, s, method, opt, aux_opt, sched)
     recorder.progress(step, total, None)
-    return Loop(s, out_dir, recorder, method, opt, aux_opt, sched, total, step, start_epoch, start_batch, aug_state,
-                extra.get("teacher"), stats.hist_edges(p.get("grad_norm", "l2")))
+    edges = stats.hist_edges(config.get("params", {}).get("grad_norm", "l2"))
+    return Loop(s, out_dir, recorder, method, opt, aux_opt, sched, total, step, start_epoch, start_batch,
+                aug_state, teacher, edges)  # fmt: skip
 
 
-def train_one_epoch(loop: Loop, epoch: int, *, should_stop: Callable[[], bool],
-                    should_hand_back: Callable[[], bool]) -> None:
+def _method(config: dict, s: Setup, teacher: nn.Module | None) -> Method:
+    """The run's method on its model: the config's knobs, the dataset's standard eps if unset, and
+    the teacher (distillation) or the tasks (multi-task learning)."""
+    p = {k: v for k, v in config.get("params", {}).items() if k not in TEACHER_KNOBS}
+    if p.get("eps") is None:  # every factory takes eps; unset means the dataset's standard radius
+        p["eps"] = standard_eps(config)[0]
+    extra = {"teacher": teacher} if teacher is not None else {}
+    if config["scenario"] == "multitask":
+        extra["tasks"] = s.data.tasks
+    method = make_method(
+        config["scenario"], config["method"], s.model, num_classes=s.data.num_classes,
+        input_shape=s.data.input_shape, **p, **extra,
+    )  # fmt: skip
+    for m in method.aux.values():
+        m.to(s.device)
+    return method
+
+
+def train_one_epoch(
+    loop: Loop, epoch: int, *, should_stop: Callable[[], bool], should_hand_back: Callable[[], bool]
+) -> None:
     """The epoch's steps (from a mid-epoch checkpoint's batch when resuming), with the stop and
     hand-back flags read before each."""
     s, t, rec, step0 = loop.s, loop.s.config["train"], loop.recorder, loop.step
     s.model.train()
     seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
     aug_gen = torch.Generator().manual_seed(seed)
-    skip = loop.start_batch if epoch == loop.start_epoch else 0  # batches trained before a mid-epoch checkpoint
+    skip = (
+        loop.start_batch if epoch == loop.start_epoch else 0
+    )  # batches trained before a mid-epoch checkpoint
     if skip and loop.aug_state is not None:
         aug_gen.set_state(loop.aug_state)
     for b, (idx, x, y) in enumerate(gdata.batches(s.data.train, t["batch_size"], shuffle=True, seed=seed)):
@@ -246,10 +316,15 @@ def train_one_epoch(loop: Loop, epoch: int, *, should_stop: Callable[[], bool],
             raise Stopped(f"stopped at step {loop.step}")
         if should_hand_back():
             loop.checkpoint(epoch, batch=b, aug_gen=aug_gen)
-            raise HandedBack(f"checkpointed at step {loop.step} (epoch {epoch + 1}, batch {b}) and handed back")
+            raise HandedBack(
+                f"checkpointed at step {loop.step} (epoch {epoch + 1}, batch {b}) and handed back"
+            )
         x = (gdata.augment(x, aug_gen) if t.get("augment") else x).to(s.device)
-        y = ({k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()} if loop.multitask
-             else y.to(s.device))
+        y = (
+            {k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()}
+            if loop.multitask
+            else y.to(s.device)
+        )
         _, metrics = train_step(loop.method, loop.opt, loop.aux_opt, x, y, loop.step / loop.total, loop.step)
         loop.sched.step()
         loop.step += 1
@@ -262,20 +337,29 @@ def _record_step(loop: Loop, x, y, metrics: dict) -> None:
     """The step's losses every `log_every` steps, gradient statistics every `stats_every`."""
     t, step = loop.s.config["train"], loop.step
     if step % t["log_every"] == 0 or step == loop.total:
-        loop.recorder.log(step, {**{f"train/{k}": float(v) for k, v in metrics.items()},
-                                 "train/lr": loop.sched.get_last_lr()[0]})
+        loop.recorder.log(
+            step,
+            {**{f"train/{k}": float(v) for k, v in metrics.items()}, "train/lr": loop.sched.get_last_lr()[0]},
+        )
     if step % t["stats_every"] == 0 or step == 1:
         if loop.multitask:
             _record_task_stats(loop.s, x, y, step, loop.recorder)
         else:
-            _record_stats(loop.s, x, y, step, loop.s.config["params"].get("grad_norm", "l2"), loop.edges, loop.recorder)
+            _record_stats(
+                loop.s, x, y, step, loop.s.config["params"].get("grad_norm", "l2"), loop.edges, loop.recorder
+            )
 
 
 def end_epoch(loop: Loop, epoch: int) -> None:
     """Validation, the epoch's record, and a checkpoint."""
     val = loop.evaluate(loop.s.data.val) if len(loop.s.data.val) else {}
-    log.info("epoch %d/%d (step %d): %s", epoch + 1, loop.s.config["train"]["epochs"], loop.step,
-             ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+    log.info(
+        "epoch %d/%d (step %d): %s",
+        epoch + 1,
+        loop.s.config["train"]["epochs"],
+        loop.step,
+        ", ".join(f"val {k} {v:.4f}" for k, v in val.items()),
+    )
     loop.recorder.log(loop.step, {"epoch": epoch + 1, **{f"val/{k}": v for k, v in val.items()}})
     loop.checkpoint(epoch + 1)
 
@@ -289,15 +373,30 @@ def finish(loop: Loop) -> dict:
     if loop.teacher is not None:
         test["agreement"] = agreement(s.model, loop.teacher, s.data.test, s.device)
     loop.recorder.log(loop.step, {f"test/{k}": v for k, v in test.items()})
-    final = {"model": s.model.state_dict(), "model_config": config["model"], "num_classes": s.data.num_classes,
-             "input_shape": list(s.data.input_shape), "mean": s.data.mean, "std": s.data.std,
-             "tasks": s.data.tasks if loop.multitask else None}
+    final = {
+        "model": s.model.state_dict(),
+        "model_config": config["model"],
+        "num_classes": s.data.num_classes,
+        "input_shape": list(s.data.input_shape),
+        "mean": s.data.mean,
+        "std": s.data.std,
+        "tasks": s.data.tasks if loop.multitask else None,
+    }
     loop.recorder.flush()  # first: a lab worker that lost its run to another attempt stops here, writing nothing
     _save_atomic(final, loop.out_dir / FINAL)
-    summary = {"steps": loop.step, "test": test, "data": s.data.info, "device": str(s.device),
-               "env": {"torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
-                       "threads": torch.get_num_threads(),
-                       "gpu": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else None}}
+    summary = {
+        "steps": loop.step,
+        "test": test,
+        "data": s.data.info,
+        "device": str(s.device),
+        "env": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "host": platform.node(),
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else None,
+        },
+    }
     (loop.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     loop.recorder.flush()
     return summary
@@ -320,8 +419,9 @@ class _PhaseOne(Recorder):
         self.inner.progress(step, total, eta_s)
 
 
-def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_stop, device,
-                    should_hand_back=lambda: False) -> nn.Module:
+def prepare_teacher(
+    config: dict, out_dir: Path, recorder: Recorder, *, should_stop, device, should_hand_back=lambda: False
+) -> nn.Module:
     """The fixed teacher: a finished run directory, or ERM trained on the full training split in a
     first phase of this job (kept in out_dir/teacher, so a resumed job does not train it again)."""
     p = config["params"]
@@ -331,15 +431,29 @@ def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_s
         except (FileNotFoundError, CheckpointError) as e:
             raise TeacherError(f"params.teacher_dir: {e}") from e
     if p.get("teacher_run"):
-        raise TeacherError("params.teacher_run: run ids are resolved by the lab service; locally, give params.teacher_dir")
+        raise TeacherError(
+            "params.teacher_run: run ids are resolved by the lab service; locally, give params.teacher_dir"
+        )
     tdir = out_dir / "teacher"
     if not (tdir / FINAL).exists():
-        tcfg = {**config, "scenario": "defense", "method": "erm", "params": {},
-                "model": {**config["model"], "arch": p["teacher_arch"], "width": p["teacher_width"]},
-                "dataset": {**config["dataset"], "fraction": 1.0},
-                "train": {**config["train"], "epochs": p["teacher_epochs"]}, "eval": {**config["eval"], "panel": "none"}}
-        summary = train(tcfg, tdir, _PhaseOne(recorder), should_stop=should_stop,
-                        should_hand_back=should_hand_back, device=device)
+        tcfg = {
+            **config,
+            "scenario": "defense",
+            "method": "erm",
+            "params": {},
+            "model": {**config["model"], "arch": p["teacher_arch"], "width": p["teacher_width"]},
+            "dataset": {**config["dataset"], "fraction": 1.0},
+            "train": {**config["train"], "epochs": p["teacher_epochs"]},
+            "eval": {**config["eval"], "panel": "none"},
+        }
+        summary = train(
+            tcfg,
+            tdir,
+            _PhaseOne(recorder),
+            should_stop=should_stop,
+            should_hand_back=should_hand_back,
+            device=device,
+        )
         recorder.log(0, {"teacher/test/acc": summary["test"]["acc"]})
     return load_model(tdir, device)
 
@@ -347,8 +461,10 @@ def prepare_teacher(config: dict, out_dir: Path, recorder: Recorder, *, should_s
 @torch.no_grad()
 def agreement(student: nn.Module, teacher: nn.Module, split: gdata.Split, device: torch.device) -> float:
     student.eval()
-    same = sum((student(x.to(device)).argmax(1) == teacher(x.to(device)).argmax(1)).sum().item()
-               for _, x, _ in gdata.batches(split, 512, shuffle=False))
+    same = sum(
+        (student(x.to(device)).argmax(1) == teacher(x.to(device)).argmax(1)).sum().item()
+        for _, x, _ in gdata.batches(split, 512, shuffle=False)
+    )
     return same / max(1, len(split))
 
 
@@ -370,8 +486,12 @@ def _record_task_stats(s: Setup, x, targets: dict, step: int, recorder: Recorder
     row = stats.layer_grad_norms(s.model)
     s.model.eval()
     f = s.model.encoder(x)
-    grads = {t: torch.autograd.grad(task_loss(h(f), targets[t], s.data.tasks[t]), f, retain_graph=True)[0].flatten()
-             for t, h in s.model.heads.items()}
+    grads = {
+        t: torch.autograd.grad(task_loss(h(f), targets[t], s.data.tasks[t]), f, retain_graph=True)[
+            0
+        ].flatten()
+        for t, h in s.model.heads.items()
+    }
     s.model.train()
     names = list(grads)
     for i, a in enumerate(names):
@@ -391,8 +511,9 @@ def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused, it holds more than tensors and plain containers "
-                              f"({str(e).splitlines()[0]})") from e
+        raise CheckpointError(
+            f"{path}: refused, it holds more than tensors and plain containers ({str(e).splitlines()[0]})"
+        ) from e
     except (RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
 
@@ -400,8 +521,11 @@ def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
 def _rng_state() -> dict:
     mt, keys, pos, has_gauss, gauss = np.random.get_state()
     # numpy's state as tensors and numbers: the checkpoint stays loadable with weights_only=True
-    st = {"torch": torch.get_rng_state(), "numpy": [mt, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-          "python": random.getstate()}
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": [mt, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -416,15 +540,31 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _save_checkpoint(out_dir, s, method, opt, aux_opt, sched, epoch: int, step: int, *, batch: int = 0,
-                     aug_gen: torch.Generator | None = None) -> None:
+def _save_checkpoint(
+    out_dir,
+    s,
+    method,
+    opt,
+    aux_opt,
+    sched,
+    epoch: int,
+    step: int,
+    *,
+    batch: int = 0,
+    aug_gen: torch.Generator | None = None,
+) -> None:
     """`epoch` epochs done and `batch` batches of the next (0 at an epoch's end)."""
     ckpt = {
-        "epoch": epoch, "step": step, "batch": batch, "model": s.model.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "batch": batch,
+        "model": s.model.state_dict(),
         "aug_gen": aug_gen.get_state() if aug_gen is not None else None,
         "aux": {k: m.state_dict() for k, m in method.aux.items()},
-        "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict() if aux_opt else None,
-        "sched": sched.state_dict(), "rng": _rng_state(),
+        "opt": opt.state_dict(),
+        "aux_opt": aux_opt.state_dict() if aux_opt else None,
+        "sched": sched.state_dict(),
+        "rng": _rng_state(),
     }
     _save_atomic(ckpt, out_dir / CHECKPOINT)
 
@@ -461,10 +601,20 @@ def load_model(run_dir: Path, device: torch.device | None = None) -> nn.Module:
         raise FileNotFoundError(f"{run_dir} has no {FINAL}: is it a finished run directory?")
     meta = load_file(path)
     if meta.get("tasks"):
-        model = models.build_multitask(meta["model_config"], input_shape=tuple(meta["input_shape"]),
-                                       tasks=meta["tasks"], mean=meta["mean"], std=meta["std"])
+        model = models.build_multitask(
+            meta["model_config"],
+            input_shape=tuple(meta["input_shape"]),
+            tasks=meta["tasks"],
+            mean=meta["mean"],
+            std=meta["std"],
+        )
     else:
-        model = models.build(meta["model_config"], input_shape=tuple(meta["input_shape"]),
-                             num_classes=meta["num_classes"], mean=meta["mean"], std=meta["std"])
+        model = models.build(
+            meta["model_config"],
+            input_shape=tuple(meta["input_shape"]),
+            num_classes=meta["num_classes"],
+            mean=meta["mean"],
+            std=meta["std"],
+        )
     model.load_state_dict(meta["model"])
     return model.to(device or torch.device("cpu")).eval()

@@ -1,4 +1,5 @@
 """Sign-in for the dashboard (a session cookie, HttpOnly and SameSite) and a user's own API tokens."""
+
 from __future__ import annotations
 
 import threading
@@ -10,11 +11,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi import Path as FPath
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from backend import auth
-from backend.config import get_settings
 from backend.api.deps import BEARER, CurrentUser, MaybeUser, SessionDep
+from backend.config import get_settings
 from backend.models import ApiToken, User
 
 router = APIRouter(prefix="/api", tags=["auth"])
@@ -43,8 +43,14 @@ class UserOut(BaseModel):
 
 def token_out(t: ApiToken) -> dict:
     """A token as listed: its prefix, never the secret or its hash."""
-    return {"id": t.id, "label": t.label, "prefix": t.prefix, "created_at": t.created_at,
-            "last_used_at": t.last_used_at, "revoked": t.revoked_at is not None}
+    return {
+        "id": t.id,
+        "label": t.label,
+        "prefix": t.prefix,
+        "created_at": t.created_at,
+        "last_used_at": t.last_used_at,
+        "revoked": t.revoked_at is not None,
+    }
 
 
 class FailedSignIns:
@@ -57,7 +63,11 @@ class FailedSignIns:
 
     def _limit(self, key: str) -> int:
         settings = get_settings()
-        return settings.max_failed_sign_ins_user if key.startswith("user:") else settings.max_failed_sign_ins_address
+        return (
+            settings.max_failed_sign_ins_user
+            if key.startswith("user:")
+            else settings.max_failed_sign_ins_address
+        )
 
     def check(self, *keys: str) -> None:
         with self.lock:
@@ -67,8 +77,12 @@ class FailedSignIns:
                     q.popleft()
                 if len(q) >= self._limit(key):
                     wait = int(q[0] + self.window_s - time.monotonic()) + 1
-                    raise HTTPException(429, detail=f"too many failed sign-ins for this {key.split(':')[0]}; "
-                                                    f"try again in {wait} s", headers={"Retry-After": str(wait)})
+                    raise HTTPException(
+                        429,
+                        detail=f"too many failed sign-ins for this {key.split(':')[0]}; "
+                        f"try again in {wait} s",
+                        headers={"Retry-After": str(wait)},
+                    )
 
     def failed(self, *keys: str) -> None:
         with self.lock:
@@ -101,7 +115,9 @@ def login(body: Login, request: Request, response: Response, s: SessionDep) -> d
         keys = (f"user:{body.username}", f"address:{address}")
         FAILED_SIGN_INS.check(*keys)
         user = s.scalar(select(User).where(User.name == body.username))
-        ok = auth.verify_password(body.password, user.password_hash if user else None)  # one scrypt either way
+        ok = auth.verify_password(
+            body.password, user.password_hash if user else None
+        )  # one scrypt either way
         if user is None or user.disabled or not ok:
             FAILED_SIGN_INS.failed(*keys)
             raise HTTPException(401, detail="wrong user name or password", headers=BEARER)
@@ -110,8 +126,15 @@ def login(body: Login, request: Request, response: Response, s: SessionDep) -> d
     sid = auth.open_session(s, user=user, token=token)
     s.commit()
     settings = get_settings()
-    response.set_cookie(auth.COOKIE, sid, max_age=int(settings.session_hours * 3600), httponly=True,
-                        samesite="strict", secure=settings.cookie_secure, path="/")
+    response.set_cookie(
+        auth.COOKIE,
+        sid,
+        max_age=int(settings.session_hours * 3600),
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        path="/",
+    )
     return {"user": UserOut.model_validate(user).model_dump()}
 
 
@@ -137,7 +160,10 @@ SignedIn = Annotated[User, Depends(_signed_in)]
 
 @router.get("/tokens")
 def list_tokens(user: SignedIn, s: SessionDep) -> list[dict]:
-    return [token_out(t) for t in s.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id))]
+    return [
+        token_out(t)
+        for t in s.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id))
+    ]
 
 
 @router.post("/tokens", status_code=201)
@@ -149,8 +175,9 @@ def create_token(body: TokenCreate, user: SignedIn, s: SessionDep) -> dict:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: Annotated[int, FPath(ge=1, le=2**31 - 1)], user: SignedIn,
-                 s: SessionDep) -> Response:
+def revoke_token(
+    token_id: Annotated[int, FPath(ge=1, le=2**31 - 1)], user: SignedIn, s: SessionDep
+) -> Response:
     try:
         auth.revoke_token(s, token_id=token_id, by=user)
     except auth.AuthError as e:

@@ -34,4 +34,6 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 @router.get("/examples", dependencies=[Depends(require_user)])
 def examples() -> list[dict]:
     """The shipped example configs, as presets for the launch form."""
-    return [{"name": p.stem, "config": yaml.safe_load(p.read_text())} for p in sorted(EXAMPLES.glob("*.yaml"))]
+    return [
+        {"name": p.stem, "config": yaml.safe_load(p.read_text())} for p in sorted(EXAMPLES.glob("*.yaml"))
+    ]

@@ -27,7 +27,7 @@ from backend.api.schemas import (
     SweepCreate,
 )
 from backend.config import get_settings
-from backend.db import get_session, session_scope
+from backend.db import session_scope
 from backend.models import (
     Artifact,
     EvalResult,
@@ -67,9 +67,16 @@ def _limit_errors(cfg: dict) -> list[tuple[list[str], str]]:
     settings, errors = get_settings(), []
     for section, key in (("train", "epochs"), ("params", "teacher_epochs")):
         if cfg.get(section, {}).get(key, 0) > settings.max_epochs:
-            errors.append(([section, key], f"at most {settings.max_epochs} on this server (GATLAB_MAX_EPOCHS)"))
+            errors.append(
+                ([section, key], f"at most {settings.max_epochs} on this server (GATLAB_MAX_EPOCHS)")
+            )
     if cfg["train"]["batch_size"] > settings.max_batch_size:
-        errors.append((["train", "batch_size"], f"at most {settings.max_batch_size} on this server (GATLAB_MAX_BATCH_SIZE)"))
+        errors.append(
+            (
+                ["train", "batch_size"],
+                f"at most {settings.max_batch_size} on this server (GATLAB_MAX_BATCH_SIZE)",
+            )
+        )
     root = settings.data_path
     if root is not None:
         for section, key in PATH_FIELDS:
@@ -79,7 +86,12 @@ def _limit_errors(cfg: dict) -> list[tuple[list[str], str]]:
             if ".." in PurePath(value).parts:
                 errors.append(([section, key], "may not contain '..'"))
             elif not (root / value).resolve().is_relative_to(root):
-                errors.append(([section, key], f"must lie inside the data root {root} (a path relative to it, or absolute inside it)"))
+                errors.append(
+                    (
+                        [section, key],
+                        f"must lie inside the data root {root} (a path relative to it, or absolute inside it)",
+                    )
+                )
     return errors
 
 
@@ -88,10 +100,15 @@ def _check_quota(s: Session, user: User | None, new: int) -> None:
     if user is None:
         return
     cap = get_settings().max_queued_per_user
-    queued = s.scalar(select(func.count()).select_from(Run).where(Run.owner_id == user.id, Run.status == "queued"))
+    queued = s.scalar(
+        select(func.count()).select_from(Run).where(Run.owner_id == user.id, Run.status == "queued")
+    )
     if queued + new > cap:
-        raise HTTPException(429, detail=f"{user.name} has {queued} queued runs; this would make {queued + new}, "
-                                        f"over the cap of {cap} per user (GATLAB_MAX_QUEUED_PER_USER)")
+        raise HTTPException(
+            429,
+            detail=f"{user.name} has {queued} queued runs; this would make {queued + new}, "
+            f"over the cap of {cap} per user (GATLAB_MAX_QUEUED_PER_USER)",
+        )
 
 
 def _check_references(s: Session, config: dict, prefix: str = "config") -> None:
@@ -100,8 +117,19 @@ def _check_references(s: Session, config: dict, prefix: str = "config") -> None:
     if teacher is not None:
         run = s.get(Run, teacher)
         if run is None or run.status != "succeeded" or run.kind != "train":
-            state = "does not exist" if run is None else f"is {run.status}" if run.status != "succeeded" else "is not a training run"
-            raise unprocessable(([prefix, "params", "teacher_run"], f"teacher run {teacher} {state}; it must be a succeeded training run"))
+            state = (
+                "does not exist"
+                if run is None
+                else f"is {run.status}"
+                if run.status != "succeeded"
+                else "is not a training run"
+            )
+            raise unprocessable(
+                (
+                    [prefix, "params", "teacher_run"],
+                    f"teacher run {teacher} {state}; it must be a succeeded training run",
+                )
+            )
 
 
 def _commit_and_enqueue(s: Session, runs: list[Run]) -> None:
@@ -123,7 +151,9 @@ def _enqueue_all(ids: list[int]) -> None:
             sent.append(run_id)
     except BrokerUnavailable as e:
         with session_scope() as s:
-            for run in s.scalars(select(Run).where(Run.id.in_(ids), Run.id.not_in(sent), Run.status == "queued")):
+            for run in s.scalars(
+                select(Run).where(Run.id.in_(ids), Run.id.not_in(sent), Run.status == "queued")
+            ):
                 run.status, run.error, run.finished_at = "failed", str(e), now()
         raise HTTPException(503, detail=str(e)) from e
     finally:
@@ -161,26 +191,46 @@ def create_sweep(body: SweepCreate, user: CurrentUser, s: SessionDep) -> dict:
     configs = []
     for combo in combos:
         cfg = copy.deepcopy(body.config)
-        for k, v in zip(keys, combo[:-1]):
+        for k, v in zip(keys, combo[:-1], strict=False):
             _set_path(cfg, k, v)
         _set_path(cfg, "train.seed", combo[-1])
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo[:-1]))
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo[:-1], strict=False))
         cfg["name"] = f"{cfg.get('name', 'run')}[{label + ',' if label else ''}seed={combo[-1]}]"[:200]
         configs.append(_validated(cfg))
         _check_references(s, configs[-1])
     _check_quota(s, user, len(configs))
-    runs = [crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags, owner=user) for c in configs]
+    runs = [
+        crud.create_run(s, config=c, experiment=body.experiment, tags=body.tags, owner=user) for c in configs
+    ]
     _commit_and_enqueue(s, runs)
     return {"total": len(runs), "items": runs}
 
 
 @router.get("/runs", response_model=RunList)
-def list_runs(s: SessionDep, status: QText = None, scenario: QText = None,
-              method: QText = None, experiment: QText = None, tag: QText = None,
-              q: QText = None, sort: SORTS = "-created_at",
-              limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**31 - 1)) -> dict:
-    items, total = crud.list_runs(s, status=status, scenario=scenario, method=method, experiment=experiment,
-                                  tag=tag, q=q, sort=sort, limit=limit, offset=offset)
+def list_runs(
+    s: SessionDep,
+    status: QText = None,
+    scenario: QText = None,
+    method: QText = None,
+    experiment: QText = None,
+    tag: QText = None,
+    q: QText = None,
+    sort: SORTS = "-created_at",
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=2**31 - 1),
+) -> dict:
+    items, total = crud.list_runs(
+        s,
+        status=status,
+        scenario=scenario,
+        method=method,
+        experiment=experiment,
+        tag=tag,
+        q=q,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
     return {"total": total, "items": items}
 
 
@@ -231,31 +281,58 @@ def delete_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Response:
 
 
 @router.get("/runs/{run_id}/metrics")
-def metrics(run: RunDep, s: SessionDep,
-            keys: str | None = Query(None, max_length=2000, pattern=NO_NUL, description="Comma-separated keys; all if unset"),
-            max_points: int = Query(1000, ge=2, le=100_000), after_step: int = Query(-1, ge=-1, le=2**31 - 1),
-            before_step: int | None = Query(None, ge=0, le=2**31 - 1, description="Upper bound (zoom)")) -> dict:
+def metrics(
+    run: RunDep,
+    s: SessionDep,
+    keys: str | None = Query(
+        None, max_length=2000, pattern=NO_NUL, description="Comma-separated keys; all if unset"
+    ),
+    max_points: int = Query(1000, ge=2, le=100_000),
+    after_step: int = Query(-1, ge=-1, le=2**31 - 1),
+    before_step: int | None = Query(None, ge=0, le=2**31 - 1, description="Upper bound (zoom)"),
+) -> dict:
     """Chart-ready columns; long series come as min/max/last buckets. Poll with after_step, zoom with both."""
     key_list = [k for k in keys.split(",") if k] if keys else None
-    return {"run_id": run.id, "series": crud.metric_columns(s, run_id=run.id, keys=key_list, max_points=max_points,
-                                                             after_step=after_step, before_step=before_step)}
+    return {
+        "run_id": run.id,
+        "series": crud.metric_columns(
+            s,
+            run_id=run.id,
+            keys=key_list,
+            max_points=max_points,
+            after_step=after_step,
+            before_step=before_step,
+        ),
+    }
 
 
 @router.get("/runs/{run_id}/histograms")
-def histograms(run: RunDep, s: SessionDep, key: QText = "input_grad",
-               limit: int = Query(200, ge=1, le=10_000)) -> dict:
-    rows = s.scalars(select(Histogram).where(Histogram.run_id == run.id, Histogram.key == key)
-                     .order_by(Histogram.step).limit(limit)).all()
-    return {"key": key, "edges": rows[0].edges if rows else [], "step": [r.step for r in rows],
-            "counts": [r.counts for r in rows]}
+def histograms(
+    run: RunDep, s: SessionDep, key: QText = "input_grad", limit: int = Query(200, ge=1, le=10_000)
+) -> dict:
+    rows = s.scalars(
+        select(Histogram)
+        .where(Histogram.run_id == run.id, Histogram.key == key)
+        .order_by(Histogram.step)
+        .limit(limit)
+    ).all()
+    return {
+        "key": key,
+        "edges": rows[0].edges if rows else [],
+        "step": [r.step for r in rows],
+        "counts": [r.counts for r in rows],
+    }
 
 
 def _panel_jobs(s: Session, run: Run) -> list[dict]:
     """The panels run on this run, oldest first. A panel job is named by its run id; the panel at
     the end of the run's own training by the run's id."""
-    rows = s.execute(select(EvalResult.job_id, EvalResult.panel, func.max(EvalResult.n), func.min(EvalResult.id))
-                     .where(EvalResult.run_id == run.id).group_by(EvalResult.job_id, EvalResult.panel)
-                     .order_by(func.min(EvalResult.id))).all()
+    rows = s.execute(
+        select(EvalResult.job_id, EvalResult.panel, func.max(EvalResult.n), func.min(EvalResult.id))
+        .where(EvalResult.run_id == run.id)
+        .group_by(EvalResult.job_id, EvalResult.panel)
+        .order_by(func.min(EvalResult.id))
+    ).all()
     return [{"job_id": job or run.id, "panel": panel, "n": n} for job, panel, n, _ in rows]
 
 
@@ -268,8 +345,14 @@ def _job_dir(run: Run, job_id: int | None) -> Path:
     return get_settings().runs_path / str(job_id or run.id)
 
 
-JobQuery = Annotated[int | None, Query(ge=1, le=2**31 - 1,
-                                       description="A panel job's id, or the run's own id for its own panel (default: the latest)")]
+JobQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=2**31 - 1,
+        description="A panel job's id, or the run's own id for its own panel (default: the latest)",
+    ),
+]
 
 
 def _pick_job(s: Session, run: Run, job: int | None) -> tuple[list[dict], int | None]:
@@ -283,16 +366,27 @@ def _pick_job(s: Session, run: Run, job: int | None) -> tuple[list[dict], int | 
 def eval_results(run: RunDep, s: SessionDep, job: JobQuery = None) -> dict:
     """One panel's results (the latest, or `job`); `panels` lists every panel kept for this run."""
     jobs, job_id = _pick_job(s, run, job)
-    rows = s.scalars(select(EvalResult).where(EvalResult.run_id == run.id, _of_job(EvalResult, run, job_id))
-                     .order_by(EvalResult.id)).all()
-    checks = s.scalars(select(SanityCheck).where(SanityCheck.run_id == run.id, _of_job(SanityCheck, run, job_id))
-                       .order_by(SanityCheck.id)).all()
+    rows = s.scalars(
+        select(EvalResult)
+        .where(EvalResult.run_id == run.id, _of_job(EvalResult, run, job_id))
+        .order_by(EvalResult.id)
+    ).all()
+    checks = s.scalars(
+        select(SanityCheck)
+        .where(SanityCheck.run_id == run.id, _of_job(SanityCheck, run, job_id))
+        .order_by(SanityCheck.id)
+    ).all()
     cols = ("panel", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n")
-    return {"job_id": job_id, "panels": jobs,
-            "rows": [{c: getattr(r, c) for c in cols} for r in rows],
-            "checks": [{"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
-            "all_passed": all(c.passed for c in checks) if checks else None,
-            "gallery": (_job_dir(run, job_id) / "gallery.json").is_file()}
+    return {
+        "job_id": job_id,
+        "panels": jobs,
+        "rows": [{c: getattr(r, c) for c in cols} for r in rows],
+        "checks": [
+            {"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks
+        ],
+        "all_passed": all(c.passed for c in checks) if checks else None,
+        "gallery": (_job_dir(run, job_id) / "gallery.json").is_file(),
+    }
 
 
 @router.post("/runs/{run_id}/eval", status_code=201, response_model=RunOut)
@@ -323,11 +417,16 @@ def gallery(run: RunDep, s: SessionDep, job: JobQuery = None) -> Response:
 @router.get("/runs/{run_id}/artifacts")
 def artifacts(run: RunDep, s: SessionDep) -> list[dict]:
     rows = s.scalars(select(Artifact).where(Artifact.run_id == run.id).order_by(Artifact.name)).all()
-    return [{"name": a.name, "kind": a.kind, "size": a.size, "url": f"/api/runs/{run.id}/artifacts/{a.name}"} for a in rows]
+    return [
+        {"name": a.name, "kind": a.kind, "size": a.size, "url": f"/api/runs/{run.id}/artifacts/{a.name}"}
+        for a in rows
+    ]
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
-def artifact(name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: RunDep, s: SessionDep) -> FileResponse:
+def artifact(
+    name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: RunDep, s: SessionDep
+) -> FileResponse:
     a = s.scalar(select(Artifact).where(Artifact.run_id == run.id, Artifact.name == name))
     if a is None or not Path(a.path).is_file():
         raise HTTPException(404, detail=f"run {run.id} has no artifact {name!r}")
@@ -335,25 +434,39 @@ def artifact(name: Annotated[str, FPath(max_length=200, pattern=NO_NUL)], run: R
 
 
 @router.get("/export")
-def export(s: SessionDep, ids: str = Query(..., max_length=4000, description="Comma-separated run ids"),
-           format: Literal["csv", "json"] = "csv") -> Response:
+def export(
+    s: SessionDep,
+    ids: str = Query(..., max_length=4000, description="Comma-separated run ids"),
+    format: Literal["csv", "json"] = "csv",
+) -> Response:
     """Metrics of a selection of runs, long format: run_id, key, step, value."""
     try:
         id_list = [int(i) for i in ids.split(",") if i]
         if not all(1 <= i < 2**31 for i in id_list):
             raise ValueError
     except ValueError:
-        raise unprocessable((["query", "ids"], "ids must be comma-separated run ids (positive 32-bit integers)")) from None
-    rows = s.execute(select(Metric.run_id, Metric.key, Metric.step, Metric.value)
-                     .where(Metric.run_id.in_(id_list)).order_by(Metric.run_id, Metric.key, Metric.step)).all()
+        raise unprocessable(
+            (["query", "ids"], "ids must be comma-separated run ids (positive 32-bit integers)")
+        ) from None
+    rows = s.execute(
+        select(Metric.run_id, Metric.key, Metric.step, Metric.value)
+        .where(Metric.run_id.in_(id_list))
+        .order_by(Metric.run_id, Metric.key, Metric.step)
+    ).all()
     if format == "json":
         runs = s.scalars(select(Run).where(Run.id.in_(id_list))).all()
-        return Response(RunExport(runs=[RunOut.model_validate(r) for r in runs],
-                                  metrics=[list(r) for r in rows]).model_dump_json(), media_type="application/json")
+        return Response(
+            RunExport(
+                runs=[RunOut.model_validate(r) for r in runs], metrics=[list(r) for r in rows]
+            ).model_dump_json(),
+            media_type="application/json",
+        )
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["run_id", "key", "step", "value"])
     w.writerows(rows)
-    return Response(buf.getvalue(), media_type="text/csv",
-                    headers={"Content-Disposition": 'attachment; filename="gatlab-export.csv"'})
-
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="gatlab-export.csv"'},
+    )

@@ -3,9 +3,10 @@
 FGSM and PGD are our own (attacks/pgd.py), cross-checked against APGD-CE in the tests;
 APGD, Square and AutoAttack come from `pyautoattack`, the reference code (Croce & Hein 2020).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

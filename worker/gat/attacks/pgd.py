@@ -3,6 +3,7 @@ L-inf and L2, untargeted or targeted, on cross-entropy or margin (CW) loss, with
 and restarts. Inputs and outputs are images in [0, 1]; every iterate is projected onto the
 epsilon ball and the [0, 1] box.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,11 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _loss(logits, y, target, kind):
     if target is not None:  # move towards the target: minimise its loss
-        return -F.cross_entropy(logits, target, reduction="none") if kind == "ce" else -margin_loss(logits, target)
+        return (
+            -F.cross_entropy(logits, target, reduction="none")
+            if kind == "ce"
+            else -margin_loss(logits, target)
+        )
     return F.cross_entropy(logits, y, reduction="none") if kind == "ce" else margin_loss(logits, y)
 
 
@@ -44,9 +49,20 @@ def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return d / _flat_norm(d) * eps * r
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-        steps: int = 10, step_size: float | None = None, restarts: int = 1, random_start: bool = True,
-        loss: str = "ce", target: torch.Tensor | None = None) -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: str = "ce",
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Adversarial images; over restarts each example keeps the first one that fools the model
     (or reaches the target), else the one of highest loss."""
     if eps == 0:
@@ -58,16 +74,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         delta = project(_random_start(x, eps, norm), x, eps, norm) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             delta.requires_grad_(True)
-            l = _loss(model(x + delta), y, target, loss)
-            (g,) = torch.autograd.grad(l.sum(), delta)
+            per_example = _loss(model(x + delta), y, target, loss)
+            (g,) = torch.autograd.grad(per_example.sum(), delta)
             step = g.sign() if norm == "linf" else g / _flat_norm(g)
             delta = project(delta.detach() + step_size * step, x, eps, norm)
         with torch.no_grad():
             logits = model(x + delta)
-            l = _loss(logits, y, target, loss)
+            per_example = _loss(logits, y, target, loss)
             success = logits.argmax(1) != y if target is None else logits.argmax(1) == target
-            take = (~done) & (success | (l > best_loss))
-            best[take], best_loss[take] = (x + delta)[take], l[take]
+            take = (~done) & (success | (per_example > best_loss))
+            best[take], best_loss[take] = (x + delta)[take], per_example[take]
             done |= success
     return best.detach()
 

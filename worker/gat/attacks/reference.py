@@ -2,6 +2,7 @@
 standard AutoAttack ensemble, in the registry's call signature. With fewer than ten classes
 the targeted attacks use every other class (K - 1 targets) instead of nine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,14 +16,25 @@ logging.getLogger("auto-attack").setLevel(logging.WARNING)
 
 
 def apgd_ce(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
-    a = APGDAttack(model, n_iter=steps, n_restarts=restarts, norm="Linf", eps=eps, seed=seed,
-                   loss="ce", device=x.device)
+    a = APGDAttack(
+        model, n_iter=steps, n_restarts=restarts, norm="Linf", eps=eps, seed=seed, loss="ce", device=x.device
+    )
     return a.perturb(x, y).detach()
 
 
 def square(model, x, y, *, eps, seed=0, queries=5000, **_):
-    a = SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8, n_restarts=1,
-                     seed=seed, verbose=False, device=x.device, resc_schedule=False)
+    a = SquareAttack(
+        model,
+        norm="Linf",
+        n_queries=queries,
+        eps=eps,
+        p_init=0.8,
+        n_restarts=1,
+        seed=seed,
+        verbose=False,
+        device=x.device,
+        resc_schedule=False,
+    )
     with torch.no_grad():
         return a.perturb(x, y).detach()
 

@@ -3,10 +3,11 @@ returns a `Method`: a step that maps a batch to (loss, metrics), plus any auxili
 All factories share one signature: `make(model, *, num_classes, input_shape, eps, **knobs)`;
 distillation factories also take the frozen `teacher`, multi-task ones the dataset's `tasks`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

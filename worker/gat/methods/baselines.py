@@ -4,6 +4,7 @@
 regularisation by double backprop, Ross & Doshi-Velez 2018: the non-adversarial counterpart of
 GAT). `eps` left unset means the dataset's standard L-inf radius (filled in by the trainer).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ def erm(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | 
     return Method(step=step)
 
 
-def fgsm_at(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-            alpha: float = 1.25) -> Method:
+def fgsm_at(
+    model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None, alpha: float = 1.25
+) -> Method:
     def step(x, y, progress, i):
         x_adv = pgd(model, x, y, eps=eps, steps=1, step_size=alpha * eps, random_start=True)
         loss = F.cross_entropy(model(x_adv), y)
@@ -32,8 +34,15 @@ def fgsm_at(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: floa
     return Method(step=step)
 
 
-def pgd_at(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-           steps: int = 10, step_mult: float = 2.5) -> Method:
+def pgd_at(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    eps: float | None = None,
+    steps: int = 10,
+    step_mult: float = 2.5,
+) -> Method:
     def step(x, y, progress, i):
         x_adv = pgd(model, x, y, eps=eps, steps=steps, step_size=step_mult * eps / steps)
         loss = F.cross_entropy(model(x_adv), y)
@@ -42,8 +51,16 @@ def pgd_at(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float
     return Method(step=step)
 
 
-def trades(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-           beta: float = 6.0, steps: int = 10, step_mult: float = 2.5) -> Method:
+def trades(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    eps: float | None = None,
+    beta: float = 6.0,
+    steps: int = 10,
+    step_mult: float = 2.5,
+) -> Method:
     def step(x, y, progress, i):
         was_training = model.training
         model.eval()  # as the reference code: generate the attack with frozen BN statistics
@@ -54,7 +71,9 @@ def trades(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float
             x_adv.requires_grad_(True)
             kl = F.kl_div(model(x_adv).log_softmax(1), p_clean, reduction="sum")
             (g,) = torch.autograd.grad(kl, x_adv)
-            x_adv = (x + (x_adv.detach() + step_mult * eps / steps * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+            x_adv = (x + (x_adv.detach() + step_mult * eps / steps * g.sign() - x).clamp(-eps, eps)).clamp(
+                0, 1
+            )
         model.train(was_training)
         logits = model(x)
         ce = F.cross_entropy(logits, y)
@@ -64,8 +83,9 @@ def trades(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float
     return Method(step=step)
 
 
-def igr(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-        weight: float = 1.0) -> Method:
+def igr(
+    model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None, weight: float = 1.0
+) -> Method:
     def step(x, y, progress, i):
         x = x.clone().requires_grad_(True)
         ce = F.cross_entropy(model(x), y, reduction="none")  # N

@@ -4,6 +4,7 @@
 and GREAT (Sinha et al. 2018): a binary auxiliary network tells the teacher's gradient from the
 student's, and the student learns through the reversal layer to be mistaken for the teacher.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,9 @@ def _grad_stats(gs: torch.Tensor, gt: torch.Tensor) -> dict:
     return {"st_cos": (a * b).sum(1).mean(), "st_l2": (a - b).norm(dim=1).mean()}
 
 
-def student(model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: nn.Module,
-            eps: float | None = None) -> Method:
+def student(
+    model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: nn.Module, eps: float | None = None
+) -> Method:
     _freeze(teacher)
 
     def step(x, y, progress, i):
@@ -60,8 +62,16 @@ def student(model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: 
     return Method(step=step)
 
 
-def soft_targets(model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: nn.Module,
-                 eps: float | None = None, temperature: float = 4.0, alpha: float = 0.9) -> Method:
+def soft_targets(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    teacher: nn.Module,
+    eps: float | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+) -> Method:
     _freeze(teacher)
 
     def step(x, y, progress, i):
@@ -69,13 +79,24 @@ def soft_targets(model: nn.Module, *, num_classes: int, input_shape: tuple, teac
         with torch.no_grad():
             zt = teacher(x)
         ce, kd = F.cross_entropy(zs, y), soft_target_loss(zs, zt, temperature)
-        return (1 - alpha) * ce + alpha * kd, {"loss": ce.detach(), "kd": kd.detach(), "agreement": _agreement(zs, zt)}
+        return (1 - alpha) * ce + alpha * kd, {
+            "loss": ce.detach(),
+            "kd": kd.detach(),
+            "agreement": _agreement(zs, zt),
+        }
 
     return Method(step=step)
 
 
-def jacobian_matching(model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: nn.Module,
-                      eps: float | None = None, beta: float = 1.0) -> Method:
+def jacobian_matching(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    teacher: nn.Module,
+    eps: float | None = None,
+    beta: float = 1.0,
+) -> Method:
     _freeze(teacher)
 
     def step(x, y, progress, i):
@@ -83,15 +104,35 @@ def jacobian_matching(model: nn.Module, *, num_classes: int, input_shape: tuple,
         zt, _, gt = _grads(teacher, x, y, wrt="input", create_graph=False)
         a, b = F.normalize(gs.flatten(1), dim=1), F.normalize(gt.detach().flatten(1), dim=1)
         match = (a - b).pow(2).sum(1).mean()
-        return ce.mean() + beta * match, {"loss": ce.mean().detach(), "jacobian_l2": match.detach(),
-                                          "agreement": _agreement(zs.detach(), zt.detach()), **_grad_stats(gs, gt)}
+        return ce.mean() + beta * match, {
+            "loss": ce.mean().detach(),
+            "jacobian_l2": match.detach(),
+            "agreement": _agreement(zs.detach(), zt.detach()),
+            **_grad_stats(gs, gt),
+        }
 
     return Method(step=step)
 
 
-def _great(model, *, num_classes, input_shape, teacher, soft: bool, temperature: float, alpha: float,
-           lam: float, lam_schedule: str, warmup: float, adv_every: int, grad_norm: str, aux_arch: str,
-           aux_width: int, aux_lr: float, grad_wrt: str) -> Method:
+def _great(
+    model,
+    *,
+    num_classes,
+    input_shape,
+    teacher,
+    soft: bool,
+    temperature: float,
+    alpha: float,
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    grad_wrt: str,
+) -> Method:
     _freeze(teacher)
     shape = tuple(input_shape) if grad_wrt == "input" else (num_classes,)
     disc = aux_net(shape, 1, arch=aux_arch, width=aux_width)
@@ -108,9 +149,15 @@ def _great(model, *, num_classes, input_shape, teacher, soft: bool, temperature:
         ones, zeros = torch.ones_like(d_t), torch.zeros_like(d_s)
         d_loss = F.binary_cross_entropy_with_logits(torch.cat([d_t, d_s]), torch.cat([ones, zeros]))
         task = ce.mean()
-        metrics = {"loss": task.detach(), "aux_loss": d_loss.detach(), "lam": lam_now, "aux_chance": 0.5,
-                   "aux_acc": torch.cat([d_t > 0, d_s <= 0]).float().mean(),
-                   "agreement": _agreement(zs.detach(), zt.detach()), **_grad_stats(gs, gt)}
+        metrics = {
+            "loss": task.detach(),
+            "aux_loss": d_loss.detach(),
+            "lam": lam_now,
+            "aux_chance": 0.5,
+            "aux_acc": torch.cat([d_t > 0, d_s <= 0]).float().mean(),
+            "agreement": _agreement(zs.detach(), zt.detach()),
+            **_grad_stats(gs, gt),
+        }
         if soft:
             kd = soft_target_loss(zs, zt.detach(), temperature)
             task = (1 - alpha) * task + alpha * kd
@@ -120,22 +167,77 @@ def _great(model, *, num_classes, input_shape, teacher, soft: bool, temperature:
     return Method(step=step, aux={"aux": disc}, aux_lr=aux_lr)
 
 
-def great(model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: nn.Module, eps: float | None = None,
-          lam: float = 0.1, lam_schedule: str = "constant", warmup: float = 0.1, adv_every: int = 1,
-          grad_norm: str = "l2", aux_arch: str = "auto", aux_width: int = 32, aux_lr: float = 1e-3,
-          grad_wrt: str = "input") -> Method:
-    return _great(model, num_classes=num_classes, input_shape=input_shape, teacher=teacher, soft=False,
-                  temperature=1.0, alpha=0.0, lam=lam, lam_schedule=lam_schedule, warmup=warmup,
-                  adv_every=adv_every, grad_norm=grad_norm, aux_arch=aux_arch, aux_width=aux_width,
-                  aux_lr=aux_lr, grad_wrt=grad_wrt)
+def great(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    teacher: nn.Module,
+    eps: float | None = None,
+    lam: float = 0.1,
+    lam_schedule: str = "constant",
+    warmup: float = 0.1,
+    adv_every: int = 1,
+    grad_norm: str = "l2",
+    aux_arch: str = "auto",
+    aux_width: int = 32,
+    aux_lr: float = 1e-3,
+    grad_wrt: str = "input",
+) -> Method:
+    return _great(
+        model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        teacher=teacher,
+        soft=False,
+        temperature=1.0,
+        alpha=0.0,
+        lam=lam,
+        lam_schedule=lam_schedule,
+        warmup=warmup,
+        adv_every=adv_every,
+        grad_norm=grad_norm,
+        aux_arch=aux_arch,
+        aux_width=aux_width,
+        aux_lr=aux_lr,
+        grad_wrt=grad_wrt,
+    )
 
 
-def great_soft_targets(model: nn.Module, *, num_classes: int, input_shape: tuple, teacher: nn.Module,
-                       eps: float | None = None, temperature: float = 4.0, alpha: float = 0.9, lam: float = 0.1,
-                       lam_schedule: str = "constant", warmup: float = 0.1, adv_every: int = 1,
-                       grad_norm: str = "l2", aux_arch: str = "auto", aux_width: int = 32,
-                       aux_lr: float = 1e-3, grad_wrt: str = "input") -> Method:
-    return _great(model, num_classes=num_classes, input_shape=input_shape, teacher=teacher, soft=True,
-                  temperature=temperature, alpha=alpha, lam=lam, lam_schedule=lam_schedule, warmup=warmup,
-                  adv_every=adv_every, grad_norm=grad_norm, aux_arch=aux_arch, aux_width=aux_width,
-                  aux_lr=aux_lr, grad_wrt=grad_wrt)
+def great_soft_targets(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    teacher: nn.Module,
+    eps: float | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    lam: float = 0.1,
+    lam_schedule: str = "constant",
+    warmup: float = 0.1,
+    adv_every: int = 1,
+    grad_norm: str = "l2",
+    aux_arch: str = "auto",
+    aux_width: int = 32,
+    aux_lr: float = 1e-3,
+    grad_wrt: str = "input",
+) -> Method:
+    return _great(
+        model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        teacher=teacher,
+        soft=True,
+        temperature=temperature,
+        alpha=alpha,
+        lam=lam,
+        lam_schedule=lam_schedule,
+        warmup=warmup,
+        adv_every=adv_every,
+        grad_norm=grad_norm,
+        aux_arch=aux_arch,
+        aux_width=aux_width,
+        aux_lr=aux_lr,
+        grad_wrt=grad_wrt,
+    )

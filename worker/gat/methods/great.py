@@ -8,6 +8,7 @@ negative classes whose gradients look like the true class's:
     L = -log( e^{z_y} / (e^{z_y} + sum_{j != y} (1 + beta q_j) e^{z_j}) ),
 which is cross entropy on logits z_j + log(1 + beta q_j) for j != y (beta = 0: cross entropy).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,22 @@ def greace_loss(logits: torch.Tensor, y: torch.Tensor, q: torch.Tensor, beta: fl
     return F.cross_entropy(logits + shift, y)
 
 
-def _make(model: nn.Module, *, num_classes: int, input_shape: tuple, adversarial: bool, beta: float,
-          lam: float, lam_schedule: str, warmup: float, adv_every: int,
-          grad_norm: str, aux_arch: str, aux_width: int, aux_lr: float) -> Method:
+def _make(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    adversarial: bool,
+    beta: float,
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+) -> Method:
     aux = aux_net(input_shape, num_classes, arch=aux_arch, width=aux_width)
 
     def step(x: torch.Tensor, y: torch.Tensor, progress: float, i: int):
@@ -42,38 +56,109 @@ def _make(model: nn.Module, *, num_classes: int, input_shape: tuple, adversarial
         aux_loss = F.cross_entropy(aux_logits, y)
         task = greace_loss(logits, y, aux_logits.softmax(1), beta) if beta > 0 else ce.mean()
         metrics = {
-            "loss": task.detach(), "aux_loss": aux_loss.detach(), "lam": lam_now,
-            "aux_acc": (aux_logits.argmax(1) == y).float().mean(), "aux_chance": 1.0 / num_classes,
+            "loss": task.detach(),
+            "aux_loss": aux_loss.detach(),
+            "lam": lam_now,
+            "aux_acc": (aux_logits.argmax(1) == y).float().mean(),
+            "aux_chance": 1.0 / num_classes,
         }
         return task + aux_loss, metrics
 
     return Method(step=step, aux={"aux": aux}, aux_lr=aux_lr)
 
 
-def great(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-          lam: float = 0.1, lam_schedule: str = "constant", warmup: float = 0.1, adv_every: int = 1,
-          grad_norm: str = "l2", aux_arch: str = "auto", aux_width: int = 32,
-          aux_lr: float = 1e-3) -> Method:
+def great(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    eps: float | None = None,
+    lam: float = 0.1,
+    lam_schedule: str = "constant",
+    warmup: float = 0.1,
+    adv_every: int = 1,
+    grad_norm: str = "l2",
+    aux_arch: str = "auto",
+    aux_width: int = 32,
+    aux_lr: float = 1e-3,
+) -> Method:
     """GREAT: cross entropy + A's loss through the reversal layer."""
-    return _make(model, num_classes=num_classes, input_shape=input_shape, adversarial=True, beta=0.0,
-                 lam=lam, lam_schedule=lam_schedule, warmup=warmup, adv_every=adv_every,
-                 grad_norm=grad_norm, aux_arch=aux_arch, aux_width=aux_width, aux_lr=aux_lr)
+    return _make(
+        model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        adversarial=True,
+        beta=0.0,
+        lam=lam,
+        lam_schedule=lam_schedule,
+        warmup=warmup,
+        adv_every=adv_every,
+        grad_norm=grad_norm,
+        aux_arch=aux_arch,
+        aux_width=aux_width,
+        aux_lr=aux_lr,
+    )
 
 
-def greace(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-           beta: float = 1.0, grad_norm: str = "l2", aux_arch: str = "auto", aux_width: int = 32,
-           aux_lr: float = 1e-3) -> Method:
+def greace(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    eps: float | None = None,
+    beta: float = 1.0,
+    grad_norm: str = "l2",
+    aux_arch: str = "auto",
+    aux_width: int = 32,
+    aux_lr: float = 1e-3,
+) -> Method:
     """GREACE alone: A learns on detached gradients; f trains on the GREACE loss only."""
-    return _make(model, num_classes=num_classes, input_shape=input_shape, adversarial=False, beta=beta,
-                 lam=0.0, lam_schedule="constant", warmup=0.1, adv_every=1,
-                 grad_norm=grad_norm, aux_arch=aux_arch, aux_width=aux_width, aux_lr=aux_lr)
+    return _make(
+        model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        adversarial=False,
+        beta=beta,
+        lam=0.0,
+        lam_schedule="constant",
+        warmup=0.1,
+        adv_every=1,
+        grad_norm=grad_norm,
+        aux_arch=aux_arch,
+        aux_width=aux_width,
+        aux_lr=aux_lr,
+    )
 
 
-def great_greace(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None,
-                 beta: float = 1.0, lam: float = 0.1, lam_schedule: str = "constant",
-                 warmup: float = 0.1, adv_every: int = 1, grad_norm: str = "l2",
-                 aux_arch: str = "auto", aux_width: int = 32, aux_lr: float = 1e-3) -> Method:
+def great_greace(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    eps: float | None = None,
+    beta: float = 1.0,
+    lam: float = 0.1,
+    lam_schedule: str = "constant",
+    warmup: float = 0.1,
+    adv_every: int = 1,
+    grad_norm: str = "l2",
+    aux_arch: str = "auto",
+    aux_width: int = 32,
+    aux_lr: float = 1e-3,
+) -> Method:
     """GREAT and GREACE together."""
-    return _make(model, num_classes=num_classes, input_shape=input_shape, adversarial=True, beta=beta,
-                 lam=lam, lam_schedule=lam_schedule, warmup=warmup, adv_every=adv_every,
-                 grad_norm=grad_norm, aux_arch=aux_arch, aux_width=aux_width, aux_lr=aux_lr)
+    return _make(
+        model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        adversarial=True,
+        beta=beta,
+        lam=lam,
+        lam_schedule=lam_schedule,
+        warmup=warmup,
+        adv_every=adv_every,
+        grad_norm=grad_norm,
+        aux_arch=aux_arch,
+        aux_width=aux_width,
+        aux_lr=aux_lr,
+    )

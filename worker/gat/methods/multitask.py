@@ -8,6 +8,7 @@ per-task gradients by task id, and gamma is trained through the reversal layer a
 GradNorm here balances gradient norms at F (the shared features) rather than at the last shared
 weight matrix: one backward per task on an N x D tensor instead of on the weights.
 """
+
 from __future__ import annotations
 
 import random
@@ -37,15 +38,22 @@ def _check(tasks: dict, names) -> None:
 
 
 def _metrics(losses: dict, weights: dict | None = None) -> dict:
-    out = {f"loss/{t}": l.detach() for t, l in losses.items()}
+    out = {f"loss/{t}": loss.detach() for t, loss in losses.items()}
     out["loss"] = sum(losses.values()).detach()
     for t, w in (weights or {}).items():
         out[f"weight/{t}"] = float(w)
     return out
 
 
-def single_task(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict,
-                eps: float | None = None, task: str = "") -> Method:
+def single_task(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    tasks: dict,
+    eps: float | None = None,
+    task: str = "",
+) -> Method:
     """One task only (the dataset's first if unset): the reference for delta-m%."""
     task = task or next(iter(tasks))
     _check(tasks, [task])
@@ -57,15 +65,22 @@ def single_task(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks
     return Method(step=step)
 
 
-def equal(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict, eps: float | None = None,
-          weights: dict[str, float] | None = None) -> Method:
+def equal(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    tasks: dict,
+    eps: float | None = None,
+    weights: dict[str, float] | None = None,
+) -> Method:
     """Fixed weights (1 for every task unless given)."""
     _check(tasks, weights or {})
     w = {t: (weights or {}).get(t, 1.0) for t in tasks}
 
     def step(x, targets, progress, i):
         losses = _losses(model(x), targets, tasks)
-        return sum(w[t] * l for t, l in losses.items()), _metrics(losses, w)
+        return sum(w[t] * loss for t, loss in losses.items()), _metrics(losses, w)
 
     return Method(step=step)
 
@@ -76,8 +91,15 @@ class _Vector(nn.Module):
         self.value = nn.Parameter(values)
 
 
-def uncertainty(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict,
-                eps: float | None = None, weight_lr: float = 0.01) -> Method:
+def uncertainty(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    tasks: dict,
+    eps: float | None = None,
+    weight_lr: float = 0.01,
+) -> Method:
     """L = sum_t exp(-s_t) c_t L_t + s_t / 2 with s_t = log sigma_t^2 learned (c_t = 1/2 for regression)."""
     s = _Vector(torch.zeros(len(tasks)))
     coef = torch.tensor([1.0 if spec["kind"] == "cls" else 0.5 for spec in tasks.values()])
@@ -86,13 +108,23 @@ def uncertainty(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks
         losses = _losses(model(x), targets, tasks)
         ls = torch.stack(list(losses.values()))
         total = (torch.exp(-s.value) * coef.to(ls.device) * ls + s.value / 2).sum()
-        return total, _metrics(losses, {t: torch.exp(-v).item() for t, v in zip(tasks, s.value.detach())})
+        return total, _metrics(
+            losses, {t: torch.exp(-v).item() for t, v in zip(tasks, s.value.detach(), strict=False)}
+        )
 
     return Method(step=step, aux={"log_vars": s}, aux_lr=weight_lr)
 
 
-def gradnorm(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict, eps: float | None = None,
-             alpha: float = 1.5, weight_lr: float = 0.025) -> Method:
+def gradnorm(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    tasks: dict,
+    eps: float | None = None,
+    alpha: float = 1.5,
+    weight_lr: float = 0.025,
+) -> Method:
     """Weights w_t move so that the gradient norms |d(w_t L_t)/dF| approach mean * (relative rate)^alpha."""
     w = _Vector(torch.ones(len(tasks)))
     w.register_buffer("initial", torch.zeros(len(tasks)))  # L_t at the first step, checkpointed
@@ -104,13 +136,18 @@ def gradnorm(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: d
         ls = torch.stack(list(losses.values()))
         if not w.initial.any():
             w.initial.copy_(ls.detach())
-        norms = torch.stack([torch.autograd.grad(l, f, retain_graph=True)[0].norm() for l in ls]).detach()
+        norms = torch.stack(
+            [torch.autograd.grad(loss, f, retain_graph=True)[0].norm() for loss in ls]
+        ).detach()
         g = w.value * norms  # G_t, linear in w_t
         rate = ls.detach() / w.initial
         target = (g.mean() * (rate / rate.mean()) ** alpha).detach()
         balance = (g - target).abs().sum()  # reaches w only: norms and target are constants
         total = (w.value.detach() * ls).sum() + balance
-        return total, {**_metrics(losses, dict(zip(tasks, w.value.detach().tolist()))), "gradnorm_loss": balance.detach()}
+        return total, {
+            **_metrics(losses, dict(zip(tasks, w.value.detach().tolist(), strict=False))),
+            "gradnorm_loss": balance.detach(),
+        }
 
     def renormalise():  # keep sum_t w_t = T, each positive
         with torch.no_grad():
@@ -133,15 +170,23 @@ def project_conflicts(grads: list[torch.Tensor], order: list[int] | None = None)
     return torch.stack(out).sum(0)
 
 
-def pcgrad(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict,
-           eps: float | None = None) -> Method:
+def pcgrad(
+    model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict, eps: float | None = None
+) -> Method:
     shared = [p for p in model.encoder.parameters() if p.requires_grad]
     rng = random.Random(0)
 
     def step(x, targets, progress, i):
         losses = _losses(model(x), targets, tasks)
-        flat = [torch.cat([g.flatten() for g in torch.autograd.grad(l, shared, retain_graph=True, allow_unused=False)])
-                for l in losses.values()]
+        flat = [
+            torch.cat(
+                [
+                    g.flatten()
+                    for g in torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=False)
+                ]
+            )
+            for loss in losses.values()
+        ]
         order = list(range(len(flat)))
         rng.shuffle(order)
         merged = project_conflicts(flat, order)
@@ -185,9 +230,22 @@ class GalScales(nn.Module):
         return self.theta.shape[1] * self.theta.softmax(1)
 
 
-def great(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict, eps: float | None = None,
-          lam: float = 0.1, lam_schedule: str = "constant", warmup: float = 0.1, adv_every: int = 1,
-          grad_norm: str = "l2", aux_arch: str = "auto", aux_width: int = 32, aux_lr: float = 1e-3) -> Method:
+def great(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    tasks: dict,
+    eps: float | None = None,
+    lam: float = 0.1,
+    lam_schedule: str = "constant",
+    warmup: float = 0.1,
+    adv_every: int = 1,
+    grad_norm: str = "l2",
+    aux_arch: str = "auto",
+    aux_width: int = 32,
+    aux_lr: float = 1e-3,
+) -> Method:
     names = list(tasks)
     dim = next(iter(model.heads.values())).in_features
     scales = GalScales(len(names), dim)
@@ -198,16 +256,25 @@ def great(model: nn.Module, *, num_classes: int, input_shape: tuple, tasks: dict
         f = model.encoder(x)  # N x D
         gamma = scales()  # T x D
         fts = [gal(f, gamma[k].detach()) for k in range(len(names))]  # one aligned copy per task
-        losses = {t: task_loss(model.heads[t](ft), targets[t], tasks[t]) for t, ft in zip(names, fts)}
+        losses = {
+            t: task_loss(model.heads[t](ft), targets[t], tasks[t]) for t, ft in zip(names, fts, strict=False)
+        }
         raw = torch.autograd.grad(list(losses.values()), fts, retain_graph=True)  # dL_t/dF, unscaled
-        scaled = torch.cat([gamma[k] * g.detach() for k, g in enumerate(raw)])  # (T*N) x D, differentiable in gamma
+        scaled = torch.cat(
+            [gamma[k] * g.detach() for k, g in enumerate(raw)]
+        )  # (T*N) x D, differentiable in gamma
         ids = torch.arange(len(names), device=x.device).repeat_interleave(len(x))
         reverse = lam_now > 0 and i % adv_every == 0
         z = normalize_grad(scaled if reverse else scaled.detach(), grad_norm)
         aux_logits = disc(grad_reverse(z, lam_now) if reverse else z)
         aux_loss = F.cross_entropy(aux_logits, ids)
-        metrics = {**_metrics(losses), "aux_loss": aux_loss.detach(), "lam": lam_now,
-                   "aux_acc": (aux_logits.argmax(1) == ids).float().mean(), "aux_chance": 1.0 / len(names)}
+        metrics = {
+            **_metrics(losses),
+            "aux_loss": aux_loss.detach(),
+            "lam": lam_now,
+            "aux_acc": (aux_logits.argmax(1) == ids).float().mean(),
+            "aux_chance": 1.0 / len(names),
+        }
         for k, t in enumerate(names):
             metrics[f"gal/{t}/std"] = gamma[k].detach().std()
             metrics[f"gal/{t}/max"] = gamma[k].detach().max()
