@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from .api.routes import auth, meta, runs
 from .config import get_settings
 from .guard import SameOrigin
-from .schemas import run_config_schema
+from .run_config import run_config_schema
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args, get_origin
 
-from .schemas import METHOD_HELP, PARAMS
+from .run_config import METHOD_HELP, PARAMS
 
 
 def _choices(annotation) -> list | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from backend.schemas import parse_run_config
+from backend.run_config import parse_run_config
 from worker.gat import data as gdata
 from worker.gat import job
 from worker.gat.attacks import pgd

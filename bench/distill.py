@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from backend.schemas import parse_run_config
+from backend.run_config import parse_run_config
 from bench._common import interleaved_step_cost
 from worker.gat import data as gdata
 from worker.gat import models

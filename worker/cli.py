@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from backend.cli import CliError
-from backend.schemas import format_errors, parse_run_config
+from backend.run_config import format_errors, parse_run_config
 from worker.gat import job
 from worker.gat.data import DataError
 from worker.gat.recorder import JsonlRecorder

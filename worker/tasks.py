@@ -28,7 +28,7 @@ from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Artifact, Run, now
 from backend.queue import TRAIN_TASK, make_celery
-from backend.schemas import PATH_FIELDS
+from backend.run_config import PATH_FIELDS
 from worker.gat import job
 from worker.gat.train import HandedBack, Stopped, checkpoint_step, pick_device
 

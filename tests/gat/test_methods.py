@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.schemas import PARAMS, TRAINER_KNOBS
+from backend.run_config import PARAMS, TRAINER_KNOBS
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make, registry

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from backend.schemas import parse_run_config
+from backend.run_config import parse_run_config
 from worker.gat.recorder import JsonlRecorder, read_jsonl
 from worker.gat.train import Stopped, checkpoint_step, train
 

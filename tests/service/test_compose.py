@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from backend.config import Settings
-from backend.schemas import DatasetConfig
+from backend.run_config import DatasetConfig
 from bench._common import free_port
 
 from .conftest import REDIS_URL, tiny_config

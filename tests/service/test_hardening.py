@@ -324,7 +324,7 @@ def test_a_run_queued_but_never_sent_is_sent_by_the_sweeper(lab):
     from backend import crud
     from backend.db import make_engine
     from backend.models import Run
-    from backend.schemas import parse_run_config
+    from backend.run_config import parse_run_config
 
     engine = make_engine(lab.env["DATABASE_URL"])
     with Session(engine) as db:

@@ -10,7 +10,7 @@ from backend.api.deps import require_user
 from backend.config import get_settings
 from backend.db import engine
 from backend.methods import methods_table
-from backend.schemas import run_config_schema
+from backend.run_config import run_config_schema
 
 router = APIRouter(prefix="/api", tags=["meta"])
 

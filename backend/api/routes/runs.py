@@ -16,8 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend import crud
-from backend.api.deps import CurrentUser, RunDep, SessionDep, check_owner, require_user
-from backend.api.schemas import (
+from backend.api.bodies import (
     EvalCreate,
     RunCreate,
     RunExport,
@@ -26,6 +25,7 @@ from backend.api.schemas import (
     RunPatch,
     SweepCreate,
 )
+from backend.api.deps import CurrentUser, RunDep, SessionDep, check_owner, require_user
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import (
@@ -39,7 +39,7 @@ from backend.models import (
     now,
 )
 from backend.queue import BrokerUnavailable, enqueue
-from backend.schemas import NO_NUL, PATH_FIELDS, config_errors, parse_run_config
+from backend.run_config import NO_NUL, PATH_FIELDS, config_errors, parse_run_config
 
 router = APIRouter(prefix="/api", tags=["runs"], dependencies=[Depends(require_user)])
 QText = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]

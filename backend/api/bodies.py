@@ -1,4 +1,4 @@
-"""API request and response bodies (the run config itself lives in backend.schemas)."""
+"""API request and response bodies (the run config itself lives in backend.run_config)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from backend.schemas import NO_NUL
+from backend.run_config import NO_NUL
 
 Text = Annotated[str, StringConstraints(pattern=NO_NUL, max_length=200)]
 
