@@ -1,10 +1,11 @@
-"""The method catalogue, built from the config schema: for `gatlab methods` and GET /api/methods."""
+"""The method catalogue, built from the config schema (each method's params model: its docstring, and
+its knobs' types, defaults, bounds and descriptions): for `gatlab methods` and GET /api/methods."""
 
 from __future__ import annotations
 
 from typing import Literal, get_args, get_origin
 
-from .run_config import METHOD_HELP, PARAMS
+from .run_config import PARAMS
 
 
 def _choices(annotation) -> list | None:
@@ -26,7 +27,5 @@ def methods_table() -> list[dict]:
             }
             for k, f in params.model_fields.items()
         ]
-        out.append(
-            {"scenario": scenario, "method": method, "help": METHOD_HELP[(scenario, method)], "knobs": knobs}
-        )
+        out.append({"scenario": scenario, "method": method, "help": params.__doc__, "knobs": knobs})
     return out

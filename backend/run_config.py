@@ -135,20 +135,24 @@ class AdvKnobs(AuxKnobs):
 
 
 class ErmParams(_Strict):
-    pass
+    """Plain cross entropy (empirical risk minimisation)."""
 
 
 class GreatParams(AdvKnobs):
-    pass
+    """GREAT: A classifies the input gradient by class; f learns through the GRL to hide it."""
 
 
 class GreaceParams(AuxKnobs):
+    """GREACE loss: negatives A confuses with the true class are pushed down harder."""
+
     beta: float = Field(
         1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy)."
     )
 
 
 class GreatGreaceParams(AdvKnobs):
+    """GREAT and GREACE together."""
+
     beta: float = Field(
         1.0, ge=0, le=100, description="GREACE weight on confused classes (0: cross entropy)."
     )
@@ -161,21 +165,29 @@ class EpsKnob(_Strict):
 
 
 class FgsmAtParams(EpsKnob):
+    """FGSM adversarial training with random start (Wong et al. 2020)."""
+
     alpha: float = Field(1.25, gt=0, le=10, description="Step size as a multiple of eps (Wong et al.).")
 
 
 class PgdAtParams(EpsKnob):
+    """PGD adversarial training (Madry et al. 2018)."""
+
     steps: int = Field(10, ge=1, le=1000)
     step_mult: float = Field(2.5, gt=0, le=10, description="Step size = step_mult * eps / steps.")
 
 
 class TradesParams(EpsKnob):
+    """TRADES (Zhang et al. 2019)."""
+
     beta: float = Field(6.0, ge=0, le=100, description="Weight of the robust KL term.")
     steps: int = Field(10, ge=1, le=1000)
     step_mult: float = Field(2.5, gt=0, le=10)
 
 
 class IgrParams(_Strict):
+    """Input-gradient regularisation by double backprop (Ross & Doshi-Velez 2018)."""
+
     weight: float = Field(1.0, ge=0, le=1e4, description="Weight of the squared input-gradient norm.")
 
 
@@ -188,20 +200,6 @@ DEFENSE_PARAMS: dict[str, type[BaseModel]] = {
     "pgd_at": PgdAtParams,
     "trades": TradesParams,
     "igr": IgrParams,
-}
-
-METHOD_HELP: dict[tuple[str, str], str] = {
-    ("defense", "erm"): "Plain cross entropy (empirical risk minimisation).",
-    (
-        "defense",
-        "great",
-    ): "GREAT: A classifies the input gradient by class; f learns through the GRL to hide it.",
-    ("defense", "greace"): "GREACE loss: negatives A confuses with the true class are pushed down harder.",
-    ("defense", "great+greace"): "GREAT and GREACE together.",
-    ("defense", "fgsm_at"): "FGSM adversarial training with random start (Wong et al. 2020).",
-    ("defense", "pgd_at"): "PGD adversarial training (Madry et al. 2018).",
-    ("defense", "trades"): "TRADES (Zhang et al. 2019).",
-    ("defense", "igr"): "Input-gradient regularisation by double backprop (Ross & Doshi-Velez 2018).",
 }
 
 # ---- distillation (DESIGN 3.2) -----------------------------------------------------------
@@ -225,10 +223,12 @@ class TeacherKnobs(_Strict):
 
 
 class StudentParams(TeacherKnobs):
-    pass
+    """The student alone: cross entropy on its (possibly small) training set."""
 
 
 class SoftTargetParams(TeacherKnobs):
+    """Hinton et al. 2015: cross entropy plus KL to the teacher's tempered softmax."""
+
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature tau.")
     alpha: float = Field(
         0.9, ge=0, le=1, description="Weight of the soft-target term (1 - alpha on cross entropy)."
@@ -236,6 +236,8 @@ class SoftTargetParams(TeacherKnobs):
 
 
 class JacobianParams(TeacherKnobs):
+    """Srinivas & Fleuret 2018: match normalised input gradients of student and teacher."""
+
     beta: float = Field(
         1.0, ge=0, le=1e4, description="Weight of the L2 distance between normalised input gradients."
     )
@@ -246,10 +248,12 @@ class DistillAdvKnobs(TeacherKnobs, AdvKnobs):
 
 
 class DistillGreatParams(DistillAdvKnobs):
-    pass
+    """GREAT: a binary A tells teacher from student gradients; the student learns to pass as the teacher."""
 
 
 class DistillGreatSoftParams(DistillAdvKnobs):
+    """GREAT plus soft targets."""
+
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature tau.")
     alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft-target term.")
 
@@ -266,32 +270,40 @@ DISTILL_PARAMS: dict[str, type[BaseModel]] = {
 
 
 class SingleTaskParams(_Strict):
+    """One task alone: the reference for delta-m%."""
+
     task: str = Field(
         "", max_length=128, pattern=NO_NUL, description="The task trained (the dataset's first if empty)."
     )
 
 
 class EqualParams(_Strict):
+    """Sum of task losses with fixed weights."""
+
     weights: dict[str, Annotated[float, Field(ge=0, le=1e4)]] | None = Field(
         None, description="Fixed loss weight per task (1 for tasks not named)."
     )
 
 
 class UncertaintyParams(_Strict):
+    """Kendall et al. 2018: weights from learned homoscedastic uncertainty."""
+
     weight_lr: float = Field(0.01, gt=0, le=1, description="Adam learning rate of the log variances.")
 
 
 class GradNormParams(_Strict):
+    """Chen et al. 2018: weights that balance gradient norms at the shared layer."""
+
     alpha: float = Field(1.5, ge=0, le=10, description="Restoring force towards equal training rates.")
     weight_lr: float = Field(0.025, gt=0, le=1, description="Adam learning rate of the task weights.")
 
 
 class PcGradParams(_Strict):
-    pass
+    """Yu et al. 2020: project away conflicting task gradients."""
 
 
 class MultitaskGreatParams(AdvKnobs):
-    pass
+    """GREAT: gradient alignment layers trained against a task-id classifier of the gradients."""
 
 
 MULTITASK_PARAMS: dict[str, type[BaseModel]] = {
@@ -302,44 +314,8 @@ MULTITASK_PARAMS: dict[str, type[BaseModel]] = {
     "pcgrad": PcGradParams,
     "great": MultitaskGreatParams,
 }
-METHOD_HELP.update(
-    {
-        ("multitask", "single_task"): "One task alone: the reference for delta-m%.",
-        ("multitask", "equal"): "Sum of task losses with fixed weights.",
-        ("multitask", "uncertainty"): "Kendall et al. 2018: weights from learned homoscedastic uncertainty.",
-        (
-            "multitask",
-            "gradnorm",
-        ): "Chen et al. 2018: weights that balance gradient norms at the shared layer.",
-        ("multitask", "pcgrad"): "Yu et al. 2020: project away conflicting task gradients.",
-        (
-            "multitask",
-            "great",
-        ): "GREAT: gradient alignment layers trained against a task-id classifier of the gradients.",
-    }
-)
-
 # Knobs the trainer consumes (to build the teacher) rather than the method factory.
 TRAINER_KNOBS = set(TeacherKnobs.model_fields)
-
-METHOD_HELP.update(
-    {
-        ("distill", "student"): "The student alone: cross entropy on its (possibly small) training set.",
-        (
-            "distill",
-            "soft_targets",
-        ): "Hinton et al. 2015: cross entropy plus KL to the teacher's tempered softmax.",
-        (
-            "distill",
-            "jacobian_matching",
-        ): "Srinivas & Fleuret 2018: match normalised input gradients of student and teacher.",
-        (
-            "distill",
-            "great",
-        ): "GREAT: a binary A tells teacher from student gradients; the student learns to pass as the teacher.",
-        ("distill", "great+soft_targets"): "GREAT plus soft targets.",
-    }
-)
 
 PARAMS: dict[tuple[str, str], type[BaseModel]] = {
     **{("defense", m): p for m, p in DEFENSE_PARAMS.items()},
