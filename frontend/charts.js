@@ -1,5 +1,6 @@
 // Charts: uPlot line charts that re-query the server's downsampled series on zoom (drag or wheel)
 // and pan (shift+wheel), a log-scale toggle, and a canvas heat map of gradient histograms.
+import { esc } from "./lib.js";
 import uPlot from "./vendor/uplot-1.6.32/uPlot.esm.js";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777",
@@ -22,7 +23,7 @@ export function align(series) {
 // it is called again on zoom so the server sends a finer series for the visible window.
 export function lineChart(el, { title, load, xLabel = "step", log = false, points = false, extraLines = [] }) {
   el.classList.add("chart");
-  el.innerHTML = `<div class="chart-head"><span>${title}</span>
+  el.innerHTML = `<div class="chart-head"><span>${esc(title)}</span>
     <label><input type="checkbox" class="log" ${log ? "checked" : ""}> log</label></div><div class="plot"></div>`;
   const plotEl = el.querySelector(".plot");
   let plot = null;
@@ -118,7 +119,7 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
 // Histograms over time: one column per record, one row per bin, colour = log count.
 export function heatmap(el, { title, steps, edges, counts }) {
   el.classList.add("chart");
-  el.innerHTML = `<div class="chart-head"><span>${title}</span><span class="muted">bins ${edges[0]?.toFixed(2)} … ${edges.at(-1)?.toFixed(2)}</span></div>`;
+  el.innerHTML = `<div class="chart-head"><span>${esc(title)}</span><span class="muted">bins ${edges[0]?.toFixed(2)} … ${edges.at(-1)?.toFixed(2)}</span></div>`;
   const canvas = document.createElement("canvas");
   canvas.width = Math.max(1, counts.length);
   canvas.height = Math.max(1, edges.length - 1);

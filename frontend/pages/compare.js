@@ -1,0 +1,82 @@
+// The compare page: overlays, mean ± std bands grouped by a knob, final values, robustness, CSV.
+import { api, qs } from "../api.js";
+import { lineChart } from "../charts.js";
+import { app, esc, getPath, h, meanStd, metricsLoader } from "../lib.js";
+
+// One mean curve per value of knob `g`, with the mean ± std band over the runs that share it.
+function groupBands(runs, per, g) {
+  const groups = new Map();
+  runs.forEach((r, i) => {
+    if (!per[i]) return;
+    const k = String(getPath(r.config, g) ?? getPath(r, g));
+    groups.set(k, [...(groups.get(k) ?? []), per[i]]);
+  });
+  return [...groups].flatMap(([k, list]) => {
+    const xs = [...new Set(list.flatMap((s) => s.x))].sort((a, b) => a - b);
+    const maps = list.map((s) => new Map(s.x.map((x, j) => [x, s.y[j]])));
+    const stats = xs.map((x) => meanStd(maps.map((m) => m.get(x))));
+    const mean = stats.map((s) => s.mean), sd = stats.map((s) => s.std);
+    return [{ label: `${g}=${k} (${list.length} runs)`, x: xs, y: mean },
+      { label: "+std", x: xs, y: mean.map((m, i) => m + sd[i]), band: "upper" },
+      { label: "-std", x: xs, y: mean.map((m, i) => m - sd[i]), band: "lower" }];
+  });
+}
+
+export async function comparePage(idsArg) {
+  const ids = (idsArg ?? "").split(",").map(Number).filter(Boolean);
+  if (!ids.length) { app.replaceChildren(h('<section><h1>Compare</h1><p class="muted">Select runs on the <a href="#/runs">runs page</a> and press “Compare selected”.</p></section>')); return; }
+  const runs = await Promise.all(ids.map((i) => api(`/api/runs/${i}`)));
+  const all = await Promise.all(ids.map((i) => api(`/api/runs/${i}/metrics?max_points=2`)));
+  const keys = [...new Set(all.flatMap((a) => Object.keys(a.series)))].sort();
+  const knobs = [...new Set(runs.flatMap((r) => [...Object.keys(r.config.params ?? {}).map((k) => `params.${k}`), "train.seed", "method"]))];
+  app.replaceChildren(h(`<section><h1>Compare ${ids.length} runs</h1>
+    <div class="toolbar"><label>metric <select id="metric">${keys.map((k) => `<option ${k === "val/acc" ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></label>
+    <label>group by <select id="group"><option value="">none</option>${knobs.map((k) => `<option>${esc(k)}</option>`).join("")}</select></label>
+    <button id="csv">Export table CSV</button></div>
+    <div class="grid"><div id="overlay"></div><div id="rob"></div></div>
+    <h2>Final values</h2><table id="finals" class="small"></table><h2>Groups (mean ± std of last value over runs)</h2><table id="groups" class="small"></table></section>`));
+  const label = (r) => `#${r.id} ${r.name}`;
+  const overlay = lineChart(app.querySelector("#overlay"), {
+    title: "overlay (group by: mean ± std band per group)",
+    load: async (range) => {
+      const per = await Promise.all(runs.map(async (r) => (await metricsLoader(r.id, [app.querySelector("#metric").value], () => label(r))(range))[0]));
+      const g = app.querySelector("#group").value;
+      return g ? groupBands(runs, per, g) : per.filter(Boolean);
+    },
+  });
+  let table = [];
+  const finals = async () => {
+    const key = app.querySelector("#metric").value;
+    // bucketed columns keep the exact min, max and last value of any series, however long
+    const cols = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/metrics?${qs({ keys: key, max_points: 500 })}`)));
+    table = runs.map((r, i) => {
+      const s = cols[i].series[key] ?? { value: [], min: [], max: [] };
+      const lo = Math.min(...s.min), hi = Math.max(...s.max);
+      return { run: r.id, name: r.name, method: r.method, seed: r.config.train?.seed, last: s.value.at(-1), min: lo, max: hi, best: key.includes("loss") ? lo : hi };
+    });
+    const fmt = (x) => (x == null || !isFinite(x) ? "" : x.toFixed(4));
+    app.querySelector("#finals").innerHTML = `<tr><th>run</th><th>name</th><th>method</th><th>seed</th><th>last</th><th>best</th><th>min</th><th>max</th></tr>` +
+      table.map((t) => `<tr><td>${t.run}</td><td>${esc(t.name)}</td><td>${esc(t.method)}</td><td>${t.seed ?? ""}</td><td>${fmt(t.last)}</td><td>${fmt(t.best)}</td><td>${fmt(t.min)}</td><td>${fmt(t.max)}</td></tr>`).join("");
+    const g = app.querySelector("#group").value;
+    const groups = new Map();
+    runs.forEach((r, i) => { const k = String(g ? getPath(r.config, g) ?? getPath(r, g) : "all"); groups.set(k, [...(groups.get(k) ?? []), table[i].last]); });
+    app.querySelector("#groups").innerHTML = `<tr><th>${esc(g || "group")}</th><th>runs</th><th>mean</th><th>std</th></tr>` + [...groups].map(([k, vs]) => {
+      const { n, mean, std } = meanStd(vs);
+      return `<tr><td>${esc(k)}</td><td>${n}</td><td>${fmt(mean)}</td><td>${fmt(std)}</td></tr>`;
+    }).join("");
+  };
+  const evs = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/eval`)));
+  const rob = evs.map((ev, i) => {
+    const rows = ev.rows.filter((r) => r.attack === "worst_case").sort((a, b) => a.eps - b.eps);
+    return { label: `${label(runs[i])} worst case`, x: rows.map((r) => r.eps), y: rows.map((r) => r.accuracy) };
+  }).filter((s) => s.x.length);
+  if (rob.length) lineChart(app.querySelector("#rob"), { title: "robustness: worst case over attacks", xLabel: "eps", points: true, load: async () => rob }).refresh();
+  app.querySelector("#metric").addEventListener("change", () => { overlay.refresh(); finals(); });
+  app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); });
+  app.querySelector("#csv").addEventListener("click", () => {
+    const csv = ["run,name,method,seed,last,best,min,max", ...table.map((t) => [t.run, JSON.stringify(t.name), t.method, t.seed, t.last, t.best, t.min, t.max].join(","))].join("\n");
+    const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "gatlab-compare.csv" });
+    a.click();
+  });
+  await Promise.all([overlay.refresh(), finals()]);
+}

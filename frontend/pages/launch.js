@@ -1,0 +1,115 @@
+// The launch page: presets, the method's knobs, a sweep, YAML and curl equivalents, errors beside the field.
+import { api, ApiError, qs } from "../api.js";
+import { app, esc, getPath, h, methods, session, setPath, show, toYaml } from "../lib.js";
+
+const FIELDS = [
+  ["name", "text", "name"], ["dataset.name", "select", "dataset", ["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits_mt", "multidigits", "multimnist", "cifar100_coarse"]],
+  ["dataset.path", "text", ".npz path"], ["dataset.fraction", "number", "train fraction"],
+  ["model.arch", "select", "model", ["cnn", "mlp", "resnet20", "resnet32", "resnet56", "resnet18"]], ["model.width", "number", "width"],
+  ["train.epochs", "number", "epochs"], ["train.batch_size", "number", "batch size"], ["train.optimizer", "select", "optimizer", ["adam", "sgd"]],
+  ["train.lr", "number", "learning rate"], ["train.seed", "number", "seed"], ["train.device", "select", "device", ["auto", "cpu", "cuda"]],
+  ["eval.panel", "select", "robustness panel", ["quick", "standard", "none"]],
+];
+
+function field(path, type, label, options, value, help = "") {
+  const input = type === "select"
+    ? `<select data-path="${path}">${options.map((o) => `<option ${String(o) === String(value) ? "selected" : ""}>${esc(o)}</option>`).join("")}</select>`
+    : `<input data-path="${path}" type="${type === "number" ? "text" : "text"}" inputmode="${type === "number" ? "decimal" : "text"}" value="${esc(value ?? "")}">`;
+  return `<label class="field"><span>${esc(label)}</span>${input}<small class="help">${esc(help)}</small><small class="error" data-error="${path}"></small></label>`;
+}
+
+export async function launchPage() {
+  const m = await methods();
+  const examples = await api("/api/examples");
+  const scenarios = [...new Set(m.methods.map((x) => x.scenario))];
+  let config = structuredClone(examples[0]?.config ?? { scenario: "defense", method: "great", dataset: { name: "digits" } });
+  app.replaceChildren(h(`<section><h1>Launch</h1>
+    <div class="launch"><form id="form" autocomplete="off">
+      <label class="field"><span>preset</span><select id="preset">${examples.map((e, i) => `<option value="${i}">${esc(e.name)}</option>`).join("")}</select></label>
+      <label class="field"><span>scenario</span><select data-path="scenario">${scenarios.map((s) => `<option>${esc(s)}</option>`).join("")}</select><small class="error" data-error="scenario"></small></label>
+      <label class="field"><span>method</span><select data-path="method"></select><small class="help" id="method-help"></small><small class="error" data-error="method"></small></label>
+      <div id="base"></div><h2>Knobs</h2><div id="knobs"></div>
+      <h2>Sweep</h2>
+      <label class="field"><span>seeds</span><input id="seeds" placeholder="e.g. 0,1,2 (empty: one run)"></label>
+      <label class="field"><span>knob to sweep</span><select id="sweep-knob"><option value="">none</option></select></label>
+      <label class="field"><span>values</span><input id="sweep-values" placeholder="e.g. 0.01,0.1,1"><small class="error" data-error="grid"></small></label>
+      <label class="field"><span>experiment</span><input id="experiment" placeholder="group name (required for sweeps)"><small class="error" data-error="experiment"></small></label>
+      <div class="toolbar"><button type="submit" id="launch">Launch</button><span id="result" class="muted"></span></div>
+    </form>
+    <div class="preview"><h2>YAML</h2><pre id="yaml"></pre><h2>curl</h2><pre id="curl"></pre></div></div></section>`));
+  const form = app.querySelector("#form");
+  const methodSel = form.querySelector('[data-path="method"]');
+
+  const knobsOf = () => m.methods.find((x) => x.scenario === config.scenario && x.method === config.method)?.knobs ?? [];
+  const render = () => {
+    form.querySelector('[data-path="scenario"]').value = config.scenario;
+    methodSel.innerHTML = m.methods.filter((x) => x.scenario === config.scenario).map((x) => `<option>${esc(x.method)}</option>`).join("");
+    methodSel.value = config.method;
+    form.querySelector("#method-help").textContent = m.methods.find((x) => x.method === config.method && x.scenario === config.scenario)?.help ?? "";
+    form.querySelector("#base").innerHTML = FIELDS.map(([p, t, l, o]) => field(p, t, l, o, getPath(config, p) ?? defaults[p])).join("");
+    form.querySelector("#knobs").innerHTML = knobsOf().map((k) => field(`params.${k.name}`, k.choices ? "select" : "text",
+      k.name, k.choices, show(config.params?.[k.name] ?? k.default), `default ${show(k.default)}. ${k.help}`)).join("") || '<p class="muted">no knobs</p>';
+    form.querySelector("#sweep-knob").innerHTML = '<option value="">none</option>' + knobsOf().map((k) => `<option>params.${esc(k.name)}</option>`).join("");
+    preview();
+  };
+  const defaults = { name: "run", "dataset.fraction": 1, "model.arch": "cnn", "model.width": 16, "train.epochs": 5, "train.batch_size": 64,
+    "train.optimizer": "adam", "train.lr": 0.001, "train.seed": 0, "train.device": "auto", "eval.panel": "quick" };
+  const parse = (v) => {
+    if (v === "" || v === "null") return null;
+    if (v === "true" || v === "false") return v === "true";
+    if (/^[[{]/.test(v)) { try { return JSON.parse(v); } catch { return v; } }  // e.g. {"parity": 2}
+    return isNaN(Number(v)) ? v : Number(v);
+  };
+  const read = () => {
+    const c = { scenario: config.scenario, method: config.method, params: {} };
+    form.querySelectorAll("#base [data-path], #knobs [data-path]").forEach((el) => {
+      const v = parse(el.value);
+      if (v !== null || el.dataset.path.startsWith("params.")) setPath(c, el.dataset.path, v);
+    });
+    if (!["npz", "multidigits"].includes(c.dataset?.name) || c.dataset.path === null) delete c.dataset.path;
+    return c;
+  };
+  const list = (s) => s.split(",").map((x) => x.trim()).filter(Boolean).map(parse);
+  const request = () => {
+    const seeds = list(form.querySelector("#seeds").value);
+    const knob = form.querySelector("#sweep-knob").value;
+    const values = list(form.querySelector("#sweep-values").value);
+    const experiment = form.querySelector("#experiment").value || null;
+    if (!seeds.length && !(knob && values.length)) return ["/api/runs", { config: read(), experiment }];
+    return ["/api/sweeps", { config: read(), grid: knob && values.length ? { [knob]: values } : {}, seeds: seeds.length ? seeds : [0], experiment }];
+  };
+  const preview = () => {
+    const [path, body] = request();
+    app.querySelector("#yaml").textContent = toYaml(body.config);
+    const auth = session.me?.auth ? ` \\\n  -H "Authorization: Bearer $GATLAB_TOKEN"` : "";
+    app.querySelector("#curl").textContent = `curl -X POST ${location.origin}${path}${auth} \\\n  -H 'content-type: application/json' \\\n  -d '${JSON.stringify(body)}'`;
+  };
+  form.addEventListener("change", (e) => {
+    if (e.target.id === "preset") config = structuredClone(examples[Number(e.target.value)].config);
+    else if (e.target.dataset.path === "scenario") config = { ...read(), scenario: e.target.value, method: m.methods.find((x) => x.scenario === e.target.value).method, params: {} };
+    else if (e.target.dataset.path === "method") config = { ...read(), method: e.target.value, params: {} };
+    else return preview();
+    render();
+  });
+  form.addEventListener("input", preview);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    form.querySelectorAll("[data-error]").forEach((el) => (el.textContent = ""));
+    form.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+    const [path, body] = request();
+    try {
+      const out = await api(path, { method: "POST", body });
+      location.hash = path === "/api/runs" ? `#/run/${out.id}` : `#/runs?${qs({ experiment: body.experiment })}`;
+    } catch (err) {
+      if (!(err instanceof ApiError) || !Array.isArray(err.detail)) { app.querySelector("#result").textContent = err.message; return; }
+      for (const d of err.detail) {
+        const loc = d.loc[0] === "body" ? d.loc.slice(1) : d.loc;
+        const key = loc[0] === "config" ? loc.slice(1).join(".") : loc[0];
+        const slot = form.querySelector(`[data-error="${CSS.escape(key)}"]`) ?? form.querySelector(`[data-error="${CSS.escape(key.split(".").slice(0, -1).join("."))}"]`);
+        (slot ?? app.querySelector("#result")).textContent = `${d.msg}`;
+        form.querySelector(`[data-path="${CSS.escape(key)}"]`)?.classList.add("invalid");
+      }
+    }
+  });
+  render();
+}

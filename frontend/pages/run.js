@@ -1,0 +1,120 @@
+// The run page: curves, gradient statistics, robustness (badges, curves, table, gallery), artifacts, config, log.
+import { api } from "../api.js";
+import { heatmap, lineChart } from "../charts.js";
+import { app, duration, esc, every, h, metricsLoader, pct, rerender, statusCell, toYaml } from "../lib.js";
+
+function robustness(el, ev) {
+  const linf = ev.rows.filter((r) => r.norm === "linf" && r.attack !== "pgd_large_eps");
+  if (!linf.length) { el.innerHTML = '<p class="muted">No robustness panel yet.</p>'; return; }
+  const panels = [...new Set(ev.rows.map((r) => r.panel))];
+  el.innerHTML = `<div class="badges">${ev.checks.map((c) => `<span class="badge ${c.passed ? "pass" : "fail"}" title="${esc(c.detail)}">${c.passed ? "✓" : "✗ FAILED"} ${esc(c.name)} <small>(${esc(c.panel)})</small></span>`).join("")}</div>
+    ${ev.all_passed === false ? '<p class="alarm">A sanity check failed: these robustness numbers may come from gradient masking. Do not trust them until it is explained.</p>' : ""}
+    <div class="rob-chart"></div><details><summary>table (${panels.join(", ")})</summary><table class="small"><tr><th>panel</th><th>attack</th><th>norm</th><th>eps</th><th>steps</th><th>restarts</th><th>n</th><th>accuracy</th></tr>
+    ${ev.rows.map((r) => `<tr><td>${esc(r.panel)}</td><td>${esc(r.attack)}</td><td>${esc(r.norm)}</td><td>${r.eps.toFixed(4)}</td><td>${r.steps ?? ""}</td><td>${r.restarts ?? ""}</td><td>${r.n}</td><td>${pct(r.accuracy)}</td></tr>`).join("")}</table></details>`;
+  const panel = panels.includes("standard") ? "standard" : panels[0];
+  const attacks = [...new Set(linf.filter((r) => r.panel === panel).map((r) => r.attack))];
+  const series = attacks.map((a) => {
+    const rows = linf.filter((r) => r.panel === panel && r.attack === a).sort((x, y) => x.eps - y.eps);
+    return { label: a === "worst_case" ? "WORST CASE" : a, x: rows.map((r) => r.eps), y: rows.map((r) => r.accuracy) };
+  });
+  lineChart(el.querySelector(".rob-chart"), { title: `accuracy vs L-inf epsilon (${panel} panel)`, xLabel: "eps", points: true, load: async () => series }).refresh();
+}
+
+function imageCanvas(img, map = (v) => v) {
+  // img: C x H x W nested lists in [0, 1] -> a canvas scaled up for viewing
+  const [c, hgt, wid] = [img.length, img[0].length, img[0][0].length];
+  const cv = Object.assign(document.createElement("canvas"), { width: wid, height: hgt, className: "thumb" });
+  const ctx = cv.getContext("2d");
+  const px = ctx.createImageData(wid, hgt);
+  for (let i = 0; i < hgt; i++) for (let j = 0; j < wid; j++) for (let k = 0; k < 3; k++)
+    px.data[4 * (i * wid + j) + k] = Math.round(255 * Math.min(1, Math.max(0, map(img[c === 3 ? k : 0][i][j]))));
+  px.data.forEach((_, n) => { if (n % 4 === 3) px.data[n] = 255; });
+  ctx.putImageData(px, 0, 0);
+  return cv;
+}
+
+function showGallery(el, g) {
+  const box = h(`<div class="gallery"><h3>PGD at eps ${g.eps.toFixed(4)}: clean / adversarial / perturbation (grey = 0)</h3><div class="cells"></div></div>`);
+  g.clean.forEach((img, i) => {
+    const cell = h(`<figure><figcaption>label ${g.label[i]}: ${g.pred_clean[i]} → <b class="${g.pred_adv[i] === g.label[i] ? "" : "bad"}">${g.pred_adv[i]}</b></figcaption></figure>`);
+    cell.append(imageCanvas(img), imageCanvas(g.adv[i]), imageCanvas(g.delta[i], (v) => 0.5 + v / (2 * g.eps)));
+    box.querySelector(".cells").append(cell);
+  });
+  el.append(box);
+}
+
+export async function runPage(id) {
+  let run = await api(`/api/runs/${id}`);
+  app.replaceChildren(h(`<section><div class="run-head"></div>
+    <div class="grid charts"></div>
+    <h2>Robustness</h2><div class="toolbar"><button id="panel-quick">queue quick panel</button><button id="panel-standard">queue standard panel</button><span id="panel-msg" class="muted"></span></div>
+    <div id="robust"></div>
+    <h2>Artifacts</h2><ul id="artifacts"></ul>
+    <h2>Config</h2><pre id="config"></pre><div id="error"></div><h2>Log</h2><pre id="log" class="muted">no log yet</pre></section>`));
+  const head = app.querySelector(".run-head");
+  const showHead = () => {
+    head.innerHTML = `<h1>${esc(run.name)} <small class="muted">#${run.id}</small></h1>
+      <p>${esc(run.scenario)} · ${esc(run.method)} · ${esc(run.dataset)} · ${statusCell(run)}
+      ${run.worker_host ? `· on ${esc(run.worker_host)} (${esc(run.device)})` : ""} · ${duration(run)}
+      ${run.retry_count ? `· requeued ${run.retry_count}×` : ""}
+      ${run.status === "running" || run.status === "queued" ? '<button id="cancel">cancel</button>' : '<button id="retry">retry</button>'}</p>
+      ${run.summary?.test ? `<p>test ${Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v)}</b>`).join(" · ")} · split ${esc(run.summary.data?.train_hash)}</p>` : ""}`;
+    head.querySelector("#cancel")?.addEventListener("click", async () => { run = await api(`/api/runs/${id}/cancel`, { method: "POST" }); showHead(); });
+    head.querySelector("#retry")?.addEventListener("click", async () => { const r = await api(`/api/runs/${id}/retry`, { method: "POST" }); location.hash = `#/run/${r.id}`; });
+    app.querySelector("#config").textContent = toYaml(run.config) + (run.summary?.env ? `\n\n# environment\n${toYaml(run.summary.env)}` : "");
+    app.querySelector("#error").innerHTML = run.error ? `<h2>Error</h2><pre class="err">${esc(run.error)}\n\n${esc(run.traceback ?? "")}</pre>` : "";
+  };
+  showHead();
+  const { series } = await api(`/api/runs/${id}/metrics?max_points=2`);
+  const keys = Object.keys(series);
+  const grid = app.querySelector(".charts");
+  const chance = series["train/aux_chance"]?.value.at(-1);
+  const specs = [
+    ["loss", ["train/loss", "val/loss", "train/aux_loss"]],
+    ["accuracy", ["val/acc", "train/aux_acc"], chance ? [{ label: "A's chance", value: chance }] : []],
+    ["input-gradient norm per class", keys.filter((k) => k.startsWith("grad_norm/"))],
+    ["input-gradient cosine similarity", ["cos/within", "cos/between"]],
+    ["per-layer weight-gradient norm", keys.filter((k) => k.startsWith("layer_grad/"))],
+    ["lambda and learning rate", ["train/lam", "train/lr"]],
+    ["student-teacher input gradients", ["train/st_cos", "train/st_l2", "train/agreement"]],
+    ["per-task loss", keys.filter((k) => k.startsWith("train/loss/"))],
+    ["per-task validation metric", keys.filter((k) => k.startsWith("val/") && k.split("/").length === 3)],
+    ["task gradient norm at the shared layer", keys.filter((k) => k.startsWith("task_grad_norm/"))],
+    ["task gradient cosine similarity", keys.filter((k) => k.startsWith("task_cos/"))],
+    ["task loss weights", keys.filter((k) => k.startsWith("train/weight/"))],
+    ["gradient alignment scales", keys.filter((k) => k.startsWith("train/gal/"))],
+  ].filter(([, ks]) => ks.some((k) => keys.includes(k)));
+  const charts = specs.map(([title, ks, extra]) => {
+    const el = document.createElement("div");
+    el.dataset.chart = title;
+    grid.append(el);
+    return lineChart(el, { title, load: metricsLoader(id, ks.filter((k) => keys.includes(k))), extraLines: extra ?? [] });
+  });
+  const hist = await api(`/api/runs/${id}/histograms?limit=400`);
+  if (hist.step.length) { const el = document.createElement("div"); el.dataset.chart = "histogram"; grid.append(el); heatmap(el, { title: "input-gradient histogram over time", steps: hist.step, edges: hist.edges, counts: hist.counts }); }
+  await Promise.all(charts.map((c) => c.refresh()));
+  const showEval = async () => {
+    const ev = await api(`/api/runs/${id}/eval`);
+    robustness(app.querySelector("#robust"), ev);
+    if (ev.gallery) showGallery(app.querySelector("#robust"), await api(`/api/runs/${id}/gallery`));
+  };
+  const showArtifacts = async () => {
+    const arts = await api(`/api/runs/${id}/artifacts`);
+    if (arts.some((a) => a.name === "run.log")) app.querySelector("#log").textContent = (await api(`/api/runs/${id}/artifacts/run.log`)).slice(-20000);
+    app.querySelector("#artifacts").innerHTML = arts.map((a) => `<li><a href="${esc(a.url)}" download>${esc(a.name)}</a> <span class="muted">${esc(a.kind)}, ${(a.size / 1024).toFixed(1)} KiB</span></li>`).join("") || '<li class="muted">none yet</li>';
+  };
+  await Promise.all([showEval(), showArtifacts()]);
+  for (const panel of ["quick", "standard"]) {
+    app.querySelector(`#panel-${panel}`).addEventListener("click", async () => {
+      try { const job = await api(`/api/runs/${id}/eval`, { method: "POST", body: { panel } }); app.querySelector("#panel-msg").innerHTML = `queued as <a href="#/run/${job.id}">run ${job.id}</a>`; }
+      catch (err) { app.querySelector("#panel-msg").textContent = err.message; }
+    });
+  }
+  every(2000, async () => {
+    if (run.status !== "running" && run.status !== "queued") return;
+    run = await api(`/api/runs/${id}`);
+    showHead();
+    await Promise.all(charts.map((c) => c.refresh()));
+    if (!["running", "queued"].includes(run.status)) { await Promise.all([showEval(), showArtifacts()]); if (!charts.length) rerender(); }
+  });
+}
