@@ -11,10 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from .api.routes import auth, meta, runs
 from .config import get_settings
+from .db import session_scope
 from .guard import SameOrigin
+from .models import User
 from .run_config import run_config_schema
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
@@ -23,12 +27,6 @@ FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 @asynccontextmanager
 async def _startup_line(app: FastAPI):
     """Say on start-up whether this server needs sign-in, and how to make its first user."""
-    from sqlalchemy import func, select
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from .db import session_scope
-    from .models import User
-
     log = logging.getLogger("uvicorn.error")
     if not get_settings().auth:
         log.info("GAT Lab API: auth off (GATLAB_AUTH=false): anyone who reaches this port can use it")

@@ -2,14 +2,26 @@
 import { api, ApiError, qs } from "../api.js";
 import { app, esc, getPath, h, methods, session, setPath, show, toYaml } from "../lib.js";
 
-const FIELDS = [
-  ["name", "text", "name"], ["dataset.name", "select", "dataset", ["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits_mt", "multidigits", "multimnist", "cifar100_coarse"]],
-  ["dataset.path", "text", ".npz path"], ["dataset.fraction", "number", "train fraction"],
-  ["model.arch", "select", "model", ["cnn", "mlp", "resnet20", "resnet32", "resnet56", "resnet18"]], ["model.width", "number", "width"],
-  ["train.epochs", "number", "epochs"], ["train.batch_size", "number", "batch size"], ["train.optimizer", "select", "optimizer", ["adam", "sgd"]],
-  ["train.lr", "number", "learning rate"], ["train.seed", "number", "seed"], ["train.device", "select", "device", ["auto", "cpu", "cuda"]],
-  ["eval.panel", "select", "robustness panel", ["quick", "standard", "none"]],
+// Which config fields the form shows, and their labels: a layout choice. Their types, choices,
+// defaults and help come from the run config's JSON schema (GET /api/methods), the one description.
+const BASE = [
+  ["name", "name"], ["dataset.name", "dataset"], ["dataset.path", ".npz path"], ["dataset.fraction", "train fraction"],
+  ["model.arch", "model"], ["model.width", "width"], ["train.epochs", "epochs"], ["train.batch_size", "batch size"],
+  ["train.optimizer", "optimizer"], ["train.lr", "learning rate"], ["train.seed", "seed"], ["train.device", "device"],
+  ["eval.panel", "robustness panel"],
 ];
+
+// A config field as the schema describes it: { options (an enum), default, help }.
+function describe(schema, path) {
+  const deref = (node) => (node?.$ref ? schema.$defs[node.$ref.split("/").at(-1)] : node);
+  const variant = deref((schema.oneOf ?? schema.anyOf)[0]); // the sections are the same in every method's model
+  const [section, key] = path.includes(".") ? path.split(".") : [null, path];
+  const holder = section ? deref(variant.properties[section]) : variant;
+  const prop = holder.properties[key];
+  const plain = prop.anyOf?.find((p) => p.type !== "null") ?? prop;
+  const dflt = "default" in prop ? prop.default : section ? variant.properties[section].default?.[key] : undefined;
+  return { options: plain.enum, default: dflt ?? plain.enum?.[0], help: prop.description ?? "" };
+}
 
 function field(path, type, label, options, value, help = "") {
   const input = type === "select"
@@ -46,14 +58,15 @@ export async function launchPage() {
     methodSel.innerHTML = m.methods.filter((x) => x.scenario === config.scenario).map((x) => `<option>${esc(x.method)}</option>`).join("");
     methodSel.value = config.method;
     form.querySelector("#method-help").textContent = m.methods.find((x) => x.method === config.method && x.scenario === config.scenario)?.help ?? "";
-    form.querySelector("#base").innerHTML = FIELDS.map(([p, t, l, o]) => field(p, t, l, o, getPath(config, p) ?? defaults[p])).join("");
+    form.querySelector("#base").innerHTML = BASE.map(([p, label]) => {
+      const d = describe(m.config_schema, p);
+      return field(p, d.options ? "select" : "text", label, d.options, getPath(config, p) ?? d.default, d.help);
+    }).join("");
     form.querySelector("#knobs").innerHTML = knobsOf().map((k) => field(`params.${k.name}`, k.choices ? "select" : "text",
       k.name, k.choices, show(config.params?.[k.name] ?? k.default), `default ${show(k.default)}. ${k.help}`)).join("") || '<p class="muted">no knobs</p>';
     form.querySelector("#sweep-knob").innerHTML = '<option value="">none</option>' + knobsOf().map((k) => `<option>params.${esc(k.name)}</option>`).join("");
     preview();
   };
-  const defaults = { name: "run", "dataset.fraction": 1, "model.arch": "cnn", "model.width": 16, "train.epochs": 5, "train.batch_size": 64,
-    "train.optimizer": "adam", "train.lr": 0.001, "train.seed": 0, "train.device": "auto", "eval.panel": "quick" };
   const parse = (v) => {
     if (v === "" || v === "null") return null;
     if (v === "true" || v === "false") return v === "true";

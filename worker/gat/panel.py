@@ -13,7 +13,10 @@ import torch
 from torch import nn
 
 from . import data as gdata
+from . import models
 from .attacks import ATTACKS
+from .methods import make
+from .train import train_step
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,6 @@ def check_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, tol:
 
 def train_surrogate(config: dict, data: gdata.Data, epochs: int, device: torch.device) -> nn.Module:
     """An independently trained ERM model (other seed) for the black-box transfer attack."""
-    from . import models
-    from .methods import make
-
     torch.manual_seed(config["train"]["seed"] + 7919)
     sur = models.build(
         config["model"],
@@ -96,7 +96,6 @@ def train_surrogate(config: dict, data: gdata.Data, epochs: int, device: torch.d
         mean=data.mean,
         std=data.std,
     ).to(device)
-    from .train import train_step
 
     method = make("defense", "erm", sur, num_classes=data.num_classes, input_shape=data.input_shape)
     opt = torch.optim.Adam(sur.parameters(), lr=1e-3)

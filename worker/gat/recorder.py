@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +52,6 @@ class JsonlRecorder(Recorder):
         if not self._use_bar:
             return
         if self._bar is None:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
         self._bar.update(step - self._bar.n)
 

@@ -27,6 +27,7 @@ from . import data as gdata
 from . import models, stats
 from .methods import Method
 from .methods import make as make_method
+from .methods.multitask import task_loss
 from .recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -481,8 +482,6 @@ def _record_stats(s: Setup, x, y, step: int, grad_norm: str, edges: torch.Tensor
 
 def _record_task_stats(s: Setup, x, targets: dict, step: int, recorder: Recorder) -> None:
     """Per-task gradient norms at the shared features and their pairwise cosine similarity."""
-    from .methods.multitask import task_loss
-
     row = stats.layer_grad_norms(s.model)
     s.model.eval()
     f = s.model.encoder(x)

@@ -1,0 +1,43 @@
+"""The launch form is built from the run config's schema the API returns: choices and defaults come
+from the pydantic models, not from a second list in the page."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench._common import Stack
+
+from .conftest import browser_page
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    s = Stack.create(tmp_path_factory.mktemp("launch"), None, None)  # embedded, no worker
+    yield s
+    s.stop()
+
+
+def test_the_launch_form_takes_choices_and_defaults_from_the_schema(lab):
+    schema = lab.http.get("/api/methods").json()["config_schema"]
+    defs = schema["$defs"]
+    with browser_page(lab) as page:
+        page.goto(f"{lab.base}/#/launch")
+        page.wait_for_selector('#app[data-ready="launch"]', timeout=30_000)
+        options = lambda path: page.eval_on_selector_all(
+            f'[data-path="{path}"] option', "os => os.map(o => o.value)"
+        )
+        assert options("dataset.name") == defs["DatasetConfig"]["properties"]["name"]["enum"]
+        assert options("model.arch") == defs["ModelConfig"]["properties"]["arch"]["enum"]
+        assert options("train.optimizer") == defs["TrainConfig"]["properties"]["optimizer"]["enum"]
+        help_text = page.inner_text('label:has([data-path="model.width"]) .help')
+        assert help_text == defs["ModelConfig"]["properties"]["width"]["description"]
+        great = next(
+            m
+            for m in lab.http.get("/api/methods").json()["methods"]
+            if (m["scenario"], m["method"]) == ("defense", "great")
+        )
+        knobs = {k["name"]: k for k in great["knobs"]}
+        page.select_option('[data-path="scenario"]', "defense")
+        page.select_option('[data-path="method"]', "great")
+        assert page.input_value('[data-path="params.lam"]') == str(knobs["lam"]["default"])
+        assert page.errors == []
