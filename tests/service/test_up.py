@@ -15,33 +15,40 @@ from bench._common import free_port
 
 from .conftest import tiny_config
 
+EMBEDDED_ENV = {
+    k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")
+}
 
-def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")
-    }
+
+def gatlab_up(cwd, port: int) -> tuple[subprocess.Popen, str]:
+    """`gatlab up` in a bare directory, as a user starts it; returns the process and its first line
+    once the API answers."""
     up = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "up", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
+        cwd=cwd,
+        env=EMBEDDED_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+    line = up.stdout.readline()
+    for _ in range(100):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return up, line
+
+
+def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
+    port = free_port()
+    env = EMBEDDED_ENV
+    up, line = gatlab_up(tmp_path, port)
     try:
-        line = up.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line and "auth off" in line and "sqlite" in line, line
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/api/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         cfg = tmp_path / "run.yaml"
         cfg.write_text(yaml.safe_dump(tiny_config(eval={"panel": "none"})))
         r = subprocess.run(
@@ -94,30 +101,9 @@ def test_gatlab_up_never_serves_a_public_address_without_auth(tmp_path):
 
 
 def test_gatlab_up_stopped_with_sigterm_stops_its_worker(tmp_path):
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "GATLAB_HOME")
-    }
-    up = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "up", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    up, line = gatlab_up(tmp_path, free_port())
     try:
-        line = up.stdout.readline()
         worker_pid = int(line.split("worker pid ")[1].split(";")[0])
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         up.send_signal(signal.SIGTERM)  # `kill PID`, a service manager's stop
         assert up.wait(timeout=60) == 0
         deadline = time.monotonic() + 30
