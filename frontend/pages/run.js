@@ -1,5 +1,5 @@
 // The run page: curves, gradient statistics, robustness (badges, curves, table, gallery), artifacts, config, log.
-import { api } from "../api.js";
+import { api, qs } from "../api.js";
 import { heatmap, lineChart } from "../charts.js";
 import { app, duration, esc, every, h, metricsLoader, pct, rerender, statusCell, toYaml } from "../lib.js";
 
@@ -93,10 +93,19 @@ export async function runPage(id) {
   const hist = await api(`/api/runs/${id}/histograms?limit=400`);
   if (hist.step.length) { const el = document.createElement("div"); el.dataset.chart = "histogram"; grid.append(el); heatmap(el, { title: "input-gradient histogram over time", steps: hist.step, edges: hist.edges, counts: hist.counts }); }
   await Promise.all(charts.map((c) => c.refresh()));
-  const showEval = async () => {
-    const ev = await api(`/api/runs/${id}/eval`);
-    robustness(app.querySelector("#robust"), ev);
-    if (ev.gallery) showGallery(app.querySelector("#robust"), await api(`/api/runs/${id}/gallery`));
+  // Every panel run on this run is kept: the latest is shown, a selector reaches the others.
+  const showEval = async (job) => {
+    const q = job ? `?${qs({ job })}` : "";
+    const ev = await api(`/api/runs/${id}/eval${q}`);
+    const box = app.querySelector("#robust");
+    robustness(box, ev);
+    if (ev.panels?.length > 1) {
+      const pick = h(`<label class="field">panel <select id="panel-job">${ev.panels.map((p) =>
+        `<option value="${esc(p.job_id)}" ${p.job_id === ev.job_id ? "selected" : ""}>${esc(p.panel)} on ${esc(p.n)} examples${p.job_id === run.id ? " (end of training)" : ` (job ${esc(p.job_id)})`}</option>`).join("")}</select></label>`);
+      pick.querySelector("select").addEventListener("change", (e) => showEval(Number(e.target.value)));
+      box.prepend(pick);
+    }
+    if (ev.gallery) showGallery(box, await api(`/api/runs/${id}/gallery${q}`));
   };
   const showArtifacts = async () => {
     const arts = await api(`/api/runs/${id}/artifacts`);
