@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from . import series
 from .models import (
     EvalResult,
+    EvalSummary,
     Experiment,
     Histogram,
     Metric,
@@ -116,14 +117,32 @@ def drop_points_after(s: Session, *, run_id: int, step: int) -> None:
     s.execute(delete(Histogram).where(Histogram.run_id == run_id, Histogram.step > step))
 
 
+SUMMARY_KEYS = (
+    "n",
+    "seed",
+    "clean_accuracy",
+    "clean_ci",
+    "subset_hash",
+    "std_eps",
+    "std_eps_l2",
+    "probe",
+    "min_norm",
+    "deterministic",
+    "autoattack_warnings",
+    "spec",
+    "seconds",
+)
+
+
 def store_eval(s: Session, *, run_id: int, result: dict, job_id: int | None = None) -> None:
     """Store one panel's results. Each panel job keeps its own set (`job_id`); only the same job
     (a resumed one) replaces its earlier rows, never another job's."""
     panel = result["panel"]
     same_job = EvalResult.job_id.is_(None) if job_id is None else EvalResult.job_id == job_id
     s.execute(delete(EvalResult).where(EvalResult.run_id == run_id, same_job))
-    same_job = SanityCheck.job_id.is_(None) if job_id is None else SanityCheck.job_id == job_id
-    s.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id, same_job))
+    for table in (SanityCheck, EvalSummary):
+        same_job = table.job_id.is_(None) if job_id is None else table.job_id == job_id
+        s.execute(delete(table).where(table.run_id == run_id, same_job))
     for r in result["rows"]:
         s.add(
             EvalResult(
@@ -137,8 +156,13 @@ def store_eval(s: Session, *, run_id: int, result: dict, job_id: int | None = No
                 restarts=r.get("restarts"),
                 accuracy=r["accuracy"],
                 n=r["n"],
+                ci_low=r["ci"][0],
+                ci_high=r["ci"][1],
+                info=r.get("info"),
             )
         )
+    summary = {k: result[k] for k in SUMMARY_KEYS if k in result}
+    s.add(EvalSummary(run_id=run_id, job_id=job_id, panel=panel, data=summary))
     for c in result["checks"]:
         s.add(
             SanityCheck(

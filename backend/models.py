@@ -166,7 +166,22 @@ class EvalResult(Base):
     restarts: Mapped[int | None] = mapped_column(Integer)
     accuracy: Mapped[float] = mapped_column(Float)
     n: Mapped[int] = mapped_column(Integer)
+    ci_low: Mapped[float | None] = mapped_column(Float)  # 95 % Wilson interval over the n examples
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    info: Mapped[dict | None] = mapped_column(JSON)  # e.g. a targeted attack's target success rate
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class EvalSummary(Base):
+    """A panel's figures that are not per-attack rows: clean accuracy with its interval, the
+    gradient probe, the minimum-norm distribution, AutoAttack's warnings, the panel's settings."""
+
+    __tablename__ = "eval_summaries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    panel: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict] = mapped_column(JSON)
 
 
 class SanityCheck(Base):

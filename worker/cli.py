@@ -92,13 +92,26 @@ def print_panel(result: dict) -> None:
     eps = sorted({r["eps"] for r in rows})
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     acc = {(r["attack"], r["eps"]): r["accuracy"] for r in rows}
+    lo, hi = result["clean_ci"]
     print(
-        f"\nrobustness panel '{result['panel']}' on {result['n']} test examples "
-        f"(clean {result['clean_accuracy']:.3f}), L-inf accuracy:"
+        f"\nrobustness panel '{result['panel']}' on {result['n']} test examples, every attack on the same"
+        f" ones (clean {result['clean_accuracy']:.3f}, 95% CI {lo:.3f}-{hi:.3f}), L-inf accuracy:"
     )
     print(f"{'attack':<18}" + "".join(f"{e:>9.4f}" for e in eps))
     for a in attacks:
         print(f"{a:<18}" + "".join(f"{acc[(a, e)]:>9.3f}" if (a, e) in acc else f"{'-':>9}" for e in eps))
+    std = [r for r in rows if r["eps"] == result["std_eps"] and r["attack"] in ("autoattack", "worst_case")]
+    for r in std:
+        print(
+            f"{r['attack']} at eps {r['eps']:g}: {r['accuracy']:.3f} (95% CI {r['ci'][0]:.3f}-{r['ci'][1]:.3f}, n={r['n']})"
+        )
+    mn, pr = result["min_norm"], result["probe"]
+    med = "not reached (FAB fooled fewer than half)" if mn["median"] is None else f"{mn['median']:.4f}"
+    print(f"smallest L-inf perturbation (FAB, {mn['found']}/{mn['n']} fooled): median {med}")
+    print(
+        f"gradient probe: {pr['accuracy']:.3f} (95% CI {pr['ci'][0]:.3f}-{pr['ci'][1]:.3f}, n={pr['n_test']})"
+        f" of labels read from input gradients; chance {pr['chance']:.3f}"
+    )
     print("sanity checks:")
     for c in result["checks"]:
         print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")

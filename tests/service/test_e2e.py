@@ -39,8 +39,15 @@ def test_run_succeeds_and_its_results_are_readable(stack):
 
     ev = stack.http.get(f"/api/runs/{run_id}/eval").json()
     attacks = {row["attack"] for row in ev["rows"]}
-    assert {"fgsm", "pgd", "autoattack", "square", "transfer", "worst_case"} <= attacks
-    assert len(ev["checks"]) == 7 and all(row["n"] <= 20 for row in ev["rows"])
+    assert {"fgsm", "pgd", "autoattack", "square", "transfer", "fab", "apgd_t", "worst_case"} <= attacks
+    assert len(ev["checks"]) == 10 and all(row["n"] == 20 for row in ev["rows"])
+    for row in ev["rows"]:  # each accuracy is k of 20 examples, with the interval around it
+        k = round(row["accuracy"] * 20)
+        assert row["accuracy"] == k / 20 and row["ci"][0] <= k / 20 <= row["ci"][1]
+    summary = ev["summary"]
+    assert (
+        summary["n"] == 20 and summary["probe"]["n_test"] == 359 and len(summary["min_norm"]["norms"]) == 20
+    )
     gal = stack.http.get(f"/api/runs/{run_id}/gallery").json()
     assert len(gal["clean"]) == len(gal["adv"]) == 6 and gal["eps"] == 0.1
     hist = stack.http.get(f"/api/runs/{run_id}/histograms").json()

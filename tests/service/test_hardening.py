@@ -89,12 +89,19 @@ def test_panels_are_kept_per_job_and_only_the_owner_may_queue_one(lab):
     lab.wait_for(job, lambda r: r["status"] in FINAL, what="panel job finished")
 
     latest = alice.get(f"/api/runs/{run_id}/eval").json()
-    assert latest["job_id"] == job and {r["n"] for r in latest["rows"]} == {10} and len(latest["checks"]) == 7
+    assert (
+        latest["job_id"] == job and {r["n"] for r in latest["rows"]} == {10} and len(latest["checks"]) == 10
+    )
+    assert latest["summary"]["n"] == 10 and own["summary"]["n"] == 20  # each panel keeps its own summary
     assert [(p["job_id"], p["n"]) for p in latest["panels"]] == [(run_id, 20), (job, 10)]
     again = alice.get(
         f"/api/runs/{run_id}/eval", params={"job": run_id}
     ).json()  # the first panel is still there
-    assert again["rows"] == own["rows"] and again["checks"] == own["checks"]
+    assert (
+        again["rows"] == own["rows"]
+        and again["checks"] == own["checks"]
+        and again["summary"] == own["summary"]
+    )
     assert alice.get(f"/api/runs/{run_id}/gallery", params={"job": run_id}).text == gallery  # not rewritten
     assert alice.get(f"/api/runs/{run_id}/gallery").status_code == 200
     assert alice.get(f"/api/runs/{run_id}/eval", params={"job": 999_999}).status_code == 404

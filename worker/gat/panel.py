@@ -7,55 +7,66 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from . import data as gdata
 from . import models
-from .attacks import ATTACKS
+from .attacks import ATTACKS, pick_target
+from .attacks.reference import autoattack_with_warnings, fab_min_norm
 from .methods import make
+from .probe import gradient_probe
+from .stats import wilson
 from .train import train_step
 
 log = logging.getLogger(__name__)
 
 TOL = 0.03  # accuracy slack in the sanity checks (same examples for every attack)
 LARGE_EPS = 0.5  # L-inf radius at which any undefended or defended model must fall to ~0
+WHITE_BOX = ("fgsm", "ifgsm", "pgd", "pgd_margin", "pgd_strong", "apgd_dlr", "apgd_t", "fab")
+BLACK_BOX = ("square", "transfer")  # a standalone Square of the full budget, never AutoAttack
 
 
 @dataclass(frozen=True)
 class PanelSpec:
-    n: int  # test examples attacked
-    n_aa: int  # of which AutoAttack sees the first n_aa
+    n: int  # test examples attacked, every attack on the same ones
     steps: int  # PGD steps
     strong_steps: int  # the "more steps and restarts" PGD
     strong_restarts: int
+    apgd_steps: int  # APGD-DLR and APGD-T alone
+    fab_steps: int  # the minimum-norm attack
     square_queries: int
+    noise_draws: int  # uniform noise: draws per example, the worst kept
     surrogate_epochs: int
-    aa_all_eps: bool  # AutoAttack at every epsilon, or at the standard one only
+    all_eps: bool  # AutoAttack and the APGD attacks at every epsilon, or at the standard one only
 
 
 PANELS = {
     "quick": PanelSpec(
         n=200,
-        n_aa=50,
         steps=10,
         strong_steps=50,
         strong_restarts=2,
-        square_queries=300,
+        apgd_steps=50,
+        fab_steps=50,
+        square_queries=1000,
+        noise_draws=20,
         surrogate_epochs=5,
-        aa_all_eps=False,
+        all_eps=False,
     ),
     "standard": PanelSpec(
         n=1000,
-        n_aa=1000,
         steps=20,
         strong_steps=100,
         strong_restarts=5,
+        apgd_steps=100,
+        fab_steps=100,
         square_queries=5000,
+        noise_draws=100,
         surrogate_epochs=30,
-        aa_all_eps=True,
+        all_eps=True,
     ),
 }
 
@@ -117,7 +128,7 @@ def run_panel(
     seed: int = 0,
     device: torch.device | None = None,
 ) -> dict:
-    """Evaluate `model` (images in [0, 1] -> logits) and return rows, worst case and checks."""
+    """Evaluate `model` (images in [0, 1] -> logits) and return rows, worst case, checks and probe."""
     spec = PANELS[panel]
     device = device or next(model.parameters()).device
     model = model.eval().to(device)
@@ -129,25 +140,48 @@ def run_panel(
     t0 = time.monotonic()
     p = _Panel(model, x, y, seed, spec, train_surrogate(config, data, spec.surrogate_epochs, device))
     for e in eps:
-        p.linf_attacks(e, autoattack=e > 0 and (spec.aa_all_eps or abs(e - std_linf) < 1e-12))
+        p.linf_attacks(e, full=e > 0 and (spec.all_eps or abs(e - std_linf) < 1e-12))
+    p.min_norm(eps)
     for e in eps_l2 or [0.0, std_l2 / 2, std_l2, 2 * std_l2]:
         p.add("pgd_l2", e, p.correct("pgd_l2", eps=e, **p.pgd_kw), norm="l2", **p.pgd_kw)
     big = {"steps": spec.strong_steps, "restarts": 1}
     p.add("pgd_large_eps", LARGE_EPS, p.correct("pgd", eps=LARGE_EPS, **big), **big)
+    k = int(p.clean.sum())
     result = {
         "panel": panel,
         "n": n,
         "seed": seed,
-        "clean_accuracy": p.clean.float().mean().item(),
+        "clean_accuracy": k / n,
+        "clean_ci": list(wilson(k, n)),
         "subset_hash": gdata._hash(idx),
         "std_eps": std_linf,
         "std_eps_l2": std_l2,
         "rows": p.rows + [p.worst_case(e) for e in eps],
-        "seconds": time.monotonic() - t0,
+        "deterministic": p.deterministic,
+        "autoattack_warnings": p.aa_warnings,
+        "min_norm": p.norms_summary,
+        "probe": gradient_probe(model, data, seed=seed),
+        "spec": asdict(spec),
     }
     result["checks"] = sanity_checks(result)
     result["gallery"] = gallery(model, x[:6], y[:6], eps=std_linf, seed=seed, steps=spec.steps)
+    result["seconds"] = time.monotonic() - t0
     return result
+
+
+def _row(attack: str, norm: str, e: float, mask: torch.Tensor, **extra) -> dict:
+    k, n = int(mask.sum()), len(mask)
+    return {
+        "attack": attack,
+        "norm": norm,
+        "eps": e,
+        "accuracy": k / n,
+        "n": n,
+        "ci": list(wilson(k, n)),
+        "steps": extra.pop("steps", None),
+        "restarts": extra.pop("restarts", None),
+        "info": extra or None,
+    }
 
 
 class _Panel:
@@ -161,6 +195,15 @@ class _Panel:
         self.pgd_kw = {"steps": spec.steps, "restarts": 1}
         self.rows: list[dict] = []
         self.masks: dict[tuple[str, float], torch.Tensor] = {}
+        self.aa_warnings: list[str] = []
+        self.norms_summary: dict | None = None
+        with torch.no_grad():
+            a, b = model(x), model(x)
+        change = (a - b).abs().max().item()
+        self.deterministic = {
+            "max_logit_change": change,
+            "same": bool(change <= 1e-4 * max(a.abs().max().item(), 1.0)),
+        }
 
     def correct(self, attack: str, *, seed_offset: int = 0, **kw) -> torch.Tensor:
         """Which examples the model still classifies correctly under `attack`."""
@@ -169,70 +212,93 @@ class _Panel:
 
     def add(self, attack: str, e: float, mask: torch.Tensor, norm: str = "linf", **extra) -> None:
         self.masks[(attack, e)] = mask
-        self.rows.append(
-            {
-                "attack": attack,
-                "norm": norm,
-                "eps": e,
-                "accuracy": mask.float().mean().item(),
-                "n": len(mask),
-                "steps": extra.pop("steps", None),
-                "restarts": extra.pop("restarts", None),
-                **extra,
-            }
-        )
+        self.rows.append(_row(attack, norm, e, mask, **extra))
 
-    def linf_attacks(self, e: float, *, autoattack: bool) -> None:
+    def linf_attacks(self, e: float, *, full: bool) -> None:
+        """Every L-inf attack at `e` on the panel's examples; `full` adds AutoAttack and APGD-DLR/-T.
+        At eps 0 each attack's accuracy is the clean accuracy (no perturbation is allowed)."""
         spec, kw = self.spec, self.pgd_kw
-        self.add("fgsm", e, self.correct("fgsm", eps=e), steps=1, restarts=1)
-        for name in ("pgd", "pgd_margin", "pgd_target_random", "pgd_target_ll"):
-            self.add(name, e, self.correct(name, eps=e, **kw), **kw)
         strong = {"steps": spec.strong_steps, "restarts": spec.strong_restarts}
-        self.add("pgd_strong", e, self.correct("pgd", eps=e, seed_offset=1, **strong), **strong)
-        self.add("noise", e, self.correct("noise", eps=e))
-        self.add(
-            "square", e, self.correct("square", eps=e, queries=spec.square_queries), steps=spec.square_queries
-        )
-        x_tr = _attack(
-            "pgd", self.surrogate, self.x, self.y, eps=e, seed=self.seed, **kw
-        )  # crafted on the surrogate
-        self.add("transfer", e, _correct(self.model, x_tr, self.y), **kw)
-        if autoattack:
+        plain = {
+            "fgsm": ({}, {"steps": 1, "restarts": 1}),
+            "ifgsm": (kw, {"steps": spec.steps, "restarts": 1}),
+            "pgd": (kw, kw),
+            "pgd_margin": (kw, kw),
+            "pgd_strong": (strong, strong),
+            "noise": ({"draws": spec.noise_draws}, {"restarts": spec.noise_draws}),
+            "square": ({"queries": spec.square_queries}, {"steps": spec.square_queries}),
+        }
+        for name, (knobs, shown) in plain.items():
+            attack = "pgd" if name == "pgd_strong" else name
+            off = 1 if name == "pgd_strong" else 0
+            mask = self.clean if e == 0 else self.correct(attack, eps=e, seed_offset=off, **knobs)
+            self.add(name, e, mask, **shown)
+        for kind in ("random", "least_likely"):
+            self.targeted(kind, e)
+        crafted = _attack("pgd", self.surrogate, self.x, self.y, eps=e, seed=self.seed, **kw)
+        self.add("transfer", e, _correct(self.model, crafted, self.y), **kw)
+        if full:
+            steps = {"steps": spec.apgd_steps, "restarts": 1}
+            self.add("apgd_dlr", e, self.correct("apgd_dlr", eps=e, **steps), **steps)
+            self.add("apgd_t", e, self.correct("apgd_t", eps=e, **steps), **steps)
             self.autoattack(e)
 
-    def autoattack(self, e: float) -> None:
-        n = len(self.y)
-        m = n if self.spec.aa_all_eps else min(self.spec.n_aa, n)
-        adv = _attack("autoattack", self.model, self.x[:m], self.y[:m], eps=e, seed=self.seed, bs=m)
-        aa = _correct(self.model, adv, self.y[:m])
-        self.masks[("autoattack", e)] = torch.cat(
-            [aa, self.clean[m:]]
-        )  # examples past n_aa: not attacked by AA
-        self.rows.append(
-            {
-                "attack": "autoattack",
-                "norm": "linf",
-                "eps": e,
-                "accuracy": aa.float().mean().item(),
-                "n": m,
-                "steps": 100,
-                "restarts": 1,
-            }
+    def targeted(self, kind: str, e: float) -> None:
+        """Targeted PGD, scored as accuracy (for the worst case) and as the rate of reaching the target."""
+        name = "pgd_target_random" if kind == "random" else "pgd_target_ll"
+        target = pick_target(kind, self.model, self.x, self.y, self.seed)
+        adv = _attack(name, self.model, self.x, self.y, eps=e, seed=self.seed, target=target, **self.pgd_kw)
+        with torch.no_grad():
+            pred = self.model(adv).argmax(1)
+        hit = int((pred == target).sum())
+        self.add(
+            name,
+            e,
+            pred == self.y,
+            **self.pgd_kw,
+            target_success=hit / len(pred),
+            target_ci=list(wilson(hit, len(pred))),
         )
+
+    def autoattack(self, e: float) -> None:
+        adv, warnings = autoattack_with_warnings(self.model, self.x, self.y, eps=e, seed=self.seed)
+        check_ball(adv, self.x, e, "linf")
+        self.aa_warnings += [f"eps {e:g}: {w}" for w in warnings]
+        self.add("autoattack", e, _correct(self.model, adv, self.y), steps=100, restarts=1)
+
+    def min_norm(self, eps: list[float]) -> None:
+        """FAB's smallest L-inf perturbation per example: a row per eps (robust where it is larger)
+        and the distribution (median, quantiles, every example's value; None where none was found)."""
+        norms = fab_min_norm(self.model, self.x, self.y, seed=self.seed, steps=self.spec.fab_steps)
+        steps = {"steps": self.spec.fab_steps, "restarts": 1}
+        for e in eps:
+            self.add("fab", e, self.clean if e == 0 else self.clean & (norms > e), **steps)
+        ranked = norms.sort().values
+        q = {str(p): _quantile(ranked, p) for p in (10, 25, 50, 75, 90)}
+        self.norms_summary = {
+            "attack": "fab",
+            "norm": "linf",
+            "steps": self.spec.fab_steps,
+            "median": q["50"],
+            "quantiles": q,
+            "found": int(torch.isfinite(norms).sum()),
+            "n": len(norms),
+            "norms": [None if not torch.isfinite(v) else round(v.item(), 6) for v in norms],
+        }
 
     def worst_case(self, e: float) -> dict:
         """Correct only if correct under every L-inf attack at `e` (the large-eps check excluded)."""
         w = self.clean.clone()
         for (a, ee), m in self.masks.items():
-            if ee == e and ATTACKS.get(a, ("linf",))[0] == "linf" and a != "pgd_large_eps":
+            if ee == e and a not in ("pgd_l2", "pgd_large_eps"):
                 w &= m
-        return {
-            "attack": "worst_case",
-            "norm": "linf",
-            "eps": e,
-            "accuracy": w.float().mean().item(),
-            "n": len(w),
-        }
+        return _row("worst_case", "linf", e, w)
+
+
+def _quantile(ranked: torch.Tensor, p: int) -> float | None:
+    """Nearest-rank percentile of sorted values; None when it falls among the examples FAB never fooled."""
+    v = ranked[min(len(ranked) - 1, max(0, -(-p * len(ranked) // 100) - 1))]
+    return v.item() if torch.isfinite(v) else None
 
 
 def gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, steps: int) -> dict:
@@ -252,46 +318,99 @@ def gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, s
     }
 
 
+def _worst(acc: dict, names, e: float) -> float:
+    return min(acc[(a, e)] for a in names if (a, e) in acc)
+
+
+# Checks over the epsilon grid: (name, fails at eps e given accuracies acc, failure, pass).
+PER_EPS = [
+    (
+        "iterative_beats_single_step",
+        lambda acc, e: acc[("pgd", e)] > acc[("fgsm", e)] + TOL,
+        "PGD above FGSM at eps {}",
+        "PGD <= FGSM at every eps",
+    ),
+    (
+        "white_box_beats_black_box",
+        lambda acc, e: _worst(acc, WHITE_BOX, e) > _worst(acc, BLACK_BOX, e) + TOL,
+        "a black-box attack (transfer or standalone Square) beat every white-box attack at eps {}",
+        "white box <= transfer and standalone Square at every eps",
+    ),
+    (
+        "more_steps_no_higher",
+        lambda acc, e: acc[("pgd_strong", e)] > acc[("pgd", e)] + TOL,
+        "more steps and restarts raised accuracy at eps {}",
+        "more steps and restarts never raised accuracy",
+    ),
+    (
+        "gradient_beats_noise",
+        lambda acc, e: acc[("pgd", e)] > acc[("noise", e)] + TOL,
+        "the worst of many uniform noise draws beat PGD at eps {}",
+        "PGD <= the worst of many noise draws at every eps",
+    ),
+    (
+        "ce_margin_agree",
+        lambda acc, e: abs(acc[("pgd", e)] - acc[("pgd_margin", e)]) > 0.1,
+        "cross-entropy and margin PGD differ by > 0.1 at eps {} (saturated logits?)",
+        "cross-entropy and margin PGD within 0.1",
+    ),
+]
+
+
 def sanity_checks(result: dict) -> list[dict]:
-    """Gradient-masking red flags (Athalye et al. 2018; Carlini et al. 2019), each pass/fail."""
+    """Gradient-masking red flags (Athalye et al. 2018; Carlini et al. 2019), each pass/fail. Each
+    one is shown failing on a model built to violate it in tests/gat/test_checks.py."""
     acc = {(r["attack"], r["eps"]): r["accuracy"] for r in result["rows"]}
     eps = sorted({e for (a, e) in acc if a == "pgd" and e > 0})
-    clean = result["clean_accuracy"]
-    checks = []
-
-    def check(name: str, ok: bool, detail: str):
-        checks.append({"name": name, "passed": bool(ok), "detail": detail})
-
-    def worst_over(names, e):
-        return min(acc[(a, e)] for a in names if (a, e) in acc)
-
-    white = ("fgsm", "pgd", "pgd_margin", "pgd_strong", "autoattack")
-    bad = [e for e in eps if acc[("pgd", e)] > acc[("fgsm", e)] + TOL]
-    check(
-        "iterative_beats_single_step",
-        not bad,
-        f"PGD above FGSM at eps {bad}" if bad else "PGD <= FGSM at every eps",
-    )
-    big = acc[("pgd_large_eps", LARGE_EPS)]
-    check(
-        "large_eps_to_zero", big <= 0.05, f"PGD accuracy {big:.3f} at L-inf eps {LARGE_EPS} (must be <= 0.05)"
-    )
-    bad = [e for e in eps if worst_over(white, e) > min(acc[("transfer", e)], acc[("square", e)]) + TOL]
-    check(
-        "white_box_beats_black_box",
-        not bad,
-        f"transfer or Square beat the white-box attacks at eps {bad}"
-        if bad
-        else "white box <= transfer and Square",
-    )
-    bad = [e for e in eps if acc[("pgd_strong", e)] > acc[("pgd", e)] + TOL]
-    check(
-        "more_steps_no_higher", not bad, f"more steps/restarts raised accuracy at eps {bad}" if bad else "ok"
-    )
-    bad = [e for e in eps if acc[("pgd", e)] > acc[("noise", e)] + TOL]
-    check("gradient_beats_noise", not bad, f"random noise beat PGD at eps {bad}" if bad else "ok")
-    bad = [e for e in eps if abs(acc[("pgd", e)] - acc[("pgd_margin", e)]) > 0.1]
-    check("ce_margin_agree", not bad, f"CE and margin PGD differ by > 0.1 at eps {bad}" if bad else "ok")
-    zero = [a for (a, e), v in acc.items() if e == 0 and abs(v - clean) > 1e-9 and a != "autoattack"]
-    check("eps0_is_clean", not zero, f"eps 0 differs from clean for {zero}" if zero else "ok")
+    det, big = result["deterministic"], acc[("pgd_large_eps", LARGE_EPS)]
+    checks = [
+        {
+            "name": "deterministic_model",
+            "passed": det["same"],
+            "detail": "the same images give the same logits"
+            if det["same"]
+            else f"two forward passes on the same images differ (logits by up to {det['max_logit_change']:.3g}):"
+            " a randomised model needs attacks that average over its randomness (EOT)",
+        },
+        {
+            "name": "large_eps_to_zero",
+            "passed": big <= 0.05,
+            "detail": f"PGD accuracy {big:.3f} at L-inf eps {LARGE_EPS} (must be <= 0.05)",
+        },
+    ]
+    for name, fails, bad_text, ok_text in PER_EPS:
+        bad = [e for e in eps if fails(acc, e)]
+        checks.append({"name": name, "passed": not bad, "detail": bad_text.format(bad) if bad else ok_text})
+    if any(a == "autoattack" for a, _ in acc):
+        checks += autoattack_checks(result["autoattack_warnings"])
     return checks
+
+
+AA_WARNINGS = {  # check name -> the phrase that pyautoattack's own check logs
+    "autoattack_no_zero_gradients": "zero gradient",
+    "autoattack_square_adds_nothing": "Square Attack has decreased",
+}
+
+
+def autoattack_checks(warnings: list[str]) -> list[dict]:
+    """AutoAttack's own flags as checks: zero gradients, Square beating its gradient attacks, and
+    any other warning it raises (a randomised or dynamic model, probabilities for logits)."""
+    out = []
+    for name, phrase in AA_WARNINGS.items():
+        hits = [w for w in warnings if phrase in w]
+        out.append(
+            {
+                "name": name,
+                "passed": not hits,
+                "detail": "; ".join(hits) or "AutoAttack raised no such warning",
+            }
+        )
+    rest = [w for w in warnings if not any(p in w for p in AA_WARNINGS.values())]
+    out.append(
+        {
+            "name": "autoattack_no_other_warnings",
+            "passed": not rest,
+            "detail": "; ".join(rest) or "AutoAttack raised no other warning",
+        }
+    )
+    return out

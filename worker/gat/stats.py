@@ -7,6 +7,8 @@ The same statistics are computed for every method on clean inputs, so runs compa
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,3 +64,13 @@ def hist_edges(grad_norm: str) -> torch.Tensor:
     """Fixed edges for the whole run: l2 and standardize give unit-scale entries."""
     r = 4.0 if grad_norm != "none" else 0.05
     return torch.linspace(-r, r, HIST_BINS + 1)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for a proportion k / n (sound at 0 and 1, unlike k/n ± 1.96 se)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

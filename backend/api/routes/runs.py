@@ -31,6 +31,7 @@ from backend.db import session_scope
 from backend.models import (
     Artifact,
     EvalResult,
+    EvalSummary,
     Histogram,
     Metric,
     Run,
@@ -376,11 +377,20 @@ def eval_results(run: RunDep, s: SessionDep, job: JobQuery = None) -> dict:
         .where(SanityCheck.run_id == run.id, _of_job(SanityCheck, run, job_id))
         .order_by(SanityCheck.id)
     ).all()
-    cols = ("panel", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n")
+    summary = s.scalar(
+        select(EvalSummary.data)
+        .where(EvalSummary.run_id == run.id, _of_job(EvalSummary, run, job_id))
+        .order_by(EvalSummary.id.desc())
+    )
+    cols = ("panel", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n", "info")
     return {
         "job_id": job_id,
         "panels": jobs,
-        "rows": [{c: getattr(r, c) for c in cols} for r in rows],
+        "summary": summary,
+        "rows": [
+            {**{c: getattr(r, c) for c in cols}, "ci": None if r.ci_low is None else [r.ci_low, r.ci_high]}
+            for r in rows
+        ],
         "checks": [
             {"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks
         ],

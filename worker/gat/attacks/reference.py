@@ -1,6 +1,7 @@
-"""Wrappers around `pyautoattack` (the reference AutoAttack code): APGD-CE, Square and the
-standard AutoAttack ensemble, in the registry's call signature. With fewer than ten classes
-the targeted attacks use every other class (K - 1 targets) instead of nine.
+"""Wrappers around `pyautoattack` (the reference AutoAttack code): APGD-CE, APGD-DLR, APGD-T,
+FAB (minimum norm), Square and the standard AutoAttack ensemble, in the registry's call
+signature. With fewer than ten classes the targeted attacks use every other class (K - 1
+targets) instead of nine.
 """
 
 from __future__ import annotations
@@ -9,10 +10,17 @@ import logging
 
 import torch
 from pyautoattack import AutoAttack
-from pyautoattack.autopgd_base import APGDAttack
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.fab_pt import FABAttack_PT
 from pyautoattack.square import SquareAttack
 
-logging.getLogger("auto-attack").setLevel(logging.WARNING)
+AA_LOG = logging.getLogger("auto-attack")
+AA_LOG.setLevel(logging.WARNING)
+
+
+def _classes(model, x) -> int:
+    with torch.no_grad():
+        return model(x[:1]).shape[1]
 
 
 def apgd_ce(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
@@ -20,6 +28,39 @@ def apgd_ce(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
         model, n_iter=steps, n_restarts=restarts, norm="Linf", eps=eps, seed=seed, loss="ce", device=x.device
     )
     return a.perturb(x, y).detach()
+
+
+def apgd_dlr(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
+    """APGD on the difference-of-logits-ratio loss: scale-invariant, so saturated logits don't hide."""
+    a = APGDAttack(
+        model, n_iter=steps, n_restarts=restarts, norm="Linf", eps=eps, seed=seed, loss="dlr", device=x.device
+    )
+    return a.perturb(x, y).detach()
+
+
+def apgd_t(model, x, y, *, eps, seed=0, steps=100, **_):
+    """Targeted APGD-DLR over the top K - 1 (at most 9) other classes, as in AutoAttack."""
+    a = APGDAttack_targeted(
+        model,
+        n_iter=steps,
+        norm="Linf",
+        eps=eps,
+        seed=seed,
+        device=x.device,
+        n_target_classes=min(9, _classes(model, x) - 1),
+    )
+    return a.perturb(x, y).detach()
+
+
+def fab_min_norm(model, x, y, *, seed=0, steps=100, **_) -> torch.Tensor:
+    """Per-example smallest L-inf perturbation that FAB finds to change the prediction
+    (0 if already misclassified, inf if none was found)."""
+    a = FABAttack_PT(model, norm="Linf", n_restarts=1, n_iter=steps, eps=1.0, seed=seed, device=x.device)
+    adv = a.perturb(x, y).detach()
+    with torch.no_grad():
+        fooled = model(adv).argmax(1) != y
+    size = (adv - x).flatten(1).abs().amax(1)
+    return torch.where(fooled, size, torch.full_like(size, float("inf")))
 
 
 def square(model, x, y, *, eps, seed=0, queries=5000, **_):
@@ -39,12 +80,31 @@ def square(model, x, y, *, eps, seed=0, queries=5000, **_):
         return a.perturb(x, y).detach()
 
 
-def autoattack(model, x, y, *, eps, seed=0, **_):
+class _Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def autoattack_with_warnings(model, x, y, *, eps, seed=0) -> tuple[torch.Tensor, list[str]]:
+    """Standard AutoAttack, and the warnings its own checks raise (zero gradients, Square
+    beating the gradient attacks, a randomised model)."""
     aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
     aa.verbose = False
-    with torch.no_grad():
-        k = model(x[:1]).shape[1]
+    k = _classes(model, x)
     aa.apgd_targeted.n_target_classes = min(9, k - 1)
     aa.fab.n_target_classes = min(9, k - 1)
-    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
-    return x_adv.detach()
+    caught = _Warnings()
+    AA_LOG.addHandler(caught)
+    try:
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+    finally:
+        AA_LOG.removeHandler(caught)
+    return x_adv.detach(), caught.messages
+
+
+def autoattack(model, x, y, *, eps, seed=0, **_):
+    return autoattack_with_warnings(model, x, y, eps=eps, seed=seed)[0]

@@ -1,0 +1,141 @@
+"""Every sanity check of the panel fails on a model built to violate it, and a plainly trained
+model passes them all. A check that no model can fail would be shown as a pass that means nothing.
+"""
+
+import pytest
+import torch
+
+from worker.gat.panel import AA_WARNINGS, run_panel, sanity_checks
+
+CONFIG = {
+    "dataset": {"name": "digits"},
+    "model": {"arch": "cnn", "width": 8, "depth": 2},
+    "train": {"seed": 0},
+}
+N = 100
+
+
+class Wrap(torch.nn.Module):
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+
+class Quantised(Wrap):
+    """Textbook gradient masking: quantised inputs give zero input gradients everywhere."""
+
+    def forward(self, x):
+        return self.base(torch.round(x * 4) / 4)
+
+
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, where):
+        ctx.save_for_backward(where)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (where,) = ctx.saved_tensors
+        return torch.where(where, -g, g), None
+
+
+class WrongWay(Wrap):
+    """Gradients that point the wrong way: every input gradient is negated."""
+
+    def forward(self, x):
+        return self.base(_Reverse.apply(x, torch.ones_like(x, dtype=torch.bool)))
+
+
+class TrueOnlyAtData(Wrap):
+    """Honest gradients at the data (pixels on the digits' 1/16 grid), negated anywhere else:
+    one step from a clean image works, an iterative attack from a random start is led astray."""
+
+    def forward(self, x):
+        off_grid = ((x * 16 - torch.round(x * 16)).abs() > 1e-4).flatten(1).any(1)
+        return self.base(_Reverse.apply(x, off_grid.view(-1, 1, 1, 1).expand_as(x)))
+
+
+class _Budget(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, noisy):
+        ctx.noisy = noisy
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (torch.randn_like(g) if ctx.noisy else g), None
+
+
+class BudgetAware(Wrap):
+    """Tuned to the attack it was tested with: gradients turn to noise after 10 steps of an attack
+    (an attack's steps are counted from its last forward pass without gradients)."""
+
+    def __init__(self, base):
+        super().__init__(base)
+        self.calls = 0
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            self.calls = 0
+            return self.base(x)
+        self.calls += 1
+        return self.base(_Budget.apply(x, self.calls > 10))
+
+
+class Randomised(Wrap):
+    """A randomised defense: Gaussian noise on the input at every forward pass."""
+
+    def forward(self, x):
+        return self.base((x + 0.2 * torch.randn_like(x)).clamp(0, 1))
+
+
+class Saturated(Wrap):
+    """Saturated logits: the softmax is one-hot in float32, so cross-entropy gradients vanish."""
+
+    def forward(self, x):
+        return self.base(x) * 1000
+
+
+def _failed(result):
+    return {c["name"] for c in result["checks"] if not c["passed"]}
+
+
+@pytest.fixture(scope="module")
+def honest(digits, digits_model):
+    return run_panel(digits_model, digits, CONFIG, panel="quick", n=N)
+
+
+def test_a_plainly_trained_model_passes_every_check(honest):
+    assert len(honest["checks"]) == 10
+    assert not _failed(honest), honest["checks"]
+
+
+VIOLATIONS = [
+    (
+        Quantised,
+        {"white_box_beats_black_box", "autoattack_no_zero_gradients", "autoattack_square_adds_nothing"},
+    ),
+    (WrongWay, {"gradient_beats_noise", "large_eps_to_zero"}),
+    (TrueOnlyAtData, {"iterative_beats_single_step"}),
+    (BudgetAware, {"more_steps_no_higher"}),
+    (Randomised, {"deterministic_model", "autoattack_no_other_warnings"}),
+    (Saturated, {"ce_margin_agree"}),
+]
+
+
+@pytest.mark.parametrize("wrap,flags", VIOLATIONS, ids=[w.__name__ for w, _ in VIOLATIONS])
+def test_each_check_fails_on_a_model_built_to_violate_it(wrap, flags, digits, digits_model, honest):
+    result = run_panel(wrap(digits_model), digits, CONFIG, panel="quick", n=N)
+    assert flags <= _failed(result), result["checks"]
+
+
+def test_every_check_is_shown_failing_by_some_model(honest):
+    names = {c["name"] for c in honest["checks"]}
+    assert names == set().union(*(flags for _, flags in VIOLATIONS))
+
+
+def test_autoattack_checks_appear_only_where_autoattack_ran(honest):
+    rows = [r for r in honest["rows"] if r["attack"] != "autoattack"]
+    names = {c["name"] for c in sanity_checks({**honest, "rows": rows})}
+    assert not names & (set(AA_WARNINGS) | {"autoattack_no_other_warnings"})
