@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,3 +200,11 @@ class Stack:
             (self.home / f).read_text()[-3000:] for f in ("api.log", "worker.log") if (self.home / f).exists()
         )
         raise AssertionError(f"run {run_id} never {what}: {run}\n{logs}")
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 1, sign: str = "") -> str:
+    """'mean ± std' over seeds; with one seed the mean alone, marked, never a made-up ± 0."""
+    mean = scale * statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:{sign}.{digits}f} (1 seed)"
+    return f"{mean:{sign}.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"

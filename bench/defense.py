@@ -5,14 +5,15 @@
     python -m bench.defense --dataset mnist --data-dir data --epochs 10
 
 Prints markdown: clean and per-attack accuracy at the dataset's standard L-inf radius (and L2
-PGD at its standard L2 radius), mean +- std over seeds, and how many sanity checks passed.
+PGD at its standard L2 radius), mean +- std over seeds, and how many sanity checks passed; then
+per seed AutoAttack and the worst case with their 95 % intervals over the panel's examples (every
+attack runs on the same ones), the gradient probe against chance, and FAB's median minimum norm.
 A lambda sweep for GREAT is scored on the validation split only (never the test split).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -21,24 +22,30 @@ from pathlib import Path
 import torch
 
 from backend.run_config import parse_run_config
+from bench._common import spread
 from worker.gat import data as gdata
 from worker.gat import job
 from worker.gat.attacks import pgd
-from worker.gat.recorder import Recorder
+from worker.gat.recorder import NullRecorder
 from worker.gat.train import train
 
 METHODS = ["erm", "great", "greace", "great+greace", "fgsm_at", "pgd_at", "trades", "igr"]
 COLUMNS = [
     "clean",
     "fgsm",
+    "ifgsm",
     "pgd",
     "pgd_margin",
     "pgd_target_ll",
+    "apgd_dlr",
+    "apgd_t",
+    "fab",
     "square",
     "transfer",
     "autoattack",
     "worst_case",
     "pgd_l2",
+    "probe",
 ]
 
 
@@ -74,20 +81,42 @@ def row_of(result: dict) -> dict:
         "checks": sum(c["passed"] for c in result["checks"]),
         "n_checks": len(result["checks"]),
         "failed": [c["name"] for c in result["checks"] if not c["passed"]],
+        "probe": result["probe"]["accuracy"],
+        "intervals": {
+            "probe": (result["probe"]["accuracy"], result["probe"]["ci"], result["probe"]["n_test"])
+        },
+        "chance": result["probe"]["chance"],
+        "fab_median": result["min_norm"]["median"],
     }
     for r in result["rows"]:
         if (r["norm"] == "linf" and abs(r["eps"] - std) < 1e-9) or (
             r["attack"] == "pgd_l2" and abs(r["eps"] - std2) < 1e-9
         ):
             out[r["attack"]] = r["accuracy"]
+            out["intervals"][r["attack"]] = (r["accuracy"], r["ci"], r["n"])
     return out
 
 
+def interval_table(results: dict[str, list[dict]]) -> list[str]:
+    """Per method and seed: AutoAttack, worst case and the probe with 95 % Wilson intervals."""
+    cell = lambda v: f"{100 * v[0]:.1f} [{100 * v[1][0]:.1f}, {100 * v[1][1]:.1f}] (n={v[2]})"
+    lines = [
+        "| method | seed | autoattack | worst_case | gradient probe (chance) | FAB median L-inf | failed checks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, rows in results.items():
+        for seed, r in enumerate(rows):
+            iv, med = r["intervals"], r["fab_median"]
+            lines.append(
+                f"| {method} | {seed} | {cell(iv['autoattack'])} | {cell(iv['worst_case'])} | "
+                f"{cell(iv['probe'])} ({100 * r['chance']:.1f}) | {'-' if med is None else f'{med:.4f}'} | "
+                f"{', '.join(r['failed']) or 'none'} |"
+            )
+    return lines
+
+
 def fmt(vals: list[float]) -> str:
-    if not vals:
-        return "-"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{100 * statistics.mean(vals):.1f} ± {100 * sd:.1f}"
+    return spread(vals, 100) if vals else "-"
 
 
 def lam_sweep(args) -> list[str]:
@@ -96,7 +125,7 @@ def lam_sweep(args) -> list[str]:
     for lam in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0):
         cfg = config(args, "great", 0, {"lam": lam}, panel="none")
         with tempfile.TemporaryDirectory() as d:
-            train(cfg, Path(d), Recorder())
+            train(cfg, Path(d), NullRecorder())
             from worker.gat.train import load_model
 
             model = load_model(Path(d))
@@ -132,7 +161,7 @@ def main() -> None:
     for method in args.methods.split(","):
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as d:
-                summary = job.run(config(args, method, seed), Path(d), Recorder())
+                summary = job.run(config(args, method, seed), Path(d), NullRecorder())
             results.setdefault(method, []).append(row_of(summary["eval"]))
             print(f"{method} seed {seed}: {results[method][-1]}", file=sys.stderr)
     std, std2 = gdata.STANDARD_EPS[args.dataset]
@@ -140,7 +169,8 @@ def main() -> None:
     print(f"Command: `python -m bench.defense {' '.join(sys.argv[1:])}`  ")
     print(
         f"{args.arch} width {args.width}, {args.epochs} epochs, {args.seeds} seeds (mean ± std), "
-        f"panel '{args.panel}' on {summary['eval']['n']} test examples; AutoAttack on its panel subset. "
+        f"panel '{args.panel}' on {summary['eval']['n']} test examples, every attack (AutoAttack included) on "
+        "the same ones; probe: a fresh classifier's accuracy at reading the label from input gradients. "
         f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads.\n"
     )
     print("| method | " + " | ".join(COLUMNS) + " | sanity checks passed |")
@@ -152,6 +182,8 @@ def main() -> None:
             f" (failed: {', '.join(failed)})" if failed else ""
         )
         print(f"| {method} | " + " | ".join(cells) + f" | {checks} |")
+    print("\n## AutoAttack, worst case and the gradient probe per seed, with 95 % Wilson intervals\n")
+    print("\n".join(interval_table(results)))
     if not args.no_sweep:
         print("\n## GREAT's lambda, scored on the validation split (seed 0)\n")
         print("\n".join(lam_sweep(args)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 import torch
 
 from backend.run_config import parse_run_config
-from bench._common import interleaved_step_cost
+from bench._common import interleaved_step_cost, spread
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make
-from worker.gat.recorder import Recorder
+from worker.gat.recorder import NullRecorder
 from worker.gat.train import aux_optimizer, load_model, train
 
 METHODS = ["student", "soft_targets", "jacobian_matching", "great", "great+soft_targets"]
@@ -78,7 +77,7 @@ def main() -> None:
                 "eval": {"panel": "none"},
             }
         ).model_dump()
-        teacher = train(tcfg, Path(tdir), Recorder())
+        teacher = train(tcfg, Path(tdir), NullRecorder())
         acc: dict[tuple, list] = {}
         for frac in map(float, args.fractions.split(",")):
             n = len(gdata.load({**ds, "fraction": frac}).train)
@@ -105,7 +104,7 @@ def main() -> None:
                         }
                     ).model_dump()
                     with tempfile.TemporaryDirectory() as d:
-                        s = train(cfg, Path(d), Recorder())
+                        s = train(cfg, Path(d), NullRecorder())
                     acc.setdefault((method, frac), []).append(s["test"]["acc"])
                     print(method, frac, seed, s["test"], file=sys.stderr)
         sps = step_costs(args, ds, load_model(Path(tdir)))
@@ -125,9 +124,7 @@ def main() -> None:
         cells = []
         for f in fracs:
             v = acc[(m, f)]
-            cells.append(
-                f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}"
-            )
+            cells.append(spread(v, 100))
         print(f"| {m} | " + " | ".join(cells) + f" | {sps[m]:.4f} | {sps[m] / base:.2f} |")
 
 

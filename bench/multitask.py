@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from backend.run_config import DATASET_TASKS, parse_run_config
-from bench._common import interleaved_step_cost
+from bench._common import interleaved_step_cost, spread
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make
-from worker.gat.recorder import Recorder
+from worker.gat.recorder import NullRecorder
 from worker.gat.train import aux_optimizer, train
 
 METHODS = ["equal", "uncertainty", "gradnorm", "pcgrad", "great"]
@@ -78,7 +78,7 @@ def run(args, method: str, seed: int, params: dict) -> dict:
         }
     ).model_dump()
     with tempfile.TemporaryDirectory() as d:
-        return train(cfg, Path(d), Recorder())["test"]
+        return train(cfg, Path(d), NullRecorder())["test"]
 
 
 def main() -> None:
@@ -114,11 +114,7 @@ def main() -> None:
 
     cls_keys = [k for k in keys if k.endswith("acc")]
 
-    fmt = lambda v, k: (
-        f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}"
-        if k.endswith("acc")
-        else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
-    )
+    fmt = lambda v, k: spread(v, 100, 1) if k.endswith("acc") else spread(v, 1, 3)
     print(
         f"# Multi-task learning on {args.dataset}: test metrics (accuracy %, or MSE), mean ± std over {args.seeds} seeds\n"
     )
@@ -147,7 +143,7 @@ def main() -> None:
         print(
             f"| {m} | "
             + " | ".join(fmt([r[k] for r in rows], k) for k in keys)
-            + f" | {statistics.mean(dm):+.1f} ± {statistics.stdev(dm):.1f} | {statistics.mean(dc):+.2f} ± {statistics.stdev(dc):.2f}"
+            + f" | {spread(dm, sign='+')} | {spread(dc, digits=2, sign='+')}"
             + f" | {step:.4f} | {step / base:.2f} |"
         )
 

@@ -1,7 +1,7 @@
 // The compare page: overlays, mean ± std bands grouped by a knob, final values, robustness, CSV.
 import { api, qs } from "../api.js";
 import { lineChart } from "../charts.js";
-import { app, esc, getPath, h, meanStd, metricsLoader } from "../lib.js";
+import { app, esc, getPath, h, meanStd, metricsLoader, pct } from "../lib.js";
 
 // One mean curve per value of knob `g`, with the mean ± std band over the runs that share it.
 function groupBands(runs, per, g) {
@@ -22,6 +22,38 @@ function groupBands(runs, per, g) {
   });
 }
 
+const withCi = (v, c, n) => (v == null ? "–" : `${pct(v)} <span class="muted">[${pct(c?.[0])}, ${pct(c?.[1])}] n=${n}</span>`);
+
+// Per run: clean, AutoAttack and worst case at the standard eps, and the gradient probe, each with its
+// interval; per group of runs (e.g. seeds of one method): mean ± std over the runs.
+function robustnessTable(runs, evs, g) {
+  const cols = ["clean", "autoattack", "worst_case", "probe"];
+  const cells = evs.map((ev) => {
+    const s = ev.summary;
+    if (!s) return null;
+    const at = (a) => ev.rows.find((r) => r.attack === a && r.norm === "linf" && Math.abs(r.eps - s.std_eps) < 1e-12);
+    return {
+      clean: { v: s.clean_accuracy, c: s.clean_ci, n: s.n },
+      autoattack: at("autoattack") && { v: at("autoattack").accuracy, c: at("autoattack").ci, n: at("autoattack").n },
+      worst_case: at("worst_case") && { v: at("worst_case").accuracy, c: at("worst_case").ci, n: at("worst_case").n },
+      probe: s.probe && { v: s.probe.accuracy, c: s.probe.ci, n: s.probe.n_test },
+      eps: s.std_eps, failed: ev.checks.filter((c) => !c.passed).map((c) => c.name),
+    };
+  });
+  const el = document.querySelector("#robtable");
+  if (!cells.some(Boolean)) { el.innerHTML = '<tr><td class="muted">No robustness panel on these runs.</td></tr>'; return; }
+  const groups = new Map();
+  runs.forEach((r, i) => { if (!cells[i]) return; const k = String(g ? getPath(r.config, g) ?? getPath(r, g) : "all runs"); groups.set(k, [...(groups.get(k) ?? []), cells[i]]); });
+  const head = `<tr><th>run</th><th>eps</th>${cols.map((c) => `<th>${c}</th>`).join("")}<th>failed checks</th></tr>`;
+  const body = runs.map((r, i) => (cells[i] ? `<tr><td>#${r.id} ${esc(r.name)}</td><td>${esc(cells[i].eps)}</td>${cols.map((c) => `<td>${withCi(cells[i][c]?.v, cells[i][c]?.c, cells[i][c]?.n)}</td>`).join("")}
+    <td class="${cells[i].failed.length ? "bad" : ""}">${cells[i].failed.map(esc).join(", ") || "none"}</td></tr>` : "")).join("");
+  const agg = [...groups].map(([k, list]) => `<tr class="group"><td><b>${esc(k)}</b> (${list.length} runs)</td><td></td>${cols.map((c) => {
+    const { n, mean, std } = meanStd(list.map((x) => x[c]?.v));
+    return `<td>${n > 1 ? `${pct(mean)} ± ${pct(std)}` : n ? `${pct(mean)} (one run: no spread)` : "–"}</td>`;
+  }).join("")}<td>${list.filter((x) => x.failed.length).length} with failures</td></tr>`).join("");
+  el.innerHTML = head + body + agg;
+}
+
 export async function comparePage(idsArg) {
   const ids = (idsArg ?? "").split(",").map(Number).filter(Boolean);
   if (!ids.length) { app.replaceChildren(h('<section><h1>Compare</h1><p class="muted">Select runs on the <a href="#/runs">runs page</a> and press “Compare selected”.</p></section>')); return; }
@@ -34,6 +66,8 @@ export async function comparePage(idsArg) {
     <label>group by <select id="group"><option value="">none</option>${knobs.map((k) => `<option>${esc(k)}</option>`).join("")}</select></label>
     <button id="csv">Export table CSV</button></div>
     <div class="grid"><div id="overlay"></div><div id="rob"></div></div>
+    <h2>Robustness at the standard ε</h2><p class="muted">Each accuracy with its 95% Wilson interval over the panel's n examples; per group, the mean ± std over runs (seeds).
+    <a id="eval-csv" download="gatlab-robustness.csv">Export robustness CSV</a></p><table id="robtable" class="small"></table>
     <h2>Final values</h2><table id="finals" class="small"></table><h2>Groups (mean ± std of last value over runs)</h2><table id="groups" class="small"></table></section>`));
   const label = (r) => `#${r.id} ${r.name}`;
   const overlay = lineChart(app.querySelector("#overlay"), {
@@ -71,8 +105,11 @@ export async function comparePage(idsArg) {
     return { label: `${label(runs[i])} worst case`, x: rows.map((r) => r.eps), y: rows.map((r) => r.accuracy) };
   }).filter((s) => s.x.length);
   if (rob.length) lineChart(app.querySelector("#rob"), { title: "robustness: worst case over attacks", xLabel: "eps", points: true, load: async () => rob }).refresh();
+  const robTable = () => robustnessTable(runs, evs, app.querySelector("#group").value);
+  robTable();
+  app.querySelector("#eval-csv").href = `/api/export?${qs({ ids: ids.join(","), what: "eval" })}`;
   app.querySelector("#metric").addEventListener("change", () => { overlay.refresh(); finals(); });
-  app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); });
+  app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); robTable(); });
   app.querySelector("#csv").addEventListener("click", () => {
     const csv = ["run,name,method,seed,last,best,min,max", ...table.map((t) => [t.run, JSON.stringify(t.name), t.method, t.seed, t.last, t.best, t.min, t.max].join(","))].join("\n");
     const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "gatlab-compare.csv" });

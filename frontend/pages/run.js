@@ -3,21 +3,53 @@ import { api, qs } from "../api.js";
 import { heatmap, lineChart } from "../charts.js";
 import { app, duration, esc, every, h, metricsLoader, pct, rerender, statusCell, toYaml } from "../lib.js";
 
-function robustness(el, ev) {
+const ci = (c) => (c ? `<span class="muted">[${pct(c[0])}, ${pct(c[1])}]</span>` : "");
+
+// The panel's headline: clean and worst-case accuracy with intervals, the probe beside A's accuracy,
+// the minimum-norm median, AutoAttack's own warnings.
+function headline(ev, aux) {
+  const s = ev.summary;
+  if (!s) return "";
+  const at = (a) => ev.rows.find((r) => r.attack === a && r.norm === "linf" && Math.abs(r.eps - s.std_eps) < 1e-12);
+  const line = (label, r) => (r ? `<li>${label} at ε ${esc(s.std_eps)}: <b>${pct(r.accuracy)}</b> ${ci(r.ci)} of ${esc(r.n)}</li>` : "");
+  const p = s.probe, mn = s.min_norm;
+  return `<ul class="headline">
+    <li>clean: <b>${pct(s.clean_accuracy)}</b> ${ci(s.clean_ci)} of ${esc(s.n)} test examples (every attack on the same ones)</li>
+    ${line("AutoAttack", at("autoattack"))}${line("worst case over attacks", at("worst_case"))}
+    ${p ? `<li class="probe">gradient probe: <b>${pct(p.accuracy)}</b> ${ci(p.ci)} of ${esc(p.n_test)} test labels read from input gradients
+      (chance ${pct(p.chance)})${aux != null ? `; in-loop A's last accuracy ${pct(aux)}` : ""}.
+      <span class="muted">Near chance: the gradients hide the class; near 100%: they give it away.</span></li>` : ""}
+    ${mn ? `<li>smallest L-inf perturbation that fools the model (FAB): median <b>${mn.median == null ? "not reached" : mn.median.toFixed(4)}</b>, ${esc(mn.found)}/${esc(mn.n)} fooled</li>` : ""}
+    ${(s.autoattack_warnings ?? []).map((w) => `<li class="alarm">AutoAttack warned: ${esc(w)}</li>`).join("")}
+  </ul>`;
+}
+
+function robustness(el, ev, aux) {
   const linf = ev.rows.filter((r) => r.norm === "linf" && r.attack !== "pgd_large_eps");
   if (!linf.length) { el.innerHTML = '<p class="muted">No robustness panel yet.</p>'; return; }
   const panels = [...new Set(ev.rows.map((r) => r.panel))];
+  const extra = (r) => (r.info?.target_success != null ? `target reached ${pct(r.info.target_success)} ${ci(r.info.target_ci)}` : "");
   el.innerHTML = `<div class="badges">${ev.checks.map((c) => `<span class="badge ${c.passed ? "pass" : "fail"}" title="${esc(c.detail)}">${c.passed ? "✓" : "✗ FAILED"} ${esc(c.name)} <small>(${esc(c.panel)})</small></span>`).join("")}</div>
     ${ev.all_passed === false ? '<p class="alarm">A sanity check failed: these robustness numbers may come from gradient masking. Do not trust them until it is explained.</p>' : ""}
-    <div class="rob-chart"></div><details><summary>table (${panels.join(", ")})</summary><table class="small"><tr><th>panel</th><th>attack</th><th>norm</th><th>eps</th><th>steps</th><th>restarts</th><th>n</th><th>accuracy</th></tr>
-    ${ev.rows.map((r) => `<tr><td>${esc(r.panel)}</td><td>${esc(r.attack)}</td><td>${esc(r.norm)}</td><td>${r.eps.toFixed(4)}</td><td>${r.steps ?? ""}</td><td>${r.restarts ?? ""}</td><td>${r.n}</td><td>${pct(r.accuracy)}</td></tr>`).join("")}</table></details>`;
+    ${ev.checks.filter((c) => !c.passed).map((c) => `<p class="failed-check"><b>${esc(c.name)}</b>: ${esc(c.detail)}</p>`).join("")}
+    ${headline(ev, aux)}
+    <div class="rob-chart"></div><div class="norm-chart"></div><details><summary>table (${panels.join(", ")}; 95% Wilson intervals)</summary><table class="small"><tr><th>panel</th><th>attack</th><th>norm</th><th>eps</th><th>steps</th><th>restarts</th><th>n</th><th>accuracy</th><th>95% CI</th><th></th></tr>
+    ${ev.rows.map((r) => `<tr><td>${esc(r.panel)}</td><td>${esc(r.attack)}</td><td>${esc(r.norm)}</td><td>${r.eps.toFixed(4)}</td><td>${r.steps ?? ""}</td><td>${r.restarts ?? ""}</td><td>${r.n}</td><td>${pct(r.accuracy)}</td><td>${ci(r.ci)}</td><td>${extra(r)}</td></tr>`).join("")}</table></details>`;
   const panel = panels.includes("standard") ? "standard" : panels[0];
   const attacks = [...new Set(linf.filter((r) => r.panel === panel).map((r) => r.attack))];
-  const series = attacks.map((a) => {
+  const series = attacks.flatMap((a) => {
     const rows = linf.filter((r) => r.panel === panel && r.attack === a).sort((x, y) => x.eps - y.eps);
-    return { label: a === "worst_case" ? "WORST CASE" : a, x: rows.map((r) => r.eps), y: rows.map((r) => r.accuracy) };
+    const mean = { label: a === "worst_case" ? "WORST CASE" : a, x: rows.map((r) => r.eps), y: rows.map((r) => r.accuracy) };
+    if (a !== "worst_case" || !rows.every((r) => r.ci)) return [mean];
+    return [mean, { label: "95% CI", band: "upper", x: mean.x, y: rows.map((r) => r.ci[1]) }, { label: "", band: "lower", x: mean.x, y: rows.map((r) => r.ci[0]) }];
   });
-  lineChart(el.querySelector(".rob-chart"), { title: `accuracy vs L-inf epsilon (${panel} panel)`, xLabel: "eps", points: true, load: async () => series }).refresh();
+  lineChart(el.querySelector(".rob-chart"), { title: `accuracy vs L-inf epsilon (${panel} panel, worst case with its 95% interval)`, xLabel: "eps", points: true, load: async () => series }).refresh();
+  const norms = ev.summary?.min_norm?.norms;
+  if (norms?.length) {
+    const found = norms.filter((v) => v != null).sort((x, y) => x - y);
+    const cdf = { label: "fooled within eps", x: found, y: found.map((_, i) => (i + 1) / norms.length) };
+    lineChart(el.querySelector(".norm-chart"), { title: "FAB minimum-norm: share of examples fooled within each L-inf eps", xLabel: "eps", load: async () => (found.length ? [cdf] : []) }).refresh();
+  }
 }
 
 function imageCanvas(img, map = (v) => v) {
@@ -98,7 +130,7 @@ export async function runPage(id) {
     const q = job ? `?${qs({ job })}` : "";
     const ev = await api(`/api/runs/${id}/eval${q}`);
     const box = app.querySelector("#robust");
-    robustness(box, ev);
+    robustness(box, ev, series["train/aux_acc"]?.value.at(-1));
     if (ev.panels?.length > 1) {
       const pick = h(`<label class="field">panel <select id="panel-job">${ev.panels.map((p) =>
         `<option value="${esc(p.job_id)}" ${p.job_id === ev.job_id ? "selected" : ""}>${esc(p.panel)} on ${esc(p.n)} examples${p.job_id === run.id ? " (end of training)" : ` (job ${esc(p.job_id)})`}</option>`).join("")}</select></label>`);

@@ -4,6 +4,7 @@ import copy
 import csv
 import io
 import itertools
+import json
 import shutil
 from pathlib import Path, PurePath
 from typing import Annotated, Literal
@@ -443,13 +444,53 @@ def artifact(
     return FileResponse(a.path, filename=a.name)
 
 
+EVAL_COLUMNS = (
+    "run_id",
+    "job_id",
+    "panel",
+    "attack",
+    "norm",
+    "eps",
+    "steps",
+    "restarts",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+)
+
+
+def _export_eval(s: Session, id_list: list[int], format: str) -> Response:
+    rows = s.execute(
+        select(*(getattr(EvalResult, c) for c in EVAL_COLUMNS))
+        .where(EvalResult.run_id.in_(id_list))
+        .order_by(EvalResult.run_id, EvalResult.id)
+    ).all()
+    if format == "json":
+        return Response(
+            json.dumps({"columns": EVAL_COLUMNS, "rows": [list(r) for r in rows]}),
+            media_type="application/json",
+        )
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(EVAL_COLUMNS)
+    w.writerows(rows)
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="gatlab-robustness.csv"'},
+    )
+
+
 @router.get("/export")
 def export(
     s: SessionDep,
     ids: str = Query(..., max_length=4000, description="Comma-separated run ids"),
     format: Literal["csv", "json"] = "csv",
+    what: Literal["metrics", "eval"] = "metrics",
 ) -> Response:
-    """Metrics of a selection of runs, long format: run_id, key, step, value."""
+    """Metrics of a selection of runs, long format: run_id, key, step, value; or with `what=eval`
+    every robustness row of their panels, with its 95 % interval and number of examples."""
     try:
         id_list = [int(i) for i in ids.split(",") if i]
         if not all(1 <= i < 2**31 for i in id_list):
@@ -458,6 +499,8 @@ def export(
         raise unprocessable(
             (["query", "ids"], "ids must be comma-separated run ids (positive 32-bit integers)")
         ) from None
+    if what == "eval":
+        return _export_eval(s, id_list, format)
     rows = s.execute(
         select(Metric.run_id, Metric.key, Metric.step, Metric.value)
         .where(Metric.run_id.in_(id_list))

@@ -1,0 +1,37 @@
+"""The three result tables' benchmarks run end to end at a toy size (the committed tables in
+docs/results/ come from these scripts at full size): a refactor that breaks one fails here, not
+months later when someone reruns it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOY = {
+    "defense": ["--methods", "erm,great", "--seeds", "2", "--epochs", "1", "--n", "30", "--no-sweep"],
+    "distill": ["--methods", "student,great", "--seeds", "2", "--steps", "20", "--fractions", "0.1"],
+    "multitask": ["--seeds", "2", "--epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("bench", sorted(TOY))
+def test_a_result_table_benchmark_runs_at_toy_size_with_spreads_over_seeds(bench):
+    out = subprocess.run(
+        [sys.executable, "-m", f"bench.{bench}", *TOY[bench]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| great")]
+    assert table and " ± " in table[0], out.stdout
+    if bench == "defense":  # per seed: intervals with their n, the probe (whole test split), the checks
+        assert "| method | seed | autoattack | worst_case | gradient probe (chance)" in out.stdout
+        rows = [line for line in out.stdout.splitlines() if line.startswith(("| erm | 0 |", "| great | 1 |"))]
+        assert len(rows) == 2 and all("(n=30)" in r and "(n=359)" in r for r in rows), out.stdout
