@@ -55,7 +55,12 @@ DATASET_TASKS = {
 }
 
 # Config fields that name files: on a lab server they must stay inside the data root.
-PATH_FIELDS = (("dataset", "path"), ("dataset", "data_dir"), ("params", "teacher_dir"))
+PATH_FIELDS = (
+    ("dataset", "path"),
+    ("dataset", "data_dir"),
+    ("params", "teacher_dir"),
+    ("eval", "model_path"),
+)
 
 
 class DatasetConfig(_Strict):
@@ -75,8 +80,31 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["mlp", "cnn", "resnet20", "resnet32", "resnet56", "resnet18"] = "cnn"
-    width: int = Field(16, ge=1, le=512, description="Base channels (CNN/ResNet) or hidden units / 4 (MLP).")
+    arch: Literal[
+        "auto",
+        "mlp",
+        "cnn",
+        "madry_cnn",
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet18",
+        "preact_resnet18",
+        "wrn28_10",
+        "wrn34_10",
+    ] = Field(
+        "auto",
+        description="auto: the small CNN for 8x8 digits, Madry et al.'s CNN for 28x28 grey images, PreAct"
+        " ResNet-18 for 32x32 colour; madry_cnn, preact_resnet18 and wrn28_10 / wrn34_10 are the robustness"
+        " literature's own (docs: which fits which data).",
+    )
+    width: int = Field(
+        16,
+        ge=1,
+        le=512,
+        description="Base channels (CNN/ResNet; 16 gives the published sizes of madry_cnn and preact_resnet18;"
+        " ignored by wrn*) or hidden units / 4 (MLP).",
+    )
     depth: int = Field(2, ge=1, le=8, description="Hidden layers (MLP) or conv blocks (CNN).")
 
 
@@ -105,6 +133,12 @@ class EvalConfig(_Strict):
     )
     eps_l2: list[Annotated[float, Field(ge=0, le=100)]] | None = None
     seed: int = Field(0, ge=0, le=MAX_INT, description="Seed of the attacked subset and of the attacks.")
+    model_path: str | None = Field(
+        None,
+        pattern=NO_NUL,
+        description="Evaluate this TorchScript model (images in [0, 1] -> logits) instead of training one;"
+        " in the lab, relative to the data root.",
+    )
 
 
 # ---- method knobs (defaults mirror worker.gat.methods) --------------------------------------

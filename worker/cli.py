@@ -22,7 +22,7 @@ from backend.run_config import format_errors, parse_run_config
 from worker.gat import job
 from worker.gat.data import DataError
 from worker.gat.recorder import JsonlRecorder
-from worker.gat.train import CheckpointError, TeacherError, checkpoint_step, load_model
+from worker.gat.train import CheckpointError, TeacherError, checkpoint_step, load_model, pick_device
 
 log = logging.getLogger("gatlab")
 
@@ -49,6 +49,10 @@ def validate(raw: dict, *, source: str = "config") -> dict:
 
 def cmd_train(args) -> int:
     config = load_config(args.config)
+    if config["eval"]["model_path"] is not None:
+        raise CliError(
+            f"{args.config}: eval.model_path: training makes its own model; evaluate a file with `gatlab eval --model`"
+        )
     out = Path(args.out or f"runs/{config['name']}-{datetime.now():%Y%m%d-%H%M%S}")
     try:
         step = checkpoint_step(out)
@@ -71,6 +75,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.model:
+        return eval_model(args)
+    if not args.run_dir:
+        raise CliError("name a run directory, or a TorchScript model with --model FILE --dataset NAME")
     run_dir = Path(args.run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -84,6 +92,35 @@ def cmd_eval(args) -> int:
     finally:
         rec.close()
     print_panel(result)
+    return 0
+
+
+def eval_model(args) -> int:
+    """`gatlab eval --model FILE --dataset NAME`: the panel on a model trained elsewhere."""
+    if args.run_dir:
+        raise CliError("give a run directory or --model, not both")
+    dataset = {"name": args.dataset, "data_dir": args.data_dir, **({"path": args.path} if args.path else {})}
+    config = validate(
+        {
+            "name": f"eval {Path(args.model).name}",
+            "scenario": "defense",
+            "method": "erm",
+            "dataset": dataset,
+            "eval": {"panel": args.panel, "n": args.n, "model_path": args.model},
+        },
+        source="the command line",
+    )
+    out = Path(args.out or f"{Path(args.model).with_suffix('')}-eval")
+    rec = JsonlRecorder(out, resume_step=10**12, progress_bar=False)
+    try:
+        device = pick_device(config["train"].get("device", "auto"))
+        result = job.evaluate_model(Path(args.model), config, rec, device=device, out_dir=out)
+    except (FileNotFoundError, CheckpointError, DataError) as e:
+        raise CliError(str(e)) from e
+    finally:
+        rec.close()
+    print_panel(result)
+    print(f"\nresults in {out}/eval.json")
     return 0
 
 
@@ -162,8 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (resumes if it holds a checkpoint)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="run the robustness panel on a finished run directory")
-    e.add_argument("run_dir")
+    e = sub.add_parser(
+        "eval", help="run the robustness panel on a finished run directory, or on any TorchScript model"
+    )
+    e.add_argument("run_dir", nargs="?")
+    e.add_argument(
+        "--model", help="a TorchScript model (images in [0, 1] -> logits), e.g. from `gatlab export`"
+    )
+    e.add_argument(
+        "--dataset", default="digits", help="with --model: the dataset's name (as in a run config)"
+    )
+    e.add_argument("--path", help="with --model: the dataset's .npz file")
+    e.add_argument("--data-dir", default="data", help="with --model: folder of torchvision datasets")
+    e.add_argument("--out", help="with --model: where eval.json goes (default: next to the model)")
     e.add_argument("--panel", choices=["quick", "standard"], default="quick")
     e.add_argument("--n", type=int, help="test examples attacked (the panel's default if unset)")
     e.set_defaults(func=cmd_eval)

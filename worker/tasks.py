@@ -320,6 +320,10 @@ def _run_job(
     with fence.write() as s:
         s.get(Run, run_id).device = str(device)
     _in_data_root(config, settings.data_path)
+    if job_info["kind"] == "eval" and job_info["parent_id"] is None:  # a model from elsewhere
+        model_file = Path(config["eval"]["model_path"])
+        result = job.evaluate_model(model_file, config, rec, device=device, out_dir=run_dir)
+        return "succeeded", {"summary": {"panel": result["panel"], "model": model_file.name}}
     if job_info["kind"] == "eval":
         parent = job_info["parent_id"]
         recorder = DbRecorder(parent, fence, job_id=run_id)

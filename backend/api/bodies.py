@@ -41,6 +41,19 @@ class RunPatch(BaseModel):
     notes: Annotated[str, StringConstraints(pattern=NO_NUL, max_length=100_000)] | None = None
 
 
+class EvaluationCreate(BaseModel):
+    """A model trained elsewhere, to be judged by the panel: sections as in a run config."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[Text, Field(min_length=1)] | None = None
+    dataset: dict[str, Any] = Field(description="As a run config's dataset section, e.g. {'name': 'digits'}.")
+    eval: dict[str, Any] = Field(
+        description="As a run config's eval section; model_path (relative to the data root) is required."
+    )
+    experiment: Text | None = None
+    tags: list[Text] = Field(default_factory=list, max_length=50)
+
+
 class EvalCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     panel: Literal["quick", "standard"] = "quick"

@@ -30,6 +30,25 @@ function field(path, type, label, options, value, help = "") {
   return `<label class="field"><span>${esc(label)}</span>${input}<small class="help">${esc(help)}</small><small class="error" data-error="${path}"></small></label>`;
 }
 
+function evaluateForm(form) {
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    form.querySelectorAll("[data-error]").forEach((el) => (el.textContent = ""));
+    const v = Object.fromEntries(new FormData(form));
+    const body = { dataset: { name: v.dataset }, eval: { model_path: v.model_path, panel: v.panel, ...(v.n ? { n: Number(v.n) } : {}) } };
+    try {
+      const out = await api("/api/evaluations", { method: "POST", body });
+      location.hash = `#/run/${out.id}`;
+    } catch (err) {
+      const details = err instanceof ApiError && Array.isArray(err.detail) ? err.detail : [{ loc: [], msg: err.message }];
+      for (const d of details) {
+        const slot = form.querySelector(`[data-error="${CSS.escape(d.loc.slice(1).join("."))}"]`) ?? form.querySelector("#evaluate-result");
+        slot.textContent = d.msg;
+      }
+    }
+  });
+}
+
 export async function launchPage() {
   const m = await methods();
   const examples = await api("/api/examples");
@@ -48,7 +67,16 @@ export async function launchPage() {
       <label class="field"><span>experiment</span><input id="experiment" placeholder="group name (required for sweeps)"><small class="error" data-error="experiment"></small></label>
       <div class="toolbar"><button type="submit" id="launch">Launch</button><span id="result" class="muted"></span></div>
     </form>
-    <div class="preview"><h2>YAML</h2><pre id="yaml"></pre><h2>curl</h2><pre id="curl"></pre></div></div></section>`));
+    <div class="preview"><h2>YAML</h2><pre id="yaml"></pre><h2>curl</h2><pre id="curl"></pre></div></div>
+    <h2>Evaluate a model trained elsewhere</h2>
+    <form id="evaluate" autocomplete="off"><p class="muted">A TorchScript file (images in [0, 1] → logits, as <code>gatlab export</code> writes) under the server's data root, judged by the same panel as every run.
+      A pickled model is refused: loading one would run its code.</p>
+      <label class="field"><span>model file</span><input name="model_path" placeholder="models/my-model.pt"><small class="error" data-error="eval.model_path"></small></label>
+      <label class="field"><span>dataset</span><input name="dataset" value="digits"><small class="error" data-error="dataset.name"></small></label>
+      <label class="field"><span>panel</span><select name="panel"><option>quick</option><option>standard</option></select></label>
+      <label class="field"><span>examples</span><input name="n" placeholder="the panel's default"><small class="error" data-error="eval.n"></small></label>
+      <div class="toolbar"><button type="submit">Evaluate</button><span class="muted" id="evaluate-result"></span></div></form></section>`));
+  evaluateForm(app.querySelector("#evaluate"));
   const form = app.querySelector("#form");
   const methodSel = form.querySelector('[data-path="method"]');
 

@@ -100,6 +100,10 @@ BAD_CONFIGS = {
         "dataset: Value error, digits has one task",
     ),
     "distill knob on defense": ({**TINY, "params": {"teacher_dir": "x"}}, "params.teacher_dir: Extra inputs"),
+    "a model file to train": (
+        {**TINY, "eval": {"model_path": "m.pt"}},
+        "eval.model_path: training makes its own",
+    ),
 }
 
 
@@ -218,3 +222,41 @@ def test_train_a_shipped_example_as_installed_with_its_progress_bar(tmp_path):
     assert re.search(rf"100%\|[^|]*\| {total}/{total} \[", text), text[-3000:]  # tqdm's finished bar
     assert "sanity checks:" in text and "Traceback" not in text
     assert (out / "model.pt").exists() and (out / "eval.json").exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_eval_any_torchscript_model_and_refuse_a_pickle(tmp_path):
+    run = tmp_path / "run"
+    assert gatlab("train", write(tmp_path, TINY), "--out", str(run), "-q").returncode == 0
+    assert gatlab("export", str(run), "-o", str(tmp_path / "m.pt")).returncode == 0
+    r = gatlab("eval", "--model", str(tmp_path / "m.pt"), "--dataset", "synthetic", "--n", "20")
+    assert r.returncode == 0, r.stderr
+    assert "gradient probe:" in r.stdout and "[PASS] deterministic_model" in r.stdout
+    ev = json.loads((tmp_path / "m-eval" / "eval.json").read_text())
+    assert ev["n"] == 20 and len(ev["checks"]) == 10 and ev["probe"]["n_test"] > 0
+
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _RunsCode(marker)}, tmp_path / "evil.pt")
+    r = gatlab("eval", "--model", str(tmp_path / "evil.pt"), "--dataset", "synthetic")
+    assert (
+        r.returncode == 2
+        and "not a TorchScript model" in r.stderr
+        and "Pickled models are refused" in r.stderr
+    )
+    assert not marker.exists()
+
+    import numpy as np
+
+    np.savez(tmp_path / "rgb.npz", x=np.random.rand(40, 3, 8, 8).astype("float32"), y=np.arange(40) % 4)
+    r = gatlab(
+        "eval", "--model", str(tmp_path / "m.pt"), "--dataset", "npz", "--path", str(tmp_path / "rgb.npz")
+    )
+    assert r.returncode == 2 and "fails on images of shape (3, 8, 8)" in r.stderr, r.stderr
+    assert gatlab("eval", str(run), "--model", str(tmp_path / "m.pt")).returncode == 2  # one or the other

@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 from bench._common import Stack
 
 from ..service.conftest import tiny_config
-from .conftest import browser_page, wait_until
+from .conftest import ARTIFACTS, browser_page, wait_until
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -39,6 +39,62 @@ def test_the_run_page_shows_the_latest_panel_and_reaches_the_earlier_one(tmp_pat
                 "[...document.querySelectorAll('#robust table td:nth-child(7)')].some(td => td.textContent === '20')",
             )
             assert max(ns()) == 20 and page.locator("#panel-job").input_value() == str(run_id)
+            assert page.errors == [] and page.foreign == []
+    finally:
+        lab.stop()
+
+
+def test_a_masked_model_brought_from_elsewhere_is_flagged_on_its_run_page(tmp_path):
+    """A TorchScript model with quantised inputs (zero gradients), evaluated through the lab like any
+    run: the API and the page show the failed checks, every accuracy's interval and the probe."""
+    import torch
+
+    from worker.gat import data as gdata
+
+    from ..gat.conftest import fit_erm
+    from ..gat.test_checks import Quantised
+
+    root = tmp_path / "data"
+    (root / "models").mkdir(parents=True)
+    digits = gdata.load({"name": "digits"})
+    x = digits.test.images()[:4]
+    torch.jit.trace(Quantised(fit_erm(digits, epochs=5)), x).save(str(root / "models" / "masked.pt"))
+    lab = Stack.create(tmp_path, None, None, GATLAB_DATA_ROOT=str(root))
+    try:
+        body = {"dataset": {"name": "digits"}, "eval": {"panel": "quick", "n": 60}}
+        outside = lab.http.post(
+            "/api/evaluations", json={**body, "eval": {**body["eval"], "model_path": "../x.pt"}}
+        )
+        assert outside.status_code == 422 and outside.json()["detail"][0]["loc"] == [
+            "body",
+            "eval",
+            "model_path",
+        ]
+        body["eval"]["model_path"] = "models/masked.pt"
+        run = lab.http.post("/api/evaluations", json=body).json()
+        assert run["kind"] == "eval" and run["method"] == "external model"
+        lab.start_worker()
+        assert (
+            lab.wait_for(run["id"], lambda r: r["status"] in FINAL, what="evaluated")["status"] == "succeeded"
+        )
+        ev = lab.http.get(f"/api/runs/{run['id']}/eval").json()
+        failed = {c["name"] for c in ev["checks"] if not c["passed"]}
+        assert {"white_box_beats_black_box", "autoattack_no_zero_gradients"} <= failed and ev[
+            "all_passed"
+        ] is False
+        assert ev["summary"]["probe"]["accuracy"] < ev["summary"]["probe"]["chance"] + 0.1  # zero gradients
+        with browser_page(lab) as page:
+            page.goto(f"{lab.base}/#/run/{run['id']}")
+            page.wait_for_selector('#app[data-ready="run"]', timeout=30_000)
+            page.wait_for_selector("#robust .headline", timeout=30_000)
+            expect(page.locator("#robust .badge.fail", has_text="white_box_beats_black_box")).to_have_count(1)
+            expect(page.locator("#robust .alarm").first).to_be_visible()
+            expect(page.locator("#robust .headline .probe")).to_contain_text("gradient probe")
+            expect(page.locator("#robust .headline")).to_contain_text("of 60 test examples")
+            page.locator("#robust details summary").click()
+            cis = page.locator("#robust table tr td:nth-child(9)").all_text_contents()
+            assert cis and all(c.startswith("[") and c.endswith("%]") for c in cis)
+            page.locator("#robust").screenshot(path=str(ARTIFACTS / "run-page-masked-model.png"))
             assert page.errors == [] and page.foreign == []
     finally:
         lab.stop()

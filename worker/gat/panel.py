@@ -160,7 +160,7 @@ def run_panel(
         "deterministic": p.deterministic,
         "autoattack_warnings": p.aa_warnings,
         "min_norm": p.norms_summary,
-        "probe": gradient_probe(model, data, seed=seed),
+        "probe": gradient_probe(model, data, device=device, seed=seed),
         "spec": asdict(spec),
     }
     result["checks"] = sanity_checks(result)
@@ -402,7 +402,9 @@ def autoattack_checks(warnings: list[str]) -> list[dict]:
             {
                 "name": name,
                 "passed": not hits,
-                "detail": "; ".join(hits) or "AutoAttack raised no such warning",
+                "detail": hits[0] + (f" (and {len(hits) - 1} more such warnings)" if len(hits) > 1 else "")
+                if hits
+                else "AutoAttack raised no such warning",
             }
         )
     rest = [w for w in warnings if not any(p in w for p in AA_WARNINGS.values())]

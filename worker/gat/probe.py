@@ -32,9 +32,8 @@ def _grads(model: nn.Module, split: gdata.Split, n: int, device: torch.device, s
     return torch.cat(out).cpu().double().numpy(), split.y[idx].numpy()
 
 
-def gradient_probe(model: nn.Module, data: gdata.Data, *, seed: int = 0) -> dict:
+def gradient_probe(model: nn.Module, data: gdata.Data, *, device: torch.device, seed: int = 0) -> dict:
     """Train a one-hidden-layer probe on train-split gradients; its test accuracy with a 95 % interval."""
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from backend import crud
 from backend.api.bodies import (
     EvalCreate,
+    EvaluationCreate,
     RunCreate,
     RunExport,
     RunList,
@@ -53,12 +54,18 @@ def unprocessable(*errors: tuple[list, str]) -> HTTPException:
     return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in errors])
 
 
-def _validated(config: dict, prefix: str = "config") -> dict:
+def _validated(config: dict, prefix: str = "config", evaluation: bool = False) -> dict:
     try:
         cfg = parse_run_config(config).model_dump(mode="json")
     except ValidationError as e:
         raise HTTPException(422, detail=[{**d, "loc": [prefix, *d["loc"]]} for d in config_errors(e)]) from e
     errors = _limit_errors(cfg)
+    if evaluation and cfg["eval"]["model_path"] is None:
+        errors.append((["eval", "model_path"], "name the TorchScript model to evaluate"))
+    if not evaluation and cfg["eval"]["model_path"] is not None:
+        errors.append(
+            (["eval", "model_path"], "a run trains its own model; evaluate a file with POST /api/evaluations")
+        )
     if errors:
         raise unprocessable(*(([prefix, *loc], msg) for loc, msg in errors))
     return cfg
@@ -173,6 +180,24 @@ def create_run(body: RunCreate, user: CurrentUser, s: SessionDep) -> Run:
     return run
 
 
+@router.post("/evaluations", status_code=201, response_model=RunOut)
+def create_evaluation(body: EvaluationCreate, user: CurrentUser, s: SessionDep) -> Run:
+    """Queue the robustness panel on a model trained elsewhere: a TorchScript file under the data
+    root (images in [0, 1] -> logits), judged on `dataset` like any run. Its page shows the panel."""
+    if body.eval.get("panel") == "none":
+        raise unprocessable((["body", "eval", "panel"], "an evaluation runs a panel: quick or standard"))
+    name = body.name or f"eval {PurePath(str(body.eval.get('model_path'))).name}"
+    raw = {"name": name, "scenario": "defense", "method": "erm", "dataset": body.dataset, "eval": body.eval}
+    config = _validated(raw, prefix="body", evaluation=True)
+    _check_quota(s, user, 1)
+    run = crud.create_run(
+        s, config=config, experiment=body.experiment, tags=body.tags, kind="eval", owner=user
+    )
+    run.method = "external model"
+    _commit_and_enqueue(s, [run])
+    return run
+
+
 def _set_path(cfg: dict, path: str, value) -> None:
     *parents, leaf = path.split(".")
     node = cfg
@@ -263,10 +288,11 @@ def cancel_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
 @router.post("/runs/{run_id}/retry", status_code=201, response_model=RunOut)
 def retry_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
     """A new run with the same config, owned by whoever retries it (the original is kept as it is)."""
-    config = _validated(run.config)  # today's limits apply to yesterday's config
+    evaluation = run.config["eval"].get("model_path") is not None
+    config = _validated(run.config, evaluation=evaluation)  # today's limits apply to yesterday's config
     _check_quota(s, user, 1)
     new = crud.create_run(s, config=config, tags=run.tags, kind=run.kind, parent_id=run.parent_id, owner=user)
-    new.experiment_id = run.experiment_id
+    new.experiment_id, new.method = run.experiment_id, run.method
     _commit_and_enqueue(s, [new])
     return new
 
