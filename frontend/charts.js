@@ -21,7 +21,7 @@ export function align(series) {
 
 // A line chart in `el`. `load(range)` returns [{label, x, y}] for an x range (null = all);
 // it is called again on zoom so the server sends a finer series for the visible window.
-export function lineChart(el, { title, load, xLabel = "step", log = false, points = false, extraLines = [] }) {
+export function lineChart(el, { title, load, xLabel = "step", log = false, points = false, extraLines = [], xRange = null }) {
   el.classList.add("chart");
   el.innerHTML = `<div class="chart-head"><span>${esc(title)}</span>
     <label><input type="checkbox" class="log" ${log ? "checked" : ""}> log</label></div><div class="plot"></div>`;
@@ -38,7 +38,7 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
     const bands = series.flatMap((s, i) => (s.band === "upper" ? [{ series: [i + 1, i + 2], fill: "" }] : []));
     const opts = {
       width: Math.max(300, plotEl.clientWidth || 480), height: 220,
-      scales: { x: { time: false }, y: isLog ? { distr: 3 } : {} },
+      scales: { x: { time: false, ...(xRange ? { range: xRange } : {}) }, y: isLog ? { distr: 3 } : {} },
       axes: [{ label: xLabel }, {}],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },

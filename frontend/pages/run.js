@@ -47,8 +47,11 @@ function robustness(el, ev, aux) {
   const norms = ev.summary?.min_norm?.norms;
   if (norms?.length) {
     const found = norms.filter((v) => v != null).sort((x, y) => x - y);
-    const cdf = { label: "fooled within eps", x: found, y: found.map((_, i) => (i + 1) / norms.length) };
-    lineChart(el.querySelector(".norm-chart"), { title: "FAB minimum-norm: share of examples fooled within each L-inf eps", xLabel: "eps", load: async () => (found.length ? [cdf] : []) }).refresh();
+    const xs = [...new Set(found)];  // one point per distinct norm: the share fooled at or below it
+    const cdf = { label: "fooled within eps", x: xs, y: xs.map((v) => found.filter((f) => f <= v).length / norms.length) };
+    const xRange = [0, Math.max(found.at(-1) ?? 0, 2 * ev.summary.std_eps)];  // a fixed span: tiny norms stay visible
+    if (xs.at(-1) !== xRange[1]) { cdf.x.push(xRange[1]); cdf.y.push(found.length / norms.length); }  // flat to the edge
+    lineChart(el.querySelector(".norm-chart"), { title: "FAB minimum-norm: share of examples fooled within each L-inf eps", xLabel: "eps", points: true, xRange, load: async () => (found.length ? [cdf] : []) }).refresh();
   }
 }
 

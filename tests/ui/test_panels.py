@@ -91,6 +91,12 @@ def test_a_masked_model_brought_from_elsewhere_is_flagged_on_its_run_page(tmp_pa
             expect(page.locator("#robust .alarm").first).to_be_visible()
             expect(page.locator("#robust .headline .probe")).to_contain_text("gradient probe")
             expect(page.locator("#robust .headline")).to_contain_text("of 60 test examples")
+            fooled = ev["summary"]["min_norm"]["norms"]
+            drawn = int(page.locator("#robust .norm-chart").get_attribute("data-points"))
+            assert (
+                drawn >= len({v for v in fooled if v is not None}) >= 1
+            )  # one point per distinct smallest norm
+            page.locator("#robust .norm-chart").screenshot(path=str(ARTIFACTS / "fab-chart.png"))
             page.locator("#robust details summary").click()
             cis = page.locator("#robust table tr td:nth-child(9)").all_text_contents()
             assert cis and all(c.startswith("[") and c.endswith("%]") for c in cis)

@@ -6,6 +6,7 @@ that catch gradient masking, reported as pass/fail with the numbers behind them.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -263,7 +264,7 @@ class _Panel:
     def autoattack(self, e: float) -> None:
         adv, warnings = autoattack_with_warnings(self.model, self.x, self.y, eps=e, seed=self.seed)
         check_ball(adv, self.x, e, "linf")
-        self.aa_warnings += [f"eps {e:g}: {w}" for w in warnings]
+        self.aa_warnings += [f"eps {e:g}: {w}" for w in _collapse(warnings)]
         self.add("autoattack", e, _correct(self.model, adv, self.y), steps=100, restarts=1)
 
     def min_norm(self, eps: list[float]) -> None:
@@ -293,6 +294,14 @@ class _Panel:
             if ee == e and a not in ("pgd_l2", "pgd_large_eps"):
                 w &= m
         return _row("worst_case", "linf", e, w)
+
+
+def _collapse(warnings: list[str]) -> list[str]:
+    """One line per kind of warning (AutoAttack repeats one per target class), with its count."""
+    kinds: dict[str, list[str]] = {}
+    for w in warnings:
+        kinds.setdefault(re.sub(r"[0-9.]+%?", "#", w), []).append(w)
+    return [ws[0] + (f" ({len(ws)} times)" if len(ws) > 1 else "") for ws in kinds.values()]
 
 
 def _quantile(ranked: torch.Tensor, p: int) -> float | None:
