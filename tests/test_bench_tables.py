@@ -16,7 +16,9 @@ TOY = {
     "defense": ["--methods", "erm,great", "--seeds", "2", "--epochs", "1", "--n", "30", "--no-sweep"],
     "distill": ["--methods", "student,great", "--seeds", "2", "--steps", "20", "--fractions", "0.1"],
     "multitask": ["--seeds", "2", "--epochs", "1"],
+    "reproduce": ["--methods", "erm", "--seeds", "2", "--epochs", "1", "--panel", "quick", "--n", "20"],
 }
+ROW = {"defense": "| great", "distill": "| great", "multitask": "| great", "reproduce": "| erm"}
 
 
 @pytest.mark.parametrize("bench", sorted(TOY))
@@ -29,8 +31,13 @@ def test_a_result_table_benchmark_runs_at_toy_size_with_spreads_over_seeds(bench
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    table = [line for line in out.stdout.splitlines() if line.startswith("| great")]
+    table = [line for line in out.stdout.splitlines() if line.startswith(ROW[bench])]
     assert table and " ± " in table[0], out.stdout
+    if bench == "reproduce":  # the verdict against the published anchor is printed, whatever it is
+        assert (
+            "(an undefended model falls to ~0 %)" in table[0]
+            and "AutoAttack per seed [95 % CI]" in out.stdout
+        )
     if bench == "defense":  # per seed: intervals with their n, the probe (whole test split), the checks
         assert "| method | seed | autoattack | worst_case | gradient probe (chance)" in out.stdout
         rows = [line for line in out.stdout.splitlines() if line.startswith(("| erm | 0 |", "| great | 1 |"))]
