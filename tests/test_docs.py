@@ -81,7 +81,11 @@ def documented_bench_commands() -> list[str]:
     sources = [
         README,
         *(p.read_text() for p in sorted((ROOT / "bench").glob("*.py"))),
-        *(p.read_text() for p in sorted((ROOT / "docs" / "results").iterdir()) if p.suffix in (".md", ".txt")),
+        *(
+            p.read_text()
+            for p in sorted((ROOT / "docs" / "results").iterdir())
+            if p.suffix in (".md", ".txt")
+        ),
     ]
     found = set()
     for text in sources:
