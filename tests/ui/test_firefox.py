@@ -56,7 +56,7 @@ def test_dashboard_works_in_firefox(lab, firefox):
 
     ff.js(f"location.hash = '#/run/{ids[0]}'")
     ff.wait("document.querySelector('#app').dataset.ready === 'run'")
-    ff.wait("document.querySelectorAll('.badge').length >= 7")
+    ff.wait("document.querySelectorAll('.badge').length >= 10")
     ff.wait("+document.querySelector('[data-chart=\"loss\"]').dataset.points > 0")
     assert ff.js("+document.querySelector('[data-chart=\"accuracy\"]').dataset.points") > 0
     assert ff.js("+document.querySelector('#robust .rob-chart').dataset.points") > 0
