@@ -106,6 +106,11 @@ class ModelConfig(_Strict):
         " ignored by wrn*) or hidden units / 4 (MLP).",
     )
     depth: int = Field(2, ge=1, le=8, description="Hidden layers (MLP) or conv blocks (CNN).")
+    head: Literal["mlp", "linear"] = Field(
+        "mlp",
+        description="Multi-task heads: mlp (one hidden layer) or linear. With linear heads each task's gradient at"
+        " the shared features keeps a fixed direction, so gradient alignment (GREAT's GALs) cannot succeed.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -168,15 +173,35 @@ class AdvKnobs(AuxKnobs):
     adv_every: int = Field(1, ge=1, le=MAX_INT, description="Apply the adversarial term every k steps.")
 
 
+GradModeField = Field(
+    "eval",
+    description="Mode the gradient is taken in: eval (running BatchNorm statistics, as an attacker takes it)"
+    " or train (the training forward's batch statistics: each example's gradient mixes in the batch's).",
+)
+
+
+class GradModeKnob(_Strict):
+    grad_mode: Literal["eval", "train"] = GradModeField
+
+
+class InputGradKnobs(GradModeKnob):
+    grad_of: Literal["label", "predicted", "margin"] = Field(
+        "label",
+        description="The loss behind g: label (cross entropy with the true class, the attacks' tensor),"
+        " predicted (with the predicted class) or margin (top logit minus the runner-up): the last two carry"
+        " no label.",
+    )
+
+
 class ErmParams(_Strict):
     """Plain cross entropy (empirical risk minimisation)."""
 
 
-class GreatParams(AdvKnobs):
+class GreatParams(InputGradKnobs, AdvKnobs):
     """GREAT: A classifies the input gradient by class; f learns through the GRL to hide it."""
 
 
-class GreaceParams(AuxKnobs):
+class GreaceParams(InputGradKnobs, AuxKnobs):
     """GREACE loss: negatives A confuses with the true class are pushed down harder."""
 
     beta: float = Field(
@@ -184,7 +209,7 @@ class GreaceParams(AuxKnobs):
     )
 
 
-class GreatGreaceParams(AdvKnobs):
+class GreatGreaceParams(InputGradKnobs, AdvKnobs):
     """GREAT and GREACE together."""
 
     beta: float = Field(
@@ -219,7 +244,7 @@ class TradesParams(EpsKnob):
     step_mult: float = Field(2.5, gt=0, le=10)
 
 
-class IgrParams(_Strict):
+class IgrParams(GradModeKnob):
     """Input-gradient regularisation by double backprop (Ross & Doshi-Velez 2018)."""
 
     weight: float = Field(1.0, ge=0, le=1e4, description="Weight of the squared input-gradient norm.")
@@ -269,15 +294,22 @@ class SoftTargetParams(TeacherKnobs):
     )
 
 
-class JacobianParams(TeacherKnobs):
-    """Srinivas & Fleuret 2018: match normalised input gradients of student and teacher."""
+class JacobianParams(GradModeKnob, TeacherKnobs):
+    """Srinivas & Fleuret 2018: soft targets plus matching normalised input gradients of student and teacher."""
 
     beta: float = Field(
         1.0, ge=0, le=1e4, description="Weight of the L2 distance between normalised input gradients."
     )
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature tau.")
+    alpha: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Weight of the soft-target term (0: the gradient term on cross entropy alone).",
+    )
 
 
-class DistillAdvKnobs(TeacherKnobs, AdvKnobs):
+class DistillAdvKnobs(GradModeKnob, TeacherKnobs, AdvKnobs):
     grad_wrt: Literal["input", "logits"] = Field("input", description="Which gradient A sees.")
 
 
@@ -338,6 +370,12 @@ class PcGradParams(_Strict):
 
 class MultitaskGreatParams(AdvKnobs):
     """GREAT: gradient alignment layers trained against a task-id classifier of the gradients."""
+
+    second_order: bool = Field(
+        True,
+        description="A's reversed loss also trains the heads and encoder through second-order gradients (false:"
+        " only the GAL scales play the game).",
+    )
 
 
 MULTITASK_PARAMS: dict[str, type[BaseModel]] = {

@@ -1,5 +1,7 @@
 """Seconds per training step of every defense method against `erm`, on the same model and batches,
 interleaved in one run (so machine load hits every method alike), printed as a table of ratios.
+`/train` rows take the gradient A sees (IGR: the penalised one) from the training forward, the
+old way; the default rows pay a second, eval-mode forward for the attacker's tensor.
 
     python -m bench.step_cost [--rounds 5] [--device cpu|cuda]
 """
@@ -18,7 +20,11 @@ from worker.gat.methods import make, registry
 from worker.gat.train import aux_optimizer, train_step
 
 METHODS = [m for (s, m) in registry() if s == "defense"]
-VARIANTS = {m: (m, {}) for m in METHODS} | {"great/every2": ("great", {"adv_every": 2})}
+VARIANTS = {m: (m, {}) for m in METHODS} | {
+    "great/every2": ("great", {"adv_every": 2}),
+    "great/train": ("great", {"grad_mode": "train"}),
+    "igr/train": ("igr", {"grad_mode": "train"}),
+}
 
 
 def setups(device):

@@ -24,6 +24,15 @@ function headline(ev, aux) {
   </ul>`;
 }
 
+// GAT's game after training: a fresh probe against chance; won only when chance lies in its interval.
+// Runs that play no game (baselines) show the same probe as the reference.
+function gameLine(g) {
+  const hidden = g.ci[0] <= g.chance;
+  const label = g.played ? (hidden ? "game won" : "game lost") : hidden ? "origins hidden (no game played)" : "origins tellable (no game played)";
+  return `<p class="game"><span class="badge ${hidden ? "pass" : "fail"}">${label}</span>
+    a fresh probe reads ${esc(g.of)}: <b>${pct(g.accuracy)}</b> ${ci(g.ci)} of ${esc(g.n_test)}, chance ${pct(g.chance)}</p>`;
+}
+
 function robustness(el, ev, aux) {
   const linf = ev.rows.filter((r) => r.norm === "linf" && r.attack !== "pgd_large_eps");
   if (!linf.length) { el.innerHTML = '<p class="muted">No robustness panel yet.</p>'; return; }
@@ -93,7 +102,8 @@ export async function runPage(id) {
       ${run.worker_host ? `· on ${esc(run.worker_host)} (${esc(run.device)})` : ""} · ${duration(run)}
       ${run.retry_count ? `· requeued ${run.retry_count}×` : ""}
       ${run.status === "running" || run.status === "queued" ? '<button id="cancel">cancel</button>' : '<button id="retry">retry</button>'}</p>
-      ${run.summary?.test ? `<p>test ${Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v)}</b>`).join(" · ")} · split ${esc(run.summary.data?.train_hash)}</p>` : ""}`;
+      ${run.summary?.test ? `<p>test ${Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v)}</b>`).join(" · ")} · split ${esc(run.summary.data?.train_hash)}</p>` : ""}
+      ${run.summary?.game ? gameLine(run.summary.game) : ""}`;
     head.querySelector("#cancel")?.addEventListener("click", async () => { run = await api(`/api/runs/${id}/cancel`, { method: "POST" }); showHead(); });
     head.querySelector("#retry")?.addEventListener("click", async () => { const r = await api(`/api/runs/${id}/retry`, { method: "POST" }); location.hash = `#/run/${r.id}`; });
     app.querySelector("#config").textContent = toYaml(run.config) + (run.summary?.env ? `\n\n# environment\n${toYaml(run.summary.env)}` : "");

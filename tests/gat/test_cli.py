@@ -187,6 +187,14 @@ def test_multitask_train_and_export_end_to_end(tmp_path):
     assert r.returncode == 0 and "a dict of task outputs" in r.stdout, r.stderr
     outs = torch.jit.load(str(tmp_path / "mt.pt"))(torch.rand(2, 1, 8, 8))
     assert set(outs) == {"digit", "parity", "gt4", "intensity"}
+    # The game scored after training: a fresh task-id probe on the final model's gradients.
+    from worker.gat import data as gdata
+    from worker.gat.probe import task_probe
+    from worker.gat.train import load_model
+
+    game = json.loads((out / "summary.json").read_text())["game"]
+    want = task_probe(load_model(out), gdata.load(cfg["dataset"]), device=torch.device("cpu"), seed=0)
+    assert game["played"] and game["accuracy"] == want["accuracy"] and game["chance"] == 0.25
 
 
 def test_train_a_shipped_example_as_installed_with_its_progress_bar(tmp_path):

@@ -1,3 +1,4 @@
+import copy
 import inspect
 
 import pytest
@@ -81,3 +82,74 @@ def test_trainer_knobs_are_the_cores_teacher_knobs():
     from worker.gat.train import TEACHER_KNOBS
 
     assert set(TEACHER_KNOBS) == TRAINER_KNOBS
+
+
+def _eval_mode_grad(model, x, y):
+    """The input gradient an attacker takes (model.eval(), cross entropy with the label) after the
+    step's training forward has moved BatchNorm's running statistics, on a copy of the model."""
+    model = copy.deepcopy(model).train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    xe = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(xe), y, reduction="sum"), xe)
+    model.train()
+    return g
+
+
+def _seen_by_aux(method, x, y):
+    """What A is fed in one step (the first call: the main network's gradient)."""
+    seen = []
+    hook = method.aux["aux"].register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    method.step(x, y, 0.5, 0)
+    hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("method_name", ["great", "greace", "great+greace"])
+def test_defense_gradient_seen_by_a_is_the_eval_mode_input_gradient(method_name, synthetic):
+    """By default A classifies the tensor FGSM/PGD use (BatchNorm on running statistics); the
+    knob grad_mode=train gives the batch-statistics gradient, which differs."""
+    from worker.gat.adversary import normalize_grad
+
+    x, y = synthetic.train.images()[:64], synthetic.train.y[:64]
+    model = small_cnn(synthetic)
+    kw = {"num_classes": synthetic.num_classes, "input_shape": synthetic.input_shape}
+    for _, xb, _ in gdata.batches(synthetic.train, 64, shuffle=True, seed=0):  # running stats != batch stats
+        model(xb)
+    model.train()
+    want = normalize_grad(_eval_mode_grad(model, x, y), "l2")
+    running = model[2].running_mean.clone()  # the first BatchNorm after Normalize and the conv
+    seen = _seen_by_aux(make("defense", method_name, model, **kw), x, y)
+    assert torch.allclose(seen, want, atol=1e-5)
+    assert model.training, "the step must leave the model in train mode"
+    assert not torch.equal(model[2].running_mean, running), "the task loss must still train BatchNorm"
+    seen_train = _seen_by_aux(make("defense", method_name, model, grad_mode="train", **kw), x, y)
+    cos = F.cosine_similarity(seen_train.flatten(1), want.flatten(1), dim=1)
+    assert cos.min() < 0.99, "train-mode gradients should differ from eval-mode ones on a BatchNorm model"
+
+
+def test_igr_penalises_the_eval_mode_gradient(synthetic):
+    x, y = synthetic.train.images()[:64], synthetic.train.y[:64]
+    model = small_cnn(synthetic)
+    for _, xb, _ in gdata.batches(synthetic.train, 64, shuffle=True, seed=0):
+        model(xb)
+    want = _eval_mode_grad(model, x, y).flatten(1).pow(2).sum(1).mean()
+    kw = {"num_classes": synthetic.num_classes, "input_shape": synthetic.input_shape}
+    _, m = make("defense", "igr", model, **kw).step(x, y, 0.5, 0)
+    assert torch.allclose(m["grad_penalty"], want, rtol=1e-4)
+    _, m = make("defense", "igr", model, grad_mode="train", **kw).step(x, y, 0.5, 0)
+    assert not torch.allclose(m["grad_penalty"], want, rtol=1e-2)
+
+
+@pytest.mark.parametrize("grad_of", ["predicted", "margin"])
+def test_label_free_gradients_ignore_the_label(grad_of, synthetic):
+    """grad_of predicted/margin: A's input does not change when the labels are shuffled; label does."""
+    x, y = synthetic.train.images()[:64], synthetic.train.y[:64]
+    kw = {"num_classes": synthetic.num_classes, "input_shape": synthetic.input_shape}
+    model = small_cnn(synthetic).eval()
+    other = (y + 1) % synthetic.num_classes
+    free = make("defense", "great", model, grad_of=grad_of, **kw)
+    assert torch.allclose(_seen_by_aux(free, x, y), _seen_by_aux(free, x, other), atol=1e-6)
+    labelled = make("defense", "great", model, **kw)
+    assert not torch.allclose(_seen_by_aux(labelled, x, y), _seen_by_aux(labelled, x, other), atol=1e-3)

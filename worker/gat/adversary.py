@@ -6,8 +6,11 @@ the reversal layer and the DANN ramp follow Ganin & Lempitsky, 2015).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -84,3 +87,67 @@ def aux_net(shape: tuple[int, ...], num_outputs: int, *, arch: str = "auto", wid
         )
     d = math.prod(shape)
     return nn.Sequential(nn.Flatten(), nn.Linear(d, 4 * width), nn.ELU(), nn.Linear(4 * width, num_outputs))
+
+
+@contextmanager
+def eval_mode(model: nn.Module, on: bool = True) -> Iterator[None]:
+    """Run the block with every module in eval mode (BatchNorm's running statistics, no
+    dropout), as an attacker takes gradients at test time; each module's own flag comes back after."""
+    flags = [(m, m.training) for m in model.modules()]
+    if on:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _gradient_loss(logits: torch.Tensor, y: torch.Tensor, of: str) -> torch.Tensor:
+    """The per-example loss whose input gradient A sees, summed over the batch.
+
+    label: cross entropy with the true class (the tensor FGSM/PGD use; it carries y through
+    J^T (p - e_y)); predicted: cross entropy with the predicted class (no label);
+    margin: the logit margin of the predicted class over the runner-up (no label, no softmax).
+    """
+    if of == "label":
+        return F.cross_entropy(logits, y, reduction="sum")
+    top2 = logits.topk(2, dim=1).indices  # N x 2
+    if of == "predicted":
+        return F.cross_entropy(logits, top2[:, 0], reduction="sum")
+    if of == "margin":
+        z = logits.gather(1, top2)  # N x 2
+        return (z[:, 0] - z[:, 1]).sum()
+    raise ValueError(f"grad_of: unknown {of!r} (allowed: label, predicted, margin)")
+
+
+def logits_and_input_grad(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    grad_mode: str = "eval",
+    grad_of: str = "label",
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits for the task loss (in the model's own mode, so BatchNorm trains as
+    usual) and the per-example input gradient g (N x C x H x W) that A classifies.
+
+    grad_mode eval (the default): g is taken with the model in eval mode, the tensor an attacker
+    differentiates, at the cost of a second forward pass; train: g comes from the training
+    forward itself, where each example's gradient carries terms from the rest of the batch
+    through BatchNorm's batch statistics.
+    """
+    if grad_mode not in ("eval", "train"):
+        raise ValueError(f"grad_mode: unknown {grad_mode!r} (allowed: eval, train)")
+    if grad_mode == "train":
+        x = x.detach().clone().requires_grad_(True)
+        logits = model(x)
+        (g,) = torch.autograd.grad(_gradient_loss(logits, y, grad_of), x, create_graph=create_graph,
+                                   retain_graph=True)  # fmt: skip
+        return logits, g
+    logits = model(x)
+    xe = x.detach().clone().requires_grad_(True)
+    with eval_mode(model):
+        (g,) = torch.autograd.grad(_gradient_loss(model(xe), y, grad_of), xe, create_graph=create_graph)
+    return logits, g

@@ -178,15 +178,29 @@ def build(
     return nn.Sequential(Normalize(mean, std), *body)
 
 
+def task_head(dim: int, outputs: int, kind: str) -> nn.Module:
+    """mlp: one hidden ELU layer as wide as the features (smooth, so second-order gradients through
+    it carry information); linear: one layer, whose gradient at the features lies in the span of
+    its weight rows whatever the input (a fixed direction for a binary or regression task)."""
+    if kind == "linear":
+        return nn.Linear(dim, outputs)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dim, dim), nn.ELU(), nn.Linear(dim, outputs))
+    raise ValueError(f"model.head: unknown {kind!r} (allowed: mlp, linear)")
+
+
 class MultiTaskNet(nn.Module):
-    """A shared encoder (a classifier's body without its last layer) and one linear head per task.
+    """A shared encoder (a classifier's body without its last layer) and one head per task.
     Returns {task: output}: logits for classification, one value for regression. Gradient
     alignment layers live in the GREAT method's training step, never in this model."""
 
-    def __init__(self, encoder: nn.Sequential, dim: int, tasks: dict[str, dict]):
+    def __init__(self, encoder: nn.Sequential, dim: int, tasks: dict[str, dict], head: str = "mlp"):
         super().__init__()
         self.encoder = encoder
-        self.heads = nn.ModuleDict({t: nn.Linear(dim, spec.get("classes", 1)) for t, spec in tasks.items()})
+        self.dim = dim
+        self.heads = nn.ModuleDict(
+            {t: task_head(dim, spec.get("classes", 1), head) for t, spec in tasks.items()}
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.encoder(x)  # N x D
@@ -203,4 +217,4 @@ def build_multitask(
 ) -> MultiTaskNet:
     full = build(cfg, input_shape=input_shape, num_classes=1, mean=mean, std=std)
     last = full[-1]
-    return MultiTaskNet(nn.Sequential(*list(full)[:-1]), last.in_features, tasks)
+    return MultiTaskNet(nn.Sequential(*list(full)[:-1]), last.in_features, tasks, cfg.get("head", "mlp"))

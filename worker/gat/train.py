@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as gdata
-from . import models, stats
+from . import models, probe, stats
 from .methods import Method
 from .methods import make as make_method
 from .methods.multitask import task_loss
@@ -373,6 +373,9 @@ def finish(loop: Loop) -> dict:
     log.info("finished: %s", ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     if loop.teacher is not None:
         test["agreement"] = agreement(s.model, loop.teacher, s.data.test, s.device)
+    game = game_probe(loop)
+    if game:
+        test["probe"], test["probe_chance"] = game["accuracy"], game["chance"]
     loop.recorder.log(loop.step, {f"test/{k}": v for k, v in test.items()})
     final = {
         "model": s.model.state_dict(),
@@ -390,6 +393,7 @@ def finish(loop: Loop) -> dict:
         "test": test,
         "data": s.data.info,
         "device": str(s.device),
+        "game": game,
         "env": {
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -401,6 +405,21 @@ def finish(loop: Loop) -> dict:
     (loop.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     loop.recorder.flush()
     return summary
+
+
+def game_probe(loop: Loop) -> dict | None:
+    """GAT's game scored after training by a fresh classifier (DESIGN 3), for every run of the
+    scenario so baselines give the reference: task id from per-task gradients (multi-task), teacher
+    vs student from input gradients (distillation). Defense runs get theirs from the panel."""
+    s, seed = loop.s, loop.s.config["train"]["seed"]
+    played = "great" in s.config["method"]  # GAT methods play; the others are the reference
+    if loop.multitask:
+        out = probe.task_probe(s.model, s.data, device=s.device, seed=seed)
+        return {**out, "of": "task id from per-task gradients at the shared features", "played": played}
+    if loop.teacher is not None:
+        out = probe.teacher_student_probe(s.model, loop.teacher, s.data, device=s.device, seed=seed)
+        return {**out, "of": "teacher vs student from input gradients", "played": played}
+    return None
 
 
 TEACHER_KNOBS = ("teacher_dir", "teacher_run", "teacher_arch", "teacher_width", "teacher_epochs")
@@ -600,8 +619,11 @@ def load_model(run_dir: Path, device: torch.device | None = None) -> nn.Module:
         raise FileNotFoundError(f"{run_dir} has no {FINAL}: is it a finished run directory?")
     meta = load_file(path)
     if meta.get("tasks"):
+        cfg = dict(meta["model_config"])
+        if "head" not in cfg and any(f"heads.{t}.weight" in meta["model"] for t in meta["tasks"]):
+            cfg["head"] = "linear"  # a run from before heads had a config key (all linear then)
         model = models.build_multitask(
-            meta["model_config"],
+            cfg,
             input_shape=tuple(meta["input_shape"]),
             tasks=meta["tasks"],
             mean=meta["mean"],

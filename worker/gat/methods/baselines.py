@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adversary import logits_and_input_grad
 from ..attacks.pgd import pgd
 from . import Method
 
@@ -84,12 +85,21 @@ def trades(
 
 
 def igr(
-    model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None, weight: float = 1.0
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple,
+    eps: float | None = None,
+    weight: float = 1.0,
+    grad_mode: str = "eval",
 ) -> Method:
+    """The penalised gradient is, like GREAT's, taken in eval mode by default (the attacker's)."""
+
     def step(x, y, progress, i):
-        x = x.clone().requires_grad_(True)
-        ce = F.cross_entropy(model(x), y, reduction="none")  # N
-        (g,) = torch.autograd.grad(ce.sum(), x, create_graph=True)  # N x C x H x W
+        logits, g = logits_and_input_grad(
+            model, x, y, grad_mode=grad_mode, create_graph=True
+        )  # g: N x C x H x W
+        ce = F.cross_entropy(logits, y, reduction="none")  # N
         penalty = g.flatten(1).pow(2).sum(1).mean()
         return ce.mean() + weight * penalty, {"loss": ce.mean().detach(), "grad_penalty": penalty.detach()}
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adversary import aux_net, grad_reverse, lam_at, normalize_grad
+from ..adversary import aux_net, grad_reverse, lam_at, logits_and_input_grad, normalize_grad
 from . import Method
 
 
@@ -28,13 +28,15 @@ def soft_target_loss(zs: torch.Tensor, zt: torch.Tensor, temperature: float) -> 
     return F.kl_div((zs / t).log_softmax(1), (zt / t).softmax(1), reduction="batchmean") * t * t
 
 
-def _grads(model, x, y, *, wrt: str, create_graph: bool):
-    """Per-example gradient of the cross entropy w.r.t. the input (N x C x H x W) or logits (N x K)."""
-    x = x.clone().requires_grad_(True)
+def _grads(model, x, y, *, wrt: str, create_graph: bool, grad_mode: str = "eval"):
+    """Logits, per-example cross entropy (both from the model's own mode) and the gradient of the
+    cross entropy w.r.t. the input (N x C x H x W, in `grad_mode`) or the logits (N x K)."""
+    if wrt == "input":
+        logits, g = logits_and_input_grad(model, x, y, grad_mode=grad_mode, create_graph=create_graph)
+        return logits, F.cross_entropy(logits, y, reduction="none"), g
     logits = model(x)
     ce = F.cross_entropy(logits, y, reduction="none")
-    target = x if wrt == "input" else logits
-    (g,) = torch.autograd.grad(ce.sum(), target, create_graph=create_graph, retain_graph=True)
+    (g,) = torch.autograd.grad(ce.sum(), logits, create_graph=create_graph, retain_graph=True)
     return logits, ce, g
 
 
@@ -96,16 +98,25 @@ def jacobian_matching(
     teacher: nn.Module,
     eps: float | None = None,
     beta: float = 1.0,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    grad_mode: str = "eval",
 ) -> Method:
+    """Srinivas & Fleuret's objective: soft targets ((1 - alpha) CE + alpha tau^2 KL, as
+    `soft_targets`) plus beta times the squared distance of the normalised input gradients;
+    alpha = 0 is the gradient term on plain cross entropy alone."""
     _freeze(teacher)
 
     def step(x, y, progress, i):
-        zs, ce, gs = _grads(model, x, y, wrt="input", create_graph=True)
+        zs, ce, gs = _grads(model, x, y, wrt="input", create_graph=True, grad_mode=grad_mode)
         zt, _, gt = _grads(teacher, x, y, wrt="input", create_graph=False)
         a, b = F.normalize(gs.flatten(1), dim=1), F.normalize(gt.detach().flatten(1), dim=1)
         match = (a - b).pow(2).sum(1).mean()
-        return ce.mean() + beta * match, {
+        kd = soft_target_loss(zs, zt.detach(), temperature)
+        task = (1 - alpha) * ce.mean() + alpha * kd
+        return task + beta * match, {
             "loss": ce.mean().detach(),
+            "kd": kd.detach(),
             "jacobian_l2": match.detach(),
             "agreement": _agreement(zs.detach(), zt.detach()),
             **_grad_stats(gs, gt),
@@ -132,6 +143,7 @@ def _great(
     aux_width: int,
     aux_lr: float,
     grad_wrt: str,
+    grad_mode: str,
 ) -> Method:
     _freeze(teacher)
     shape = tuple(input_shape) if grad_wrt == "input" else (num_classes,)
@@ -140,7 +152,7 @@ def _great(
     def step(x, y, progress, i):
         lam_now = lam_at(progress, lam=lam, schedule=lam_schedule, warmup=warmup)
         reverse = lam_now > 0 and i % adv_every == 0
-        zs, ce, gs = _grads(model, x, y, wrt=grad_wrt, create_graph=reverse)
+        zs, ce, gs = _grads(model, x, y, wrt=grad_wrt, create_graph=reverse, grad_mode=grad_mode)
         zt, _, gt = _grads(teacher, x, y, wrt=grad_wrt, create_graph=False)
         gs_n = normalize_grad(gs if reverse else gs.detach(), grad_norm)
         gt_n = normalize_grad(gt.detach(), grad_norm)
@@ -183,6 +195,7 @@ def great(
     aux_width: int = 32,
     aux_lr: float = 1e-3,
     grad_wrt: str = "input",
+    grad_mode: str = "eval",
 ) -> Method:
     return _great(
         model,
@@ -201,6 +214,7 @@ def great(
         aux_width=aux_width,
         aux_lr=aux_lr,
         grad_wrt=grad_wrt,
+        grad_mode=grad_mode,
     )
 
 
@@ -222,6 +236,7 @@ def great_soft_targets(
     aux_width: int = 32,
     aux_lr: float = 1e-3,
     grad_wrt: str = "input",
+    grad_mode: str = "eval",
 ) -> Method:
     return _great(
         model,
@@ -240,4 +255,5 @@ def great_soft_targets(
         aux_width=aux_width,
         aux_lr=aux_lr,
         grad_wrt=grad_wrt,
+        grad_mode=grad_mode,
     )

@@ -7,6 +7,11 @@ GREACE instead uses A's confusion q = softmax(A(g)) (held constant) to push down
 negative classes whose gradients look like the true class's:
     L = -log( e^{z_y} / (e^{z_y} + sum_{j != y} (1 + beta q_j) e^{z_j}) ),
 which is cross entropy on logits z_j + log(1 + beta q_j) for j != y (beta = 0: cross entropy).
+
+By default g is taken in eval mode (`grad_mode`), the tensor FGSM and PGD differentiate; the
+task loss still trains BatchNorm on batch statistics. `grad_of` swaps the labelled loss behind
+g for a label-free one (predicted class, logit margin): the labelled gradient J^T (p - e_y)
+carries y by construction, which is what makes the defense game hard to win.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adversary import aux_net, grad_reverse, lam_at, normalize_grad
+from ..adversary import aux_net, grad_reverse, lam_at, logits_and_input_grad, normalize_grad
 from . import Method
 
 
@@ -40,17 +45,19 @@ def _make(
     aux_arch: str,
     aux_width: int,
     aux_lr: float,
+    grad_mode: str,
+    grad_of: str,
 ) -> Method:
     aux = aux_net(input_shape, num_classes, arch=aux_arch, width=aux_width)
 
     def step(x: torch.Tensor, y: torch.Tensor, progress: float, i: int):
         lam_now = lam_at(progress, lam=lam, schedule=lam_schedule, warmup=warmup)
         reverse = adversarial and lam_now > 0 and i % adv_every == 0
-        x = x.clone().requires_grad_(True)
-        logits = model(x)  # N x K
-        ce = F.cross_entropy(logits, y, reduction="none")  # N
         # Per-example input gradients; create_graph lets A's loss reach f's weights (2nd order).
-        (g,) = torch.autograd.grad(ce.sum(), x, create_graph=reverse, retain_graph=True)
+        logits, g = logits_and_input_grad(
+            model, x, y, grad_mode=grad_mode, grad_of=grad_of, create_graph=reverse
+        )  # N x K, N x C x H x W
+        ce = F.cross_entropy(logits, y, reduction="none")  # N
         g = normalize_grad(g if reverse else g.detach(), grad_norm)  # N x C x H x W
         aux_logits = aux(grad_reverse(g, lam_now) if reverse else g)
         aux_loss = F.cross_entropy(aux_logits, y)
@@ -81,6 +88,8 @@ def great(
     aux_arch: str = "auto",
     aux_width: int = 32,
     aux_lr: float = 1e-3,
+    grad_mode: str = "eval",
+    grad_of: str = "label",
 ) -> Method:
     """GREAT: cross entropy + A's loss through the reversal layer."""
     return _make(
@@ -97,6 +106,8 @@ def great(
         aux_arch=aux_arch,
         aux_width=aux_width,
         aux_lr=aux_lr,
+        grad_mode=grad_mode,
+        grad_of=grad_of,
     )
 
 
@@ -111,6 +122,8 @@ def greace(
     aux_arch: str = "auto",
     aux_width: int = 32,
     aux_lr: float = 1e-3,
+    grad_mode: str = "eval",
+    grad_of: str = "label",
 ) -> Method:
     """GREACE alone: A learns on detached gradients; f trains on the GREACE loss only."""
     return _make(
@@ -127,6 +140,8 @@ def greace(
         aux_arch=aux_arch,
         aux_width=aux_width,
         aux_lr=aux_lr,
+        grad_mode=grad_mode,
+        grad_of=grad_of,
     )
 
 
@@ -145,6 +160,8 @@ def great_greace(
     aux_arch: str = "auto",
     aux_width: int = 32,
     aux_lr: float = 1e-3,
+    grad_mode: str = "eval",
+    grad_of: str = "label",
 ) -> Method:
     """GREAT and GREACE together."""
     return _make(
@@ -161,4 +178,6 @@ def great_greace(
         aux_arch=aux_arch,
         aux_width=aux_width,
         aux_lr=aux_lr,
+        grad_mode=grad_mode,
+        grad_of=grad_of,
     )

@@ -157,13 +157,14 @@ def gradnorm(
     return Method(step=step, aux={"weights": w}, aux_lr=weight_lr, post_step=renormalise)
 
 
-def project_conflicts(grads: list[torch.Tensor], order: list[int] | None = None) -> torch.Tensor:
-    """PCGrad: project each task gradient onto the normal plane of every other it conflicts with
-    (negative dot product), then sum. grads: T flat tensors."""
+def project_conflicts(grads: list[torch.Tensor], orders: list[list[int]] | None = None) -> torch.Tensor:
+    """PCGrad: project each task gradient g_i onto the normal plane of every other g_j it conflicts
+    with (negative dot product), visiting the others in orders[i] (Yu et al. shuffle per task),
+    then sum. grads: T flat tensors."""
     out = []
     for i, g in enumerate(grads):
         g = g.clone()
-        for j in order or range(len(grads)):
+        for j in orders[i] if orders else range(len(grads)):
             if j != i and (dot := g @ grads[j]) < 0:
                 g -= dot / grads[j].pow(2).sum().clamp_min(1e-20) * grads[j]
         out.append(g)
@@ -187,9 +188,8 @@ def pcgrad(
             )
             for loss in losses.values()
         ]
-        order = list(range(len(flat)))
-        rng.shuffle(order)
-        merged = project_conflicts(flat, order)
+        orders = [rng.sample(range(len(flat)), len(flat)) for _ in flat]  # a fresh order per task
+        merged = project_conflicts(flat, orders)
         total = sum(losses.values())
         total.backward()  # heads get their own task's gradient; the shared grads are replaced below
         offset = 0
@@ -230,6 +230,18 @@ class GalScales(nn.Module):
         return self.theta.shape[1] * self.theta.softmax(1)
 
 
+def _scaled_task_grads(losses: dict, fts: list, gamma: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
+    """gamma_t * dL_t/dF for every task, stacked: (T*N) x D, differentiable in gamma, and with
+    create_graph in the heads' and encoder's weights too (second order)."""
+    raw = torch.autograd.grad(list(losses.values()), fts, retain_graph=True, create_graph=create_graph)
+    return torch.cat([gamma[k] * (g if create_graph else g.detach()) for k, g in enumerate(raw)])
+
+
+def _gal_metrics(names: list[str], gamma: torch.Tensor) -> dict:
+    g = gamma.detach()
+    return {f"gal/{t}/{stat}": getattr(g[k], stat)() for k, t in enumerate(names) for stat in ("std", "max")}
+
+
 def great(
     model: nn.Module,
     *,
@@ -245,26 +257,26 @@ def great(
     aux_arch: str = "auto",
     aux_width: int = 32,
     aux_lr: float = 1e-3,
+    second_order: bool = True,
 ) -> Method:
+    """GALs against a task-id classifier of the scaled per-task gradients at the shared features.
+    second_order: A's reversed loss also reaches the heads and encoder (as in ASTMT); off, only the
+    GAL scales play (channel scaling cannot align a linear head's fixed gradient directions)."""
     names = list(tasks)
-    dim = next(iter(model.heads.values())).in_features
-    scales = GalScales(len(names), dim)
-    disc = aux_net((dim,), len(names), arch="mlp" if aux_arch == "auto" else aux_arch, width=aux_width)
+    scales = GalScales(len(names), model.dim)
+    disc = aux_net((model.dim,), len(names), arch="mlp" if aux_arch == "auto" else aux_arch, width=aux_width)
 
     def step(x, targets, progress, i):
         lam_now = lam_at(progress, lam=lam, schedule=lam_schedule, warmup=warmup)
+        reverse = lam_now > 0 and i % adv_every == 0
         f = model.encoder(x)  # N x D
         gamma = scales()  # T x D
         fts = [gal(f, gamma[k].detach()) for k in range(len(names))]  # one aligned copy per task
         losses = {
             t: task_loss(model.heads[t](ft), targets[t], tasks[t]) for t, ft in zip(names, fts, strict=False)
         }
-        raw = torch.autograd.grad(list(losses.values()), fts, retain_graph=True)  # dL_t/dF, unscaled
-        scaled = torch.cat(
-            [gamma[k] * g.detach() for k, g in enumerate(raw)]
-        )  # (T*N) x D, differentiable in gamma
+        scaled = _scaled_task_grads(losses, fts, gamma, create_graph=reverse and second_order)  # (T*N) x D
         ids = torch.arange(len(names), device=x.device).repeat_interleave(len(x))
-        reverse = lam_now > 0 and i % adv_every == 0
         z = normalize_grad(scaled if reverse else scaled.detach(), grad_norm)
         aux_logits = disc(grad_reverse(z, lam_now) if reverse else z)
         aux_loss = F.cross_entropy(aux_logits, ids)
@@ -274,10 +286,8 @@ def great(
             "lam": lam_now,
             "aux_acc": (aux_logits.argmax(1) == ids).float().mean(),
             "aux_chance": 1.0 / len(names),
+            **_gal_metrics(names, gamma),
         }
-        for k, t in enumerate(names):
-            metrics[f"gal/{t}/std"] = gamma[k].detach().std()
-            metrics[f"gal/{t}/max"] = gamma[k].detach().max()
         return sum(losses.values()) + aux_loss, metrics
 
     return Method(step=step, aux={"aux": disc, "gal": scales}, aux_lr=aux_lr)
