@@ -79,6 +79,7 @@ def main() -> None:
         ).model_dump()
         teacher = train(tcfg, Path(tdir), NullRecorder())
         acc: dict[tuple, list] = {}
+        probe: dict[tuple, list] = {}
         for frac in map(float, args.fractions.split(",")):
             n = len(gdata.load({**ds, "fraction": frac}).train)
             epochs = max(1, math.ceil(args.steps / math.ceil(n / 32)))
@@ -106,6 +107,7 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as d:
                         s = train(cfg, Path(d), NullRecorder())
                     acc.setdefault((method, frac), []).append(s["test"]["acc"])
+                    probe.setdefault((method, frac), []).append(s["test"]["probe"])
                     print(method, frac, seed, s["test"], file=sys.stderr)
         sps = step_costs(args, ds, load_model(Path(tdir)))
     fracs = list(map(float, args.fractions.split(",")))
@@ -117,15 +119,21 @@ def main() -> None:
         f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std). {time.time() - t0:.0f} s.\n"
     )
     print("s/step: median over interleaved steps of every method on one batch of 32.\n")
-    print("| method | " + " | ".join(f"fraction {f}" for f in fracs) + " | s/step | × student |")
-    print("|---" * (len(fracs) + 3) + "|")
+    print(
+        f"probe: a fresh classifier telling the teacher's input gradients from the student's (fraction {fracs[-1]},"
+        " test split, chance 50 %). GREAT's game is won when it falls to chance; the other methods play"
+        " no game and give the reference.\n"
+    )
+    print("| method | " + " | ".join(f"fraction {f}" for f in fracs) + " | probe | s/step | × student |")
+    print("|---" * (len(fracs) + 4) + "|")
     base = sps["student"]
     for m in args.methods.split(","):
         cells = []
         for f in fracs:
             v = acc[(m, f)]
             cells.append(spread(v, 100))
-        print(f"| {m} | " + " | ".join(cells) + f" | {sps[m]:.4f} | {sps[m] / base:.2f} |")
+        p = spread(probe[(m, fracs[-1])], 100)
+        print(f"| {m} | " + " | ".join(cells) + f" | {p} | {sps[m]:.4f} | {sps[m] / base:.2f} |")
 
 
 if __name__ == "__main__":

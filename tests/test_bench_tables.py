@@ -17,8 +17,17 @@ TOY = {
     "distill": ["--methods", "student,great", "--seeds", "2", "--steps", "20", "--fractions", "0.1"],
     "multitask": ["--seeds", "2", "--epochs", "1"],
     "reproduce": ["--methods", "erm", "--seeds", "2", "--epochs", "1", "--panel", "quick", "--n", "20"],
+    "tune": ["--methods", "great,igr", "--trials", "2", "--seeds", "2", "--epochs", "1"],
+    "game": ["--variants", "erm,great (g of the logit margin)", "--seeds", "2", "--epochs", "1"],
 }
-ROW = {"defense": "| great", "distill": "| great", "multitask": "| great", "reproduce": "| erm"}
+ROW = {
+    "defense": "| great",
+    "distill": "| great",
+    "multitask": "| great",
+    "reproduce": "| erm",
+    "tune": "| igr",
+    "game": "| great (g of the logit margin)",
+}
 
 
 @pytest.mark.parametrize("bench", sorted(TOY))
@@ -39,3 +48,10 @@ def test_a_result_table_benchmark_runs_at_toy_size_with_spreads_over_seeds(bench
         assert "| method | seed | autoattack | worst_case | gradient probe (chance)" in out.stdout
         rows = [line for line in out.stdout.splitlines() if line.startswith(("| erm | 0 |", "| great | 1 |"))]
         assert len(rows) == 2 and all("(n=30)" in r and "(n=359)" in r for r in rows), out.stdout
+    if bench in ("distill", "multitask"):  # the game's fresh probe beside the accuracies
+        header = next(line for line in out.stdout.splitlines() if line.startswith("| method"))
+        assert "probe |" in header, header
+    if bench == "tune":  # the chosen knobs are one of the trials, scored over both seeds
+        chosen, trials = out.stdout.split("## Every trial")
+        pick = next(line for line in chosen.splitlines() if line.startswith("| igr"))
+        assert pick.split(" | ")[1] in trials and pick.count(" ± ") == 2, out.stdout

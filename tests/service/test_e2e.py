@@ -152,6 +152,9 @@ def test_distillation_from_a_teacher_run_of_the_lab(stack):
     run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "succeeded", run
     assert 0 <= run["summary"]["test"]["agreement"] <= 1
+    game = run["summary"]["game"]  # the game's fresh probe, stored with the run and its test metrics
+    assert game["played"] and game["of"].startswith("teacher vs student") and game["chance"] == 0.5
+    assert run["summary"]["test"]["probe"] == game["accuracy"] and game["ci"][0] <= game["accuracy"]
     keys = stack.http.get(
         f"/api/runs/{run_id}/metrics", params={"keys": "train/st_cos,train/aux_acc"}
     ).json()["series"]

@@ -123,3 +123,26 @@ def test_launch_watch_robustness_compare_export(page, lab):
 
     assert page.errors == [], page.errors
     assert page.foreign == [], page.foreign
+
+
+def test_run_page_says_whether_the_multitask_game_was_won(page, lab):
+    """The fresh task-id probe of a multi-task GREAT run, against chance, as a badge on its page."""
+    cfg = {
+        "name": "mt-game",
+        "scenario": "multitask",
+        "method": "great",
+        "dataset": {"name": "digits_mt"},
+        "model": {"width": 4},
+        "train": {"epochs": 1},
+        "eval": {"panel": "none"},
+    }
+    rid = lab.http.post("/api/runs", json={"config": cfg}).json()["id"]
+    game = lab.wait_for(rid, lambda r: r["status"] == "succeeded", what="succeeded")["summary"]["game"]
+    goto(page, lab, f"#/run/{rid}", "run")
+    won = game["ci"][0] <= game["chance"]
+    badge = page.locator(".game .badge")
+    expect(badge).to_have_text("game won" if won else "game lost")
+    expect(badge).to_have_class("badge pass" if won else "badge fail")
+    expect(page.locator(".game")).to_contain_text(f"{100 * game['accuracy']:.1f}%")
+    expect(page.locator(".game")).to_contain_text("chance 25.0%")
+    assert page.errors == [], page.errors
