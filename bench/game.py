@@ -32,7 +32,7 @@ from worker.gat.train import load_model, train
 
 VARIANTS = {
     "erm": ("erm", {}),
-    "great (eval-mode g, label)": ("great", {}),
+    "great (eval-mode g of the label)": ("great", {}),
     "great (train-mode g)": ("great", {"grad_mode": "train"}),
     "great (g of the predicted class)": ("great", {"grad_of": "predicted"}),
     "great (g of the logit margin)": ("great", {"grad_of": "margin"}),

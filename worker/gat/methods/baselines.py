@@ -58,7 +58,7 @@ def trades(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    beta: float = 6.0,
+    beta: float = 10.0,
     steps: int = 10,
     step_mult: float = 2.5,
 ) -> Method:
@@ -90,7 +90,7 @@ def igr(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    weight: float = 1.0,
+    weight: float = 0.1,
     grad_mode: str = "eval",
 ) -> Method:
     """The penalised gradient is, like GREAT's, taken in eval mode by default (the attacker's)."""

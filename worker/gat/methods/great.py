@@ -80,18 +80,19 @@ def great(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    lam: float = 0.1,
+    lam: float = 0.03,
     lam_schedule: str = "constant",
     warmup: float = 0.1,
     adv_every: int = 1,
     grad_norm: str = "l2",
     aux_arch: str = "auto",
-    aux_width: int = 32,
-    aux_lr: float = 1e-3,
+    aux_width: int = 16,
+    aux_lr: float = 3e-3,
     grad_mode: str = "eval",
     grad_of: str = "label",
 ) -> Method:
-    """GREAT: cross entropy + A's loss through the reversal layer."""
+    """GREAT: cross entropy + A's loss through the reversal layer. lambda, A's width and A's learning
+    rate come from `bench/tune.py` (docs/results/tune-digits.md); great+greace inherits them."""
     return _make(
         model,
         num_classes=num_classes,
@@ -152,14 +153,14 @@ def great_greace(
     input_shape: tuple,
     eps: float | None = None,
     beta: float = 1.0,
-    lam: float = 0.1,
+    lam: float = 0.03,
     lam_schedule: str = "constant",
     warmup: float = 0.1,
     adv_every: int = 1,
     grad_norm: str = "l2",
     aux_arch: str = "auto",
-    aux_width: int = 32,
-    aux_lr: float = 1e-3,
+    aux_width: int = 16,
+    aux_lr: float = 3e-3,
     grad_mode: str = "eval",
     grad_of: str = "label",
 ) -> Method:
