@@ -15,15 +15,17 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import uvicorn
 import yaml
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from backend import auth
 from backend.config import get_settings
@@ -31,7 +33,7 @@ from backend.db import session_scope
 from backend.methods import methods_table
 from backend.migrate import upgrade
 from backend.models import ApiToken, User
-from backend.queue import celery
+from backend.queue import worker_alive
 
 log = logging.getLogger("gatlab")
 # The training tier's commands (worker/cli.py), with their one-line help for `gatlab --help`.
@@ -120,7 +122,26 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def _wait_for_database(url: str, wait_s: float) -> None:
+    """Connect until the database answers, for at most `wait_s` seconds: a database container can
+    pass its health check (its Unix socket) while it still initialises and refuses TCP."""
+    engine = create_engine(url, poolclass=NullPool)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with engine.connect():
+                return
+        except OperationalError as e:
+            if time.monotonic() >= deadline:
+                raise CliError(f"the database did not answer within {wait_s:.0f} s: {e.orig}") from e
+            log.warning("waiting for the database: %s", e.orig)
+            time.sleep(1)
+        finally:
+            engine.dispose()
+
+
 def cmd_db(args) -> int:
+    _wait_for_database(get_settings().db_url, args.wait)
     upgrade()
     print(f"database at head: {get_settings().db_url.split('@')[-1]}")
     return 0
@@ -200,14 +221,15 @@ def cmd_users(args) -> int:
 
 
 def cmd_health(args) -> int:
-    """Exit 0 if the API answers /api/health, or the named worker on this host answers a ping."""
+    """Exit 0 if the API answers /api/health, or the named worker on this host is alive: its
+    liveness file is fresh (busy or idle; see backend.queue.alive_file)."""
     if args.api:
         try:
             ok = httpx.get(f"{args.api.rstrip('/')}/api/health", timeout=5).status_code == 200
         except httpx.HTTPError:
             ok = False
     else:
-        ok = bool(celery().control.ping(destination=[f"{args.worker}@{socket.gethostname()}"], timeout=5))
+        ok = worker_alive(get_settings(), args.worker)
     print("healthy" if ok else "unhealthy")
     return 0 if ok else 1
 
@@ -261,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     us.set_defaults(func=cmd_users)
     d = sub.add_parser("db", help="database maintenance")
     d.add_argument("action", choices=["upgrade"])
+    d.add_argument(
+        "--wait", type=float, default=60.0, metavar="S", help="retry connecting this long (default 60 s)"
+    )
     d.set_defaults(func=cmd_db)
     return p
 

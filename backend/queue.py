@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from pathlib import Path
 
 from celery import Celery
 
@@ -13,6 +14,8 @@ from .config import Settings, get_settings
 TRAIN_TASK = "gatlab.train_run"
 BROKER_TIMEOUT_S = 3.0
 DOWN_FOR_S = 10.0  # after a failed send, answer at once for this long instead of waiting on the broker again
+ALIVE_EVERY_S = 10.0  # a worker touches its liveness file this often, busy or idle
+ALIVE_STALE_S = 3 * ALIVE_EVERY_S  # `gatlab health --worker` calls a file older than this dead
 
 
 class BrokerUnavailable(RuntimeError):
@@ -44,6 +47,20 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+def alive_file(settings: Settings, name: str) -> Path:
+    """The liveness file of the worker started as `gatlab worker --name NAME` with these settings.
+    A thread of the worker process touches it every ALIVE_EVERY_S, also while a run trains: the solo
+    pool cannot answer a Celery ping then, so a ping would call every busy worker dead."""
+    return settings.home.resolve() / "workers" / f"{name}.alive"
+
+
+def worker_alive(settings: Settings, name: str) -> bool:
+    try:
+        return time.time() - alive_file(settings, name).stat().st_mtime < ALIVE_STALE_S
+    except FileNotFoundError:
+        return False
 
 
 @lru_cache

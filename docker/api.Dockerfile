@@ -9,6 +9,8 @@ COPY frontend frontend
 COPY examples examples
 # Editable: the API serves frontend/ and examples/ from beside its package. The lock pins every version.
 RUN pip install -c requirements-lock.txt -e .
-USER gatlab
+COPY docker/entrypoint.sh /usr/local/bin/gatlab-entrypoint
+# Starts as root to hand a root-owned mount (./data made by Docker) to gatlab, then runs as gatlab.
+ENTRYPOINT ["gatlab-entrypoint"]
 EXPOSE 8000
 CMD ["uvicorn", "backend.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -13,5 +13,7 @@ COPY worker worker
 COPY frontend frontend
 COPY examples examples
 RUN pip install -c requirements-lock.txt -e '.[worker]'
-USER gatlab
+COPY docker/entrypoint.sh /usr/local/bin/gatlab-entrypoint
+# Starts as root to hand a root-owned mount (./data made by Docker) to gatlab, then runs as gatlab.
+ENTRYPOINT ["gatlab-entrypoint"]
 CMD ["gatlab", "worker"]

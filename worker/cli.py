@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="start one worker for the configured broker and database")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument(
-        "--name", help="worker name (default gatlab-<pid>); `gatlab health --worker NAME` pings it"
+        "--name", help="worker name (default gatlab-<pid>); `gatlab health --worker NAME` checks it is alive"
     )
     w.set_defaults(func=cmd_worker)
     return p

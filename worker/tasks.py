@@ -27,7 +27,7 @@ from backend import crud, series
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Artifact, Run, now
-from backend.queue import TRAIN_TASK, make_celery
+from backend.queue import ALIVE_EVERY_S, TRAIN_TASK, alive_file, make_celery
 from backend.run_config import PATH_FIELDS
 from worker.gat import job
 from worker.gat.train import HandedBack, Stopped, checkpoint_step, pick_device
@@ -411,6 +411,20 @@ def _reaper() -> None:
         time.sleep(period)
 
 
+def _alive(path: Path) -> None:
+    """Touch this worker's liveness file for as long as the process lives (`gatlab health --worker`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            path.touch()
+        except OSError:
+            log.exception("cannot write the liveness file %s", path)
+        time.sleep(ALIVE_EVERY_S)
+
+
 @worker_ready.connect
-def _start_reaper(**_) -> None:
+def _start_background_threads(sender=None, **_) -> None:
     threading.Thread(target=_reaper, name="gatlab-reaper", daemon=True).start()
+    name = sender.hostname.split("@")[0]  # `gatlab worker --name NAME` runs as NAME@host
+    alive = alive_file(get_settings(), name)
+    threading.Thread(target=_alive, args=(alive,), name="gatlab-alive", daemon=True).start()

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from backend.config import Settings
+from backend.queue import ALIVE_STALE_S, alive_file
 from backend.run_config import DatasetConfig
 from bench._common import free_port
 
@@ -247,6 +248,17 @@ def test_the_compose_commands_run_a_job_end_to_end(tmp_path, empty_pg_database):
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         assert http.post("/api/runs", json={"config": tiny_config()}).status_code == 401  # auth is on
         http.headers["Authorization"] = f"Bearer {token}"
+        long = http.post(
+            "/api/runs", json={"config": tiny_config(train={"epochs": 500}, eval={"panel": "none"})}
+        ).json()
+        deadline = time.monotonic() + 120
+        while (busy := http.get(f"/api/runs/{long['id']}").json())["step"] < 20:
+            assert time.monotonic() < deadline and busy["status"] in ("queued", "running"), busy
+            time.sleep(0.2)
+        # Busy training (the solo pool answers no ping now), the worker is still healthy.
+        assert call(argv(services["worker"]["healthcheck"]["test"])).returncode == 0
+        assert http.get(f"/api/runs/{long['id']}").json()["status"] == "running"
+        assert http.post(f"/api/runs/{long['id']}/cancel").status_code == 200
         run = http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"})}).json()
         assert run["owner"] == "admin"
         deadline = time.monotonic() + 180
@@ -262,7 +274,34 @@ def test_the_compose_commands_run_a_job_end_to_end(tmp_path, empty_pg_database):
         assert (
             http.get("/").status_code == 200 and "GAT Lab" in http.get("/").text
         )  # the API serves the dashboard
+        os.killpg(procs[1].pid, 9)  # a dead worker's liveness file goes stale: unhealthy
+        procs[1].wait()
+        alive = alive_file(Settings(_env_file=None, GATLAB_HOME=env["GATLAB_HOME"]), "gpu0")
+        os.utime(alive, (time.time() - ALIVE_STALE_S - 1,) * 2)  # as it reads ALIVE_STALE_S later
+        assert call(argv(services["worker"]["healthcheck"]["test"])).returncode == 1
     finally:
         for p in procs:
-            os.killpg(p.pid, 9)
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
             p.wait()
+
+
+def test_migrate_waits_for_the_database_a_bounded_time_then_says_why(tmp_path):
+    """`gatlab db upgrade` (the migrate service) retries a database that does not answer yet, for
+    --wait seconds, then exits 2 naming the cause: never a traceback, never forever."""
+    env = {k: v for k, v in os.environ.items() if k not in settings_env_names()}
+    env.update(
+        DATABASE_URL=f"postgresql+psycopg://gatlab@127.0.0.1:{free_port()}/gatlab", PYTHONPATH=str(ROOT)
+    )
+    t = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "db", "upgrade", "--wait", "3"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and 2.5 < time.monotonic() - t < 30
+    assert "waiting for the database" in r.stderr
+    assert "gatlab: error: the database did not answer within 3 s" in r.stderr and "Traceback" not in r.stderr
