@@ -82,6 +82,8 @@ for pair in python:3.11-slim=python.Dockerfile postgres:16=postgres.Dockerfile r
   if have "$tag" && { [ -z "$(label "$tag")" ] || [ "$(label "$tag")" = "$(recipe "$file")" ]; }; then continue; fi
   if pulled "$tag"; then say "pulled $tag"; continue; fi
   say "building a local stand-in for $tag (the public registry is out of reach)"
+  old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   standin "$tag" "$file"
+  [ -z "$old" ] || docker rmi "$old" >/dev/null 2>&1 || true  # the stand-in of an older recipe
 done
 say "ready"

@@ -29,6 +29,8 @@ from bench._common import free_port
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PROJECTS = ("gatlab", "gatlab-gpu")  # the `name:` of docker-compose.yml and docker-compose.worker.yml
+PROJECT_LABEL = "com.docker.compose.project=gatlab"
+IMAGES = ("gatlab-api:latest", "gatlab-worker:latest")  # the images built; kept as the next build's cache
 SERVER_FILES = "docker-compose.yml:tests/deploy/compose.test.yml"
 REMOTE_OVERRIDE = "tests/deploy/compose.worker.test.yml"
 SERVICES_BIND = "127.0.0.2"  # the machine's own PostgreSQL and Redis hold 127.0.0.1:5432 and :6379
@@ -76,6 +78,12 @@ def ids(kind: str, project: str) -> list[str]:
     cmd = {"container": ["ps", "-aq"], "volume": ["volume", "ls", "-q"], "network": ["network", "ls", "-q"]}
     out = docker(*cmd[kind], "--filter", f"label=com.docker.compose.project={project}").stdout
     return out.split()
+
+
+def image_ids() -> set[str]:
+    """The ids of the images the compose files build (gatlab-api, gatlab-worker), where they exist."""
+    r = docker("image", "inspect", "-f", "{{.Id}}", *IMAGES, check=False)
+    return set(r.stdout.split())
 
 
 def remove_by_id(project: str) -> None:
@@ -153,8 +161,9 @@ class Lab:
             text=True,
             timeout=60,
         )
-        assert r.returncode == 0, r.stderr
-        return int(re.match(r"run (\d+) queued", r.stdout).group(1))
+        submitted = re.search(r"^run (\d+) (queued|running): ", r.stdout, re.M)  # a worker may be quick
+        assert r.returncode == 0 and submitted, r.stdout + r.stderr
+        return int(submitted.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +197,7 @@ def lab(tmp_path_factory):
             (path / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, path / f)
     lab = Lab(path, free_port())
+    images_before = image_ids()
     try:
         lab.sh(readme("cp .env.example .env"))  # the README's secrets, as written
         env = (path / ".env").read_text()
@@ -210,6 +220,10 @@ def lab(tmp_path_factory):
         lab.sh("docker compose logs --no-color > compose.log 2>&1", check=False)
         for project in PROJECTS:
             remove_by_id(project)
+        # the images this run's build replaced, and the untagged twin compose builds for `migrate`
+        dangling = docker("images", "-q", "--filter", "dangling=true", "--filter", f"label={PROJECT_LABEL}")
+        for image in (images_before - image_ids()) | set(dangling.stdout.split()):
+            docker("rmi", image, check=False)
         shutil.rmtree(path, ignore_errors=True)
         if started_daemon and Path(DOCKERD_PIDFILE).exists():
             subprocess.run(["kill", Path(DOCKERD_PIDFILE).read_text().strip()], check=False)
