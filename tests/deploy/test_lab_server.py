@@ -25,9 +25,11 @@ import torch
 import yaml
 
 from bench._common import free_port
+from tests.service.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+ARTIFACTS = ROOT / "test-artifacts"
 PROJECTS = ("gatlab", "gatlab-gpu")  # the `name:` of docker-compose.yml and docker-compose.worker.yml
 PROJECT_LABEL = "com.docker.compose.project=gatlab"
 IMAGES = ("gatlab-api:latest", "gatlab-worker:latest")  # the images built; kept as the next build's cache
@@ -36,15 +38,8 @@ REMOTE_OVERRIDE = "tests/deploy/compose.worker.test.yml"
 SERVICES_BIND = "127.0.0.2"  # the machine's own PostgreSQL and Redis hold 127.0.0.1:5432 and :6379
 DOCKERD_PIDFILE = "/run/gatlab-test-dockerd.pid"
 WORKER_UID = 1000
-RUN = {  # ~25 ms a step in the worker container on 2 cores: about 30 s in all
-    "name": "deploy",
-    "scenario": "defense",
-    "method": "great",
-    "dataset": {"name": "digits"},
-    "model": {"arch": "cnn", "width": 4},
-    "train": {"epochs": 30, "batch_size": 32, "stats_every": 50},
-    "eval": {"panel": "none"},
-}
+# ~25 ms a step in the worker container on 2 cores: about 30 s in all
+RUN = tiny_config(train={"epochs": 30, "batch_size": 32, "stats_every": 50}, eval={"panel": "none"})
 STEPS_PER_EPOCH = 41  # digits' training split at batch 32
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -217,7 +212,8 @@ def lab(tmp_path_factory):
         lab.http.headers["Authorization"] = f"Bearer {lab.token}"
         yield lab
     finally:
-        lab.sh("docker compose logs --no-color > compose.log 2>&1", check=False)
+        ARTIFACTS.mkdir(exist_ok=True)  # the stack's logs, for a failure's post-mortem
+        lab.sh(f"docker compose logs --no-color > {ARTIFACTS / 'deploy-compose.log'} 2>&1", check=False)
         for project in PROJECTS:
             remove_by_id(project)
         # the images this run's build replaced, and the untagged twin compose builds for `migrate`

@@ -293,7 +293,6 @@ def test_migrate_waits_for_the_database_a_bounded_time_then_says_why(tmp_path):
     env.update(
         DATABASE_URL=f"postgresql+psycopg://gatlab@127.0.0.1:{free_port()}/gatlab", PYTHONPATH=str(ROOT)
     )
-    t = time.monotonic()
     r = subprocess.run(
         [sys.executable, "-m", "backend.cli", "db", "upgrade", "--wait", "3"],
         env=env,
@@ -302,6 +301,6 @@ def test_migrate_waits_for_the_database_a_bounded_time_then_says_why(tmp_path):
         text=True,
         timeout=60,
     )
-    assert r.returncode == 2 and 2.5 < time.monotonic() - t < 30
-    assert "waiting for the database" in r.stderr
+    assert r.returncode == 2
+    assert r.stderr.count("waiting for the database") >= 2  # it retried (once a second), then gave up
     assert "gatlab: error: the database did not answer within 3 s" in r.stderr and "Traceback" not in r.stderr
