@@ -1,0 +1,342 @@
+"""Each method's *total* objective, checked against an independent re-derivation of its formula:
+the gradients the main network and the auxiliary modules receive, not the logged cross entropy.
+A missing reversal layer, a dropped or mis-weighted term, or a wrong sign fails here."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from worker.gat import data as gdata
+from worker.gat import models
+from worker.gat.attacks.pgd import pgd
+from worker.gat.methods import make
+from worker.gat.methods.multitask import project_conflicts
+
+
+def _mlp(d, seed=0, width=8):
+    torch.manual_seed(seed)
+    return models.build(
+        {"arch": "mlp", "width": width, "depth": 1},
+        input_shape=d.input_shape,
+        num_classes=d.num_classes,
+        mean=d.mean,
+        std=d.std,
+    )
+
+
+def _grads(loss, params):
+    return torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
+
+
+def _close(got, want, atol=1e-6):
+    for a, b in zip(got, want, strict=True):
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        assert torch.allclose(a, b, atol=atol, rtol=1e-4), (a - b).abs().max()
+
+
+def _rms_normalise(g):  # the l2 normalisation, written out: unit RMS per example
+    flat = g.flatten(1)
+    return (flat * math.sqrt(flat.shape[1]) / flat.norm(dim=1, keepdim=True)).view_as(g)
+
+
+def _input_grad(model, x, y, create_graph):
+    xe = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(xe), y, reduction="sum"), xe, create_graph=create_graph)
+    return g
+
+
+def _greace_ref(z, y, q, beta):
+    """-log(e^{z_y} / (e^{z_y} + sum_{j != y} (1 + beta q_j) e^{z_j})), batch mean."""
+    w = 1 + beta * q
+    w = w.scatter(1, y[:, None], 1.0)
+    return -(z.gather(1, y[:, None]).squeeze(1) - (w * z.exp()).sum(1).log()).mean()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    d = gdata.load({"name": "synthetic", "size": 400})
+    return d, d.train.images()[:32], d.train.y[:32]
+
+
+def _defense(d, name, model, **knobs):
+    return make("defense", name, model, num_classes=d.num_classes, input_shape=d.input_shape, **knobs)
+
+
+@pytest.mark.parametrize("name,beta", [("great", 0.0), ("great+greace", 1.5)])
+def test_great_main_network_descends_task_and_ascends_a(name, beta, batch):
+    """f's gradient is the task loss's minus lambda times A's loss's (the reversal layer); A's own
+    gradient is its loss's, unreversed. Without the reversal layer f would help A."""
+    d, x, y = batch
+    lam = 0.7
+    model = _mlp(d)
+    m = _defense(d, name, model, lam=lam, **({"beta": beta} if beta else {}))
+    aux = m.aux["aux"]
+    total, metrics = m.step(x, y, 0.5, 0)
+    got_f, got_a = _grads(total, model.parameters()), _grads(total, aux.parameters())
+
+    g = _rms_normalise(_input_grad(model, x, y, create_graph=True))
+    a_logits = aux(g)
+    a_loss = F.cross_entropy(a_logits, y)
+    z = model(x)
+    task = _greace_ref(z, y, a_logits.softmax(1).detach(), beta) if beta else F.cross_entropy(z, y)
+    want_f = [t - lam * a for t, a in zip(_grads(task, model.parameters()), _grads(a_loss, model.parameters()),
+                                          strict=True)]  # fmt: skip
+    _close(got_f, want_f)
+    _close(got_a, _grads(a_loss, aux.parameters()))
+    assert torch.allclose(total, task + a_loss, atol=1e-6)
+    assert metrics["lam"] == lam and torch.allclose(metrics["aux_loss"], a_loss)
+    assert metrics["aux_acc"] == (a_logits.argmax(1) == y).float().mean()
+    assert metrics["aux_chance"] == 1 / d.num_classes
+    # The adversarial term really moves f: its share of the gradient is not negligible.
+    assert sum((t - w).norm() for t, w in zip(want_f, _grads(task, model.parameters()), strict=True)) > 1e-3
+
+
+def test_great_skips_the_game_between_adversarial_steps_and_follows_its_schedule(batch):
+    d, x, y = batch
+    model = _mlp(d)
+    ce_grads = _grads(F.cross_entropy(model(x), y), model.parameters())
+    m = _defense(d, "great", model, lam=0.7, adv_every=2)
+    total, metrics = m.step(x, y, 0.5, 1)  # step 1 of every 2: A learns, f sees cross entropy only
+    _close(_grads(total, model.parameters()), ce_grads)
+    assert any(g is not None and g.abs().sum() > 0 for g in _grads(total, m.aux["aux"].parameters()))
+    warm = _defense(d, "great", model, lam=0.7, lam_schedule="warmup", warmup=0.5)
+    assert warm.step(x, y, 0.1, 0)[1]["lam"] == pytest.approx(0.7 * 0.1 / 0.5)
+    assert warm.step(x, y, 0.9, 0)[1]["lam"] == pytest.approx(0.7)
+
+
+def test_greace_alone_trains_f_on_the_greace_loss_and_a_on_detached_gradients(batch):
+    d, x, y = batch
+    model = _mlp(d)
+    m = _defense(d, "greace", model, beta=2.0)
+    aux = m.aux["aux"]
+    total, _ = m.step(x, y, 0.5, 0)
+    a_logits = aux(_rms_normalise(_input_grad(model, x, y, create_graph=False)))
+    task = _greace_ref(model(x), y, a_logits.softmax(1).detach(), 2.0)
+    _close(_grads(total, model.parameters()), _grads(task, model.parameters()))
+    _close(_grads(total, aux.parameters()), _grads(F.cross_entropy(a_logits, y), aux.parameters()))
+    assert not torch.allclose(task, F.cross_entropy(model(x), y))  # beta > 0 changes the loss
+
+
+def test_igr_adds_weight_times_the_squared_input_gradient(batch):
+    d, x, y = batch
+    model = _mlp(d)
+    total, metrics = _defense(d, "igr", model, weight=0.3).step(x, y, 0.5, 0)
+    g = _input_grad(model, x, y, create_graph=True)
+    want = F.cross_entropy(model(x), y) + 0.3 * g.flatten(1).pow(2).sum(1).mean()
+    assert torch.allclose(total, want, rtol=1e-5)
+    _close(_grads(total, model.parameters()), _grads(want, model.parameters()))
+    assert torch.allclose(metrics["loss"], F.cross_entropy(model(x), y))
+
+
+def test_trades_is_ce_plus_beta_kl_at_its_own_attack(batch):
+    """Zhang et al.'s objective, re-derived: KL attack from a small Gaussian start, frozen BN,
+    `steps` signed steps of step_mult * eps / steps, projected; then CE + beta * KL(clean || adv)."""
+    d, x, y = batch
+    model = _mlp(d)
+    eps, beta, steps = 0.1, 4.0, 5
+    torch.manual_seed(1)
+    total, metrics = _defense(d, "trades", model, eps=eps, beta=beta, steps=steps).step(x, y, 0.5, 0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        p = model(x).softmax(1)
+    xa = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        (gr,) = torch.autograd.grad((p * (p.log() - model(xa).log_softmax(1))).sum(), xa)
+        xa = torch.min(torch.max(xa.detach() + 2.5 * eps / steps * gr.sign(), x - eps), x + eps).clamp(0, 1)
+    z = model(x)
+    ps = z.softmax(1)
+    kl = (ps * (ps.log() - model(xa).log_softmax(1))).sum(1).mean()
+    want = F.cross_entropy(z, y) + beta * kl
+    assert kl > 1e-4 and torch.allclose(total, want, rtol=1e-4)
+    _close(_grads(total, model.parameters()), _grads(want, model.parameters()), atol=1e-5)
+    assert torch.allclose(metrics["robust_kl"], kl, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "fgsm_at"])
+def test_adversarial_training_trains_on_the_attacked_batch(name, batch):
+    d, x, y = batch
+    model = _mlp(d)
+    eps = 0.1
+    torch.manual_seed(3)
+    total, _ = _defense(d, name, model, eps=eps).step(x, y, 0.5, 0)
+    torch.manual_seed(3)
+    if name == "pgd_at":  # Madry et al.: 10 steps of 2.5 eps / 10 from a random start
+        xa = pgd(model, x, y, eps=eps, steps=10, step_size=0.25 * eps)
+    else:  # Wong et al.: one step of 1.25 eps from a random start
+        xa = pgd(model, x, y, eps=eps, steps=1, step_size=1.25 * eps, random_start=True)
+    want = F.cross_entropy(model(xa), y)
+    assert torch.allclose(total, want, rtol=1e-5) and total > F.cross_entropy(model(x), y) + 0.01
+
+
+# Distillation -------------------------------------------------------------------------------
+
+
+def _kd_ref(zs, zt, t):
+    pt = (zt / t).softmax(1)
+    return (pt * (pt.log() - (zs / t).log_softmax(1))).sum(1).mean() * t * t
+
+
+def _distill(d, name, model, teacher, **knobs):
+    return make(
+        "distill", name, model, num_classes=d.num_classes, input_shape=d.input_shape, teacher=teacher, **knobs
+    )
+
+
+def test_soft_targets_mix_ce_and_tau_squared_kl(batch):
+    d, x, y = batch
+    model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
+    total, metrics = _distill(d, "soft_targets", model, teacher, temperature=3.0, alpha=0.6).step(
+        x, y, 0.5, 0
+    )
+    zs, zt = model(x), teacher(x)
+    want = 0.4 * F.cross_entropy(zs, y) + 0.6 * _kd_ref(zs, zt, 3.0)
+    assert torch.allclose(total, want, rtol=1e-5)
+    assert metrics["agreement"] == (zs.argmax(1) == zt.argmax(1)).float().mean()
+
+
+def test_jacobian_matching_adds_beta_times_the_normalised_gradient_distance(batch):
+    d, x, y = batch
+    model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
+    m = _distill(d, "jacobian_matching", model, teacher, beta=2.0, temperature=3.0, alpha=0.6)
+    total, metrics = m.step(x, y, 0.5, 0)
+    zs, zt = model(x), teacher(x)
+    a = F.normalize(_input_grad(model, x, y, create_graph=True).flatten(1), dim=1)
+    b = F.normalize(_input_grad(teacher, x, y, create_graph=False).flatten(1), dim=1)
+    match = (a - b).pow(2).sum(1).mean()
+    want = 0.4 * F.cross_entropy(zs, y) + 0.6 * _kd_ref(zs, zt, 3.0) + 2.0 * match
+    assert match > 1e-3 and torch.allclose(total, want, rtol=1e-5)
+    _close(_grads(total, model.parameters()), _grads(want, model.parameters()))
+    assert torch.allclose(metrics["st_cos"], (a * b).sum(1).mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["great", "great+soft_targets"])
+def test_distill_great_student_fools_the_discriminator_through_the_reversal(name, batch):
+    d, x, y = batch
+    model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
+    lam, alpha, t = 0.6, 0.5, 2.0
+    knobs = {"lam": lam, **({"alpha": alpha, "temperature": t} if name != "great" else {})}
+    m = _distill(d, name, model, teacher, **knobs)
+    disc = m.aux["aux"]
+    total, metrics = m.step(x, y, 0.5, 0)
+    gs = _rms_normalise(_input_grad(model, x, y, create_graph=True))
+    gt = _rms_normalise(_input_grad(teacher, x, y, create_graph=False))
+    ds, dt = disc(gs).squeeze(1), disc(gt).squeeze(1)
+    # The discriminator says "teacher" (1) for the teacher's gradients, "student" (0) for the student's.
+    d_loss = (F.softplus(-dt).sum() + F.softplus(ds).sum()) / (2 * len(x))
+    zs, zt = model(x), teacher(x)
+    task = (
+        F.cross_entropy(zs, y)
+        if name == "great"
+        else (1 - alpha) * F.cross_entropy(zs, y) + alpha * _kd_ref(zs, zt, t)
+    )
+    want_f = [a - lam * b for a, b in zip(_grads(task, model.parameters()), _grads(d_loss, model.parameters()),
+                                          strict=True)]  # fmt: skip
+    _close(got := _grads(total, model.parameters()), want_f)
+    _close(_grads(total, disc.parameters()), _grads(d_loss, disc.parameters()))
+    assert torch.allclose(total, task + d_loss, atol=1e-6) and got[0] is not None
+    acc = torch.cat([dt > 0, ds <= 0]).float().mean()
+    assert metrics["aux_acc"] == acc and metrics["aux_chance"] == 0.5
+
+
+# Multi-task -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mt():
+    d = gdata.load({"name": "digits_mt"})  # three classification tasks and a regression
+    torch.manual_seed(0)
+    model = models.build_multitask(
+        {"arch": "mlp", "width": 16, "depth": 1},
+        input_shape=d.input_shape,
+        tasks=d.tasks,
+        mean=d.mean,
+        std=d.std,
+    )
+    x = d.train.images()[:32]
+    targets = d.targets(d.train, torch.arange(32))
+    return d, model, x, targets
+
+
+def _multitask(d, name, model, **knobs):
+    return make(
+        "multitask", name, model, num_classes=d.num_classes, input_shape=d.input_shape, tasks=d.tasks, **knobs
+    )
+
+
+def _task_losses(d, model, x, targets):
+    out = model(x)
+    return {
+        t: F.cross_entropy(out[t], targets[t])
+        if s["kind"] == "cls"
+        else F.mse_loss(out[t][:, 0], targets[t].float())
+        for t, s in d.tasks.items()
+    }
+
+
+def test_equal_weights_and_uncertainty_weighting(mt):
+    d, model, x, targets = mt
+    names = list(d.tasks)
+    w = {names[0]: 2.0}
+    total, metrics = _multitask(d, "equal", model, weights=w).step(x, targets, 0.5, 0)
+    losses = _task_losses(d, model, x, targets)
+    want = sum(w.get(t, 1.0) * loss for t, loss in losses.items())
+    assert torch.allclose(total, want, rtol=1e-5) and metrics[f"weight/{names[0]}"] == 2.0
+    m = _multitask(d, "uncertainty", model)
+    s = m.aux["log_vars"].value
+    with torch.no_grad():
+        s.copy_(torch.linspace(-0.5, 0.5, len(names)))
+    total, _ = m.step(x, targets, 0.5, 0)
+    c = [1.0 if d.tasks[t]["kind"] == "cls" else 0.5 for t in names]
+    want = sum(torch.exp(-s[k]) * c[k] * losses[t] + s[k] / 2 for k, t in enumerate(names))
+    assert torch.allclose(total, want, rtol=1e-5)
+    _close(_grads(total, [s]), _grads(want, [s]))
+
+
+def test_pcgrad_projects_only_conflicting_gradients():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # a . b = -1: conflict
+    merged = project_conflicts([a, b])
+    # a minus its component along b, b minus its component along a, summed.
+    want = (a - (a @ b) / (b @ b) * b) + (b - (b @ a) / (a @ a) * a)
+    assert torch.allclose(merged, want)
+    c = torch.tensor([1.0, 1.0])  # a . c > 0: no conflict, plain sum
+    assert torch.allclose(project_conflicts([a, c]), a + c)
+
+
+def test_multitask_great_trains_gal_scales_against_the_task_classifier(mt):
+    """A's loss reaches the GAL scales reversed (-lambda) and A itself unreversed; with lam = 0 the
+    scales get no gradient at all."""
+    d, model, x, targets = mt
+    names = list(d.tasks)
+    lam = 0.5
+    m = _multitask(d, "great", model, lam=lam, second_order=False)
+    disc, scales = m.aux["aux"], m.aux["gal"]
+    with torch.no_grad():
+        scales.theta.normal_(0, 0.3)
+    total, metrics = m.step(x, targets, 0.5, 0)
+    f = model.encoder(x)
+    gamma = scales()
+    fs = [f.detach().requires_grad_(True) for _ in names]
+    per = []
+    for k, t in enumerate(names):
+        out = model.heads[t](fs[k])
+        loss = (
+            F.cross_entropy(out, targets[t])
+            if d.tasks[t]["kind"] == "cls"
+            else F.mse_loss(out[:, 0], targets[t].float())
+        )
+        (g,) = torch.autograd.grad(loss, fs[k])
+        per.append(gamma[k] * g)
+    z = _rms_normalise(torch.cat(per))
+    ids = torch.arange(len(names)).repeat_interleave(len(x))
+    a_loss = F.cross_entropy(disc(z), ids)
+    _close(_grads(total, [scales.theta]), [-lam * _grads(a_loss, [scales.theta])[0]])
+    _close(_grads(total, disc.parameters()), _grads(a_loss, disc.parameters()))
+    assert metrics["aux_chance"] == 1 / len(names)
+    off = _multitask(d, "great", model, lam=0.0)
+    total0, _ = off.step(x, targets, 0.5, 0)
+    (g0,) = _grads(total0, [off.aux["gal"].theta])
+    assert g0 is None or not g0.any(), "with lam = 0 nothing trains the scales"
