@@ -305,18 +305,18 @@ def test_a_silent_broker_gets_a_prompt_503_and_never_blocks_the_api(tmp_path, pg
 
     s = Stack.create(tmp_path, pg_database, silent_broker)
     try:
-        t = time.monotonic()
+        # No wall-clock bound: the client's own 30 s timeout fails the test if the API hangs.
         r = s.http.post("/api/runs", json={"config": tiny_config(), "experiment": "silent"})
-        assert r.status_code == 503 and "broker" in r.json()["detail"] and time.monotonic() - t < 15, r.text
+        assert r.status_code == 503 and "broker" in r.json()["detail"], r.text
         with ThreadPoolExecutor(42) as pool:  # 42 submissions at once, as in the report
             posts = [
                 pool.submit(s.http.post, "/api/runs", json={"config": tiny_config(), "experiment": "silent"})
                 for _ in range(42)
             ]
-            t = time.monotonic()
-            assert (
-                s.http.get("/api/health").status_code == 200 and time.monotonic() - t < 2
-            )  # still answering
+            # Still answering: health comes back while submissions wait on the silent broker (each
+            # for its 3 s timeout), an order of events rather than a wall-clock bound.
+            assert s.http.get("/api/health").status_code == 200
+            assert not all(p.done() for p in posts), "health waited for every submission"
             assert s.http.get("/api/runs", params={"limit": 1}).status_code == 200
             assert {p.result().status_code for p in posts} == {503}
         runs = s.http.get("/api/runs", params={"experiment": "silent", "limit": 100}).json()["items"]

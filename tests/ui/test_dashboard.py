@@ -63,11 +63,12 @@ def test_launch_watch_robustness_compare_export(page, lab):
     page.locator('[data-chart="loss"] .u-over').hover()  # scrolls it into view, cursor in the plot
     page.mouse.wheel(0, -300)  # zoom in around the cursor; the chart re-queries its window
     wait_until(page, "document.querySelector('[data-chart=\"loss\"]').dataset.zoomed === '1'")
-    zoomed = [float(v) for v in page.get_attribute('[data-chart="loss"]', "data-range").split(",")]
+    zoomed_attr = page.get_attribute('[data-chart="loss"]', "data-range")
+    zoomed = [float(v) for v in zoomed_attr.split(",")]
     page.keyboard.down("Shift")
     page.mouse.wheel(0, 200)  # pan
     page.keyboard.up("Shift")
-    page.wait_for_timeout(600)
+    wait_until(page, f"document.querySelector('[data-chart=\"loss\"]').dataset.range !== '{zoomed_attr}'")
     panned = [float(v) for v in page.get_attribute('[data-chart="loss"]', "data-range").split(",")]
     assert panned[0] > zoomed[0] and abs((panned[1] - panned[0]) - (zoomed[1] - zoomed[0])) < 1e-6
     assert points(page, '[data-chart="loss"]') > 0
