@@ -36,17 +36,28 @@ def test_every_attack_stays_in_its_ball_and_box(name, eps, digits, digits_model)
     if eps == 0:
         assert torch.equal(x_adv, x)
         assert _acc(digits_model, x_adv, y) == _acc(digits_model, x, y)
-    else:
+    elif name == "noise":  # the floor, not an attack: it may fool none at this radius
         assert _acc(digits_model, x_adv, y) <= _acc(digits_model, x, y)
+    else:  # an attack that returns x, or barely moves it, fails here (measured: 0.5-0.0 of 0.91)
+        assert _acc(digits_model, x_adv, y) <= _acc(digits_model, x, y) - 0.3, name
 
 
-def test_pgd_agrees_with_reference_apgd_ce(digits, digits_model):
-    """Our PGD (50 steps, 3 restarts) is within 5 points of APGD-CE (100 steps) on a standard model."""
-    x, y = _batch(digits, 200)
-    ours = _acc(digits_model, pgd(digits_model, x, y, eps=0.1, steps=50, restarts=3), y)
-    ref = _acc(digits_model, apgd_ce(digits_model, x, y, eps=0.1, steps=100), y)
-    assert abs(ours - ref) <= 0.05, (ours, ref)
-    assert ours < _acc(digits_model, x, y) - 0.3  # and it actually attacks
+def test_pgd_agrees_with_reference_apgd_ce_where_accuracy_is_mid_range(digits, digits_model):
+    """At eps 0.05 a standard model keeps about half its accuracy, so attack strength shows:
+    our PGD (50 steps, 3 restarts) is within 1.5 points of APGD-CE (100 steps) on the whole test
+    split, while a weakened PGD (3 steps) and FGSM are measurably weaker (at eps 0.1 every attack
+    is near zero and a 3-step PGD passed the old comparison)."""
+    x, y = digits.test.images(), digits.test.y
+    torch.manual_seed(0)
+    ours = _acc(digits_model, pgd(digits_model, x, y, eps=0.05, steps=50, restarts=3), y)
+    ref = _acc(digits_model, apgd_ce(digits_model, x, y, eps=0.05, steps=100), y)
+    clean = _acc(digits_model, x, y)
+    assert 0.3 < ref < clean - 0.3, (ref, clean)  # mid-range: the comparison can discriminate
+    assert abs(ours - ref) <= 0.015, (ours, ref)
+    torch.manual_seed(0)
+    weak = _acc(digits_model, pgd(digits_model, x, y, eps=0.05, steps=3), y)
+    assert weak > ref + 0.015, (weak, ref)  # the test tells a weakened attack apart
+    assert _acc(digits_model, ATTACKS["fgsm"][1](digits_model, x, y, eps=0.05), y) > ours + 0.02
 
 
 CONFIG = {

@@ -57,6 +57,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(method, tmp_path):
 
 def test_training_records_progress_statistics_and_histograms(tmp_path):
     cfg = _config("great", epochs=2)
+    cfg["train"]["log_every"] = 4  # 14 steps: logged at 4, 8, 12 and the last, 14
     seen = []
 
     class Rec(JsonlRecorder):
@@ -81,6 +82,14 @@ def test_training_records_progress_statistics_and_histograms(tmp_path):
     ):
         assert k in keys, k
     assert any(k.startswith("layer_grad/") for k in keys)
+
+    def steps(key):
+        return [r["step"] for r in rows if key in r]
+
+    assert steps("train/loss") == steps("train/aux_acc") == [4, 8, 12, 14]  # the last step is never dropped
+    assert (
+        steps("cos/within") == [1, 3, 6, 9, 12] and steps("val/acc") == [7, 14] and steps("test/acc") == [14]
+    )
     hists = read_jsonl(tmp_path / "histograms.jsonl")
     assert hists and all(len(h["counts"]) == len(h["edges"]) - 1 for h in hists)
     assert summary["data"]["train_hash"]

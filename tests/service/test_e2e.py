@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import make_stack, tiny_config
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -23,7 +25,10 @@ def test_run_succeeds_and_its_results_are_readable(stack):
     ).json()["series"]
     assert series["train/loss"]["step"] == list(range(1, 43))
     assert len(series["val/acc"]["step"]) == 2
-    assert all(0 <= v <= 1 for v in series["train/aux_acc"]["value"])
+    aux = series["train/aux_acc"]  # A's accuracy on each batch: per epoch 20 batches of 64, one of 13
+    sizes = ([64] * 20 + [13]) * 2
+    assert aux["step"] == list(range(1, 43)) and sum(aux["value"]) > 0
+    assert all(abs(v * n - round(v * n)) < 1e-4 for v, n in zip(aux["value"], sizes, strict=True))
     small = stack.http.get(
         f"/api/runs/{run_id}/metrics", params={"keys": "train/loss", "max_points": 10}
     ).json()["series"]["train/loss"]
@@ -159,13 +164,17 @@ def test_distillation_from_a_teacher_run_of_the_lab(stack):
     run_id = stack.http.post("/api/runs", json={"config": cfg}).json()["id"]
     run = stack.wait_for(run_id, lambda r: r["status"] in FINAL, what="finished")
     assert run["status"] == "succeeded", run
-    assert 0 <= run["summary"]["test"]["agreement"] <= 1
+    agreement = run["summary"]["test"]["agreement"]  # k of the 359 test digits, stored as a metric too
+    assert abs(agreement * 359 - round(agreement * 359)) < 1e-6
+    stored = stack.http.get(f"/api/runs/{run_id}/metrics", params={"keys": "test/agreement"}).json()
+    assert stored["series"]["test/agreement"]["value"] == [pytest.approx(agreement)]
     game = run["summary"]["game"]  # the game's fresh probe, stored with the run and its test metrics
     assert game["played"] and game["of"].startswith("teacher vs student") and game["chance"] == 0.5
     assert run["summary"]["test"]["probe"] == game["accuracy"] and game["ci"][0] <= game["accuracy"]
     keys = stack.http.get(
         f"/api/runs/{run_id}/metrics", params={"keys": "train/st_cos,train/aux_acc"}
     ).json()["series"]
-    assert keys["train/st_cos"]["step"] and keys["train/aux_acc"]["step"]
+    every_step = list(range(1, run["total_steps"] + 1))  # one point per training step, the last included
+    assert keys["train/st_cos"]["step"] == every_step and keys["train/aux_acc"]["step"] == every_step
     missing = stack.http.post("/api/runs", json={"config": {**cfg, "params": {"teacher_run": 99999}}})
     assert missing.status_code == 422 and "does not exist" in missing.json()["detail"][0]["msg"]
