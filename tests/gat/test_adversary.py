@@ -16,6 +16,12 @@ def test_reversal_is_identity_forward_and_flips_scaled_gradient(lam):
     assert torch.allclose(x.grad, -lam * w)
 
 
+def test_reversal_defaults_to_lambda_one():
+    x = torch.randn(4, 3, requires_grad=True)
+    grad_reverse(x).sum().backward()
+    assert torch.equal(x.grad, -torch.ones(4, 3))
+
+
 def test_normalisations():
     g = torch.randn(5, 1, 8, 8) * torch.tensor([1e-6, 1.0, 10.0, 1e3, 2.0]).view(5, 1, 1, 1)
     l2 = normalize_grad(g, "l2").flatten(1)
@@ -32,6 +38,7 @@ def test_lambda_schedules():
     assert lam_at(0.3, lam=2.0, schedule="constant") == 2.0
     assert lam_at(0.05, lam=2.0, schedule="warmup", warmup=0.1) == pytest.approx(1.0)
     assert lam_at(0.5, lam=2.0, schedule="warmup", warmup=0.1) == 2.0
+    assert lam_at(0.05, lam=2.0, schedule="warmup") == pytest.approx(1.0)  # warm-up over 10 % by default
     assert lam_at(0.0, lam=1.0, schedule="dann") == 0.0
     assert lam_at(1.0, lam=1.0, schedule="dann") == pytest.approx(2 / (1 + math.exp(-10)) - 1)
     ramp = [lam_at(p / 10, lam=1.0, schedule="dann") for p in range(11)]
