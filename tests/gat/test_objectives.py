@@ -32,6 +32,8 @@ def _grads(loss, params):
 
 def _close(got, want, atol=1e-6):
     for a, b in zip(got, want, strict=True):
+        if a is None and b is None:
+            continue
         a = torch.zeros_like(b) if a is None else a
         b = torch.zeros_like(a) if b is None else b
         assert torch.allclose(a, b, atol=atol, rtol=1e-4), (a - b).abs().max()
@@ -340,3 +342,177 @@ def test_multitask_great_trains_gal_scales_against_the_task_classifier(mt):
     total0, _ = off.step(x, targets, 0.5, 0)
     (g0,) = _grads(total0, [off.aux["gal"].theta])
     assert g0 is None or not g0.any(), "with lam = 0 nothing trains the scales"
+
+
+# Every method: its metrics, its defaults, its knobs -------------------------------------------
+
+METRICS = {  # the keys the trainer logs and the dashboard plots, per method
+    ("defense", "erm"): {"loss"},
+    ("defense", "great"): {"aux_acc", "aux_chance", "aux_loss", "lam", "loss"},
+    ("defense", "greace"): {"aux_acc", "aux_chance", "aux_loss", "lam", "loss"},
+    ("defense", "great+greace"): {"aux_acc", "aux_chance", "aux_loss", "lam", "loss"},
+    ("defense", "fgsm_at"): {"loss"},
+    ("defense", "pgd_at"): {"loss"},
+    ("defense", "trades"): {"loss", "robust_kl"},
+    ("defense", "igr"): {"grad_penalty", "loss"},
+    ("distill", "student"): {"agreement", "loss"},
+    ("distill", "soft_targets"): {"agreement", "kd", "loss"},
+    ("distill", "jacobian_matching"): {"agreement", "jacobian_l2", "kd", "loss", "st_cos", "st_l2"},
+    ("distill", "great"): {
+        "agreement",
+        "aux_acc",
+        "aux_chance",
+        "aux_loss",
+        "lam",
+        "loss",
+        "st_cos",
+        "st_l2",
+    },
+    ("distill", "great+soft_targets"): {
+        *("agreement", "aux_acc", "aux_chance", "aux_loss", "kd", "lam", "loss", "st_cos", "st_l2")
+    },
+    ("multitask", "single_task"): {"loss", "loss/digit"},
+    ("multitask", "equal"): {
+        "loss",
+        *(f"{k}/{t}" for k in ("loss", "weight") for t in ("digit", "parity", "gt4", "intensity")),
+    },
+    ("multitask", "uncertainty"): {
+        "loss",
+        *(f"{k}/{t}" for k in ("loss", "weight") for t in ("digit", "parity", "gt4", "intensity")),
+    },
+    ("multitask", "gradnorm"): {
+        *("loss", "gradnorm_loss"),
+        *(f"{k}/{t}" for k in ("loss", "weight") for t in ("digit", "parity", "gt4", "intensity")),
+    },
+    ("multitask", "pcgrad"): {"loss", *(f"loss/{t}" for t in ("digit", "parity", "gt4", "intensity"))},
+    ("multitask", "great"): {
+        *("aux_acc", "aux_chance", "aux_loss", "lam", "loss"),
+        *(f"loss/{t}" for t in ("digit", "parity", "gt4", "intensity")),
+        *(f"gal/{t}/{s}" for t in ("digit", "parity", "gt4", "intensity") for s in ("std", "max")),
+    },
+}
+
+
+def _setup(key, batch, mt, seed=0, **knobs):
+    """A fresh model (same seed, same init) and the method with these knobs; the step's inputs."""
+    scenario, _ = key
+    if scenario == "multitask":
+        d, _, x, targets = mt
+        torch.manual_seed(seed)
+        model = models.build_multitask(
+            {"arch": "mlp", "width": 16, "depth": 1},
+            input_shape=d.input_shape,
+            tasks=d.tasks,
+            mean=d.mean,
+            std=d.std,
+        )
+        torch.manual_seed(seed)
+        return model, _multitask(d, key[1], model, **knobs), x, targets
+    d, x, y = batch
+    model = _mlp(d, seed)
+    extra = {"teacher": _mlp(d, 7, width=16)} if scenario == "distill" else {"eps": 0.1}
+    torch.manual_seed(seed)
+    m = make(scenario, key[1], model, num_classes=d.num_classes, input_shape=d.input_shape, **extra, **knobs)
+    return model, m, x, y
+
+
+def _step_grads(model, m, x, y, progress=0.5, i=0):
+    torch.manual_seed(11)  # the attacks' random starts
+    model.zero_grad()
+    for a in m.aux.values():
+        a.zero_grad()
+    total, metrics = m.step(x, y, progress, i)
+    params = list(model.parameters()) + [p for a in m.aux.values() for p in a.parameters()]
+    if m.manual_backward:
+        return total, metrics, [None if p.grad is None else p.grad.clone() for p in params]
+    return total, metrics, [g.clone() if g is not None else None for g in _grads(total, params)]
+
+
+@pytest.mark.parametrize("key", sorted(METRICS), ids="-".join)
+def test_every_method_logs_its_documented_metrics_as_finite_numbers(key, batch, mt):
+    model, m, x, y = _setup(key, batch, mt)
+    total, metrics = m.step(x, y, 0.5, 0)
+    assert set(metrics) == METRICS[key]
+    assert all(math.isfinite(float(v)) for v in metrics.values()), metrics
+    assert torch.isfinite(total)
+
+
+@pytest.mark.parametrize("key", sorted(METRICS), ids="-".join)
+def test_omitted_knobs_are_the_schemas_defaults(key, batch, mt):
+    """A method built without knobs trains exactly as one given the API's documented defaults
+    (backend/run_config.py), including under a warm-up schedule and on a step between games."""
+    from backend.run_config import PARAMS, TRAINER_KNOBS
+
+    fields = PARAMS[key].model_fields if key in PARAMS else {}
+    explicit = {
+        n: f.default for n, f in fields.items() if n not in TRAINER_KNOBS | {"eps"}
+    }  # eps: the trainer's
+    cases = [({}, 0.5, 0), ({}, 0.5, 1)]
+    if "lam_schedule" in explicit:
+        cases.append(({"lam_schedule": "warmup"}, 0.03, 0))
+    for over, progress, i in cases:
+        model_a, a, x, y = _setup(key, batch, mt, **over)
+        model_b, b, _, _ = _setup(key, batch, mt, **{**explicit, **over})
+        ta, ma, ga = _step_grads(model_a, a, x, y, progress, i)
+        tb, mb, gb = _step_grads(model_b, b, x, y, progress, i)
+        assert torch.allclose(ta, tb) and a.aux_lr == b.aux_lr, (over, i)
+        assert {k: float(v) for k, v in ma.items()} == pytest.approx({k: float(v) for k, v in mb.items()})
+        _close(ga, gb)
+
+
+GAT = [k for k in sorted(METRICS) if k[1] in ("great", "great+greace", "great+soft_targets", "greace")]
+
+
+@pytest.mark.parametrize("key", GAT, ids="-".join)
+def test_gat_knobs_reach_a_and_its_input(key, batch, mt):
+    """aux_arch, aux_width, aux_lr and grad_norm each change what A is and what it sees."""
+    model, m, x, y = _setup(key, batch, mt, aux_arch="mlp", aux_width=5, aux_lr=0.07, grad_norm="standardize")
+    aux = m.aux["aux"]
+    linear = [mod for mod in aux.modules() if isinstance(mod, torch.nn.Linear)]
+    assert m.aux_lr == 0.07 and len(linear) == 2 and linear[0].out_features == 20  # MLP, 4 x width
+    seen = []
+    aux.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().flatten(1)))
+    m.step(x, y, 0.5, 0)
+    z = torch.cat(seen)
+    assert torch.allclose(z.mean(1), torch.zeros(len(z)), atol=1e-4)  # standardised per example
+    assert torch.allclose(z.std(1), torch.ones(len(z)), atol=1e-3)
+
+
+@pytest.mark.parametrize("key", [k for k in GAT if k[1] != "greace"], ids="-".join)
+def test_gat_plays_every_adv_every_th_step_and_follows_its_warmup(key, batch, mt):
+    """adv_every 2: f gets A's reversed loss at steps 0 and 2, not 1; warm-up: lam grows with progress."""
+    lam = 0.6
+    _, base, x, y = _setup(key, batch, mt, lam=0.0)
+    _, _, g0 = _step_grads(*_setup(key, batch, mt, lam=0.0)[:2], x, y)
+    for i, plays in ((0, True), (1, False), (2, True)):
+        model, m, _, _ = _setup(key, batch, mt, lam=lam, adv_every=2)
+        _, metrics, g = _step_grads(model, m, x, y, 0.5, i)
+        n = len(list(model.parameters()))
+        differs = any(
+            not torch.allclose(a, b, atol=1e-7) for a, b in zip(g[:n], g0[:n], strict=True) if a is not None
+        )
+        assert differs == plays, (i, plays)
+    model, m, _, _ = _setup(key, batch, mt, lam=lam, lam_schedule="warmup", warmup=0.5)
+    assert _step_grads(model, m, x, y, 0.1, 0)[1]["lam"] == pytest.approx(lam * 0.2)
+
+
+def test_distill_great_on_logit_gradients(batch):
+    """grad_wrt logits: the discriminator sees dCE/dz = softmax(z) - onehot(y) of each network (N x K)."""
+    d, x, y = batch
+    model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
+    lam = 0.5
+    m = _distill(d, "great", model, teacher, lam=lam, grad_wrt="logits")
+    disc = m.aux["aux"]
+    total, _ = m.step(x, y, 0.5, 0)
+    onehot = F.one_hot(y, d.num_classes).float()
+    zs, zt = model(x), teacher(x)
+    gs, gt = _rms_normalise(zs.softmax(1) - onehot), _rms_normalise(zt.softmax(1) - onehot).detach()
+    ds, dt = disc(gs).squeeze(1), disc(gt).squeeze(1)
+    d_loss = (F.softplus(-dt).sum() + F.softplus(ds).sum()) / (2 * len(x))
+    task = F.cross_entropy(zs, y)
+    want = [
+        a - lam * b
+        for a, b in zip(_grads(task, model.parameters()), _grads(d_loss, model.parameters()), strict=True)
+    ]
+    _close(_grads(total, model.parameters()), want)
+    assert disc(gs).shape == (len(x), 1) and next(disc.parameters()).shape[1] == d.num_classes

@@ -35,6 +35,8 @@ def _grads(model, x, y, *, wrt: str, create_graph: bool, grad_mode: str = "eval"
         logits, g = logits_and_input_grad(model, x, y, grad_mode=grad_mode, create_graph=create_graph)
         return logits, F.cross_entropy(logits, y, reduction="none"), g
     logits = model(x)
+    if not logits.requires_grad:  # the frozen teacher: its logits still have a gradient to give
+        logits = logits.detach().requires_grad_(True)
     ce = F.cross_entropy(logits, y, reduction="none")
     (g,) = torch.autograd.grad(ce.sum(), logits, create_graph=create_graph, retain_graph=True)
     return logits, ce, g
