@@ -158,18 +158,23 @@ def test_trades_is_ce_plus_beta_kl_at_its_own_attack(batch):
     assert torch.allclose(metrics["robust_kl"], kl, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["pgd_at", "fgsm_at"])
-def test_adversarial_training_trains_on_the_attacked_batch(name, batch):
+@pytest.mark.parametrize(
+    "name,knobs,steps,step",
+    [
+        ("pgd_at", {}, 10, 0.25),  # Madry et al.: 10 steps of 2.5 eps / 10 from a random start
+        ("pgd_at", {"steps": 3, "step_mult": 1.5}, 3, 0.5),  # the knobs reach the attack
+        ("fgsm_at", {}, 1, 1.25),  # Wong et al.: one step of 1.25 eps from a random start
+        ("fgsm_at", {"alpha": 0.5}, 1, 0.5),
+    ],
+)
+def test_adversarial_training_trains_on_the_attacked_batch(name, knobs, steps, step, batch):
     d, x, y = batch
     model = _mlp(d)
     eps = 0.1
     torch.manual_seed(3)
-    total, _ = _defense(d, name, model, eps=eps).step(x, y, 0.5, 0)
+    total, _ = _defense(d, name, model, eps=eps, **knobs).step(x, y, 0.5, 0)
     torch.manual_seed(3)
-    if name == "pgd_at":  # Madry et al.: 10 steps of 2.5 eps / 10 from a random start
-        xa = pgd(model, x, y, eps=eps, steps=10, step_size=0.25 * eps)
-    else:  # Wong et al.: one step of 1.25 eps from a random start
-        xa = pgd(model, x, y, eps=eps, steps=1, step_size=1.25 * eps, random_start=True)
+    xa = pgd(model, x, y, eps=eps, steps=steps, step_size=step * eps, random_start=True)
     want = F.cross_entropy(model(xa), y)
     assert torch.allclose(total, want, rtol=1e-5) and total > F.cross_entropy(model(x), y) + 0.01
 
@@ -516,3 +521,117 @@ def test_distill_great_on_logit_gradients(batch):
     ]
     _close(_grads(total, model.parameters()), want)
     assert disc(gs).shape == (len(x), 1) and next(disc.parameters()).shape[1] == d.num_classes
+
+
+def test_gradnorm_moves_weights_toward_balanced_gradient_norms(mt):
+    """Chen et al.: L = sum_t w_t L_t (w held) + sum_t |w_t G_t - mean(G) r_t^alpha| with G_t = |dL_t/dF|
+    and r_t = (L_t / L_t(0)) / mean; the first step records L_t(0)."""
+    d, model, x, targets = mt
+    names, alpha = list(d.tasks), 0.7
+    m = _multitask(d, "gradnorm", model, alpha=alpha)
+    w = m.aux["weights"].value
+    total0, _ = m.step(x, targets, 0.0, 0)  # first step: L_t(0) recorded, every rate 1
+    with torch.no_grad():
+        w.copy_(torch.tensor([1.5, 0.5, 1.2, 0.8]))
+    x2 = d.train.images()[32:64]
+    t2 = d.targets(d.train, torch.arange(32, 64))
+    total, metrics = m.step(x2, t2, 0.5, 1)
+
+    def parts(xb, tb):
+        f = model.encoder(xb)
+        out = {t: model.heads[t](f) for t in names}
+        ls = torch.stack([
+            F.cross_entropy(out[t], tb[t]) if d.tasks[t]["kind"] == "cls" else F.mse_loss(out[t][:, 0], tb[t].float())
+            for t in names
+        ])  # fmt: skip
+        norms = torch.stack([torch.autograd.grad(loss, f, retain_graph=True)[0].norm() for loss in ls])
+        return ls, norms
+
+    l0, _ = parts(x, targets)
+    ls, norms = parts(x2, t2)
+    g = w * norms.detach()
+    rate = ls.detach() / l0.detach()
+    target = g.mean().detach() * (rate / rate.mean()) ** alpha
+    want = (w.detach() * ls).sum() + (g - target.detach()).abs().sum()
+    assert torch.allclose(total, want, rtol=1e-5)
+    _close(_grads(total, [w]), _grads(want, [w]))
+    _close(_grads(total, model.parameters()), _grads((w.detach() * ls).sum(), model.parameters()))
+    assert metrics["gradnorm_loss"] == pytest.approx(float((g - target).abs().sum()), rel=1e-5)
+    assert [metrics[f"weight/{t}"] for t in names] == pytest.approx([1.5, 0.5, 1.2, 0.8])
+    m.post_step()  # renormalised: positive, summing to the number of tasks
+    with torch.no_grad():
+        w.copy_(torch.tensor([3.0, -1.0, 1.0, 1.0]))
+    m.post_step()
+    assert torch.allclose(w, torch.tensor([3.0, 1e-3, 1.0, 1.0]) * 4 / 5.001)
+
+
+def test_pcgrad_step_gives_shared_weights_the_projected_sum_and_heads_their_own(mt):
+    import random
+
+    d, model, x, targets = mt
+    names = list(d.tasks)
+    m = _multitask(d, "pcgrad", model)
+    model.zero_grad()
+    total, _ = m.step(x, targets, 0.5, 0)
+    shared = [p for p in model.encoder.parameters()]
+    losses = _task_losses(d, model, x, targets)
+    flat = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)])
+        for t in names
+    ]
+    rng = random.Random(0)  # the method's own order: one fresh shuffle per task
+    orders = [rng.sample(range(len(flat)), len(flat)) for _ in flat]
+    merged = project_conflicts(flat, orders)
+    got = torch.cat([p.grad.flatten() for p in shared])
+    assert torch.allclose(got, merged, atol=1e-6) and not torch.allclose(got, sum(flat), atol=1e-4)
+    for t in names:  # each head: its own task's gradient
+        for p in model.heads[t].parameters():
+            (want,) = torch.autograd.grad(losses[t], p, retain_graph=True)
+            assert torch.allclose(p.grad, want, atol=1e-6)
+    assert torch.allclose(total, sum(losses.values()))
+
+
+def test_pcgrad_projection_edge_cases():
+    a, c = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0])  # dot 0.5 > 0: no projection
+    assert torch.allclose(project_conflicts([a, c]), a + c)
+    small, other = torch.tensor([0.1, 0.0]), torch.tensor([-0.1, 0.1])  # |g|^2 well below 1
+    want = (small - (small @ other) / (other @ other) * other) + (
+        other - (other @ small) / (small @ small) * small
+    )
+    assert torch.allclose(project_conflicts([small, other]), want)
+    # the order of projection matters for three tasks; orders[i] is followed
+    g = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.2]), torch.tensor([-0.3, -1.0])]
+    one, two = project_conflicts(g, [[1, 2], [0, 2], [0, 1]]), project_conflicts(g, [[2, 1], [0, 2], [0, 1]])
+    assert not torch.allclose(one, two)
+
+
+def test_gal_scales_are_positive_with_mean_one_per_task():
+    from worker.gat.methods.multitask import GalScales, gal
+
+    s = GalScales(3, 5)
+    with torch.no_grad():
+        s.theta.normal_(0, 1)
+    gamma = s()
+    assert torch.allclose(gamma, 5 * s.theta.softmax(1)) and torch.allclose(gamma.mean(1), torch.ones(3))
+    f = torch.randn(4, 5, requires_grad=True)
+    out = gal(f, gamma[0].detach())
+    assert torch.equal(out, f)
+    out.sum().backward()
+    assert torch.allclose(f.grad, gamma[0].detach().expand(4, 5))
+
+
+def test_unknown_tasks_are_refused_and_uncertainty_logs_its_weights(mt):
+    d, model, x, targets = mt
+    with pytest.raises(ValueError, match="nope"):
+        _multitask(d, "single_task", model, task="nope")
+    with pytest.raises(ValueError, match="nope"):
+        _multitask(d, "equal", model, weights={"nope": 2.0})
+    m = _multitask(d, "uncertainty", model)
+    with torch.no_grad():
+        m.aux["log_vars"].value.copy_(torch.tensor([0.5, -0.5, 0.0, 1.0]))
+    _, metrics = m.step(x, targets, 0.5, 0)
+    want = [math.exp(-v) for v in (0.5, -0.5, 0.0, 1.0)]
+    assert [metrics[f"weight/{t}"] for t in d.tasks] == pytest.approx(want)
+    single = _multitask(d, "single_task", model, task="parity")
+    total, metrics = single.step(x, targets, 0.5, 0)
+    assert torch.allclose(total, _task_losses(d, model, x, targets)["parity"]) and "loss/parity" in metrics
