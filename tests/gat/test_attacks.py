@@ -117,3 +117,47 @@ def test_noise_keeps_the_worst_of_its_draws(digits, digits_model):
     one = _acc(digits_model, noise(digits_model, x, y, eps=0.3, seed=0, draws=1), y)
     many = _acc(digits_model, noise(digits_model, x, y, eps=0.3, seed=0, draws=30), y)
     assert many < one - 0.1
+
+
+KNOBS = {  # a knob of each attack whose value changes what it returns
+    "fgsm": None,
+    "pgd": {"steps": 1},
+    "ifgsm": {"steps": 1},
+    "pgd_margin": {"steps": 1},
+    "pgd_l2": {"steps": 1},
+    "pgd_target_random": {"steps": 1},
+    "pgd_target_ll": {"steps": 1},
+    "noise": {"draws": 5},
+    "apgd_ce": {"steps": 3},
+    "apgd_dlr": {"steps": 3},
+    "apgd_t": {"steps": 3},
+    "square": {"queries": 3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOBS))
+def test_each_attack_is_reproducible_and_takes_its_knobs(name, digits, digits_model):
+    """The same seed gives the same images; the attack's knobs (steps, queries, draws, restarts)
+    reach it, and so does the seed where the attack is randomised."""
+    x, y = _batch(digits, 24)
+    norm, fn = ATTACKS[name]
+    e = 0.1 * (5 if norm == "l2" else 1)
+    base = {"queries": 20} if name == "square" else {"steps": 8}
+    a, b = fn(digits_model, x, y, eps=e, seed=1, **base), fn(digits_model, x, y, eps=e, seed=1, **base)
+    assert torch.equal(a, b)
+    if KNOBS[name]:
+        assert not torch.equal(fn(digits_model, x, y, eps=e, seed=1, **{**base, **KNOBS[name]}), a)
+    if name not in ("fgsm", "ifgsm", "pgd_target_ll"):  # no randomness in these three
+        assert not torch.equal(fn(digits_model, x, y, eps=e, seed=2, **base), a)
+    if name in ("pgd", "pgd_margin", "pgd_l2", "pgd_target_random", "pgd_target_ll", "apgd_dlr"):
+        # restarts are passed on: at a third of the radius most examples survive the first try
+        one = fn(digits_model, x, y, eps=e / 3, seed=1, **base)
+        assert not torch.equal(fn(digits_model, x, y, eps=e / 3, seed=1, **base, restarts=3), one)
+
+
+def test_autoattack_takes_its_seed(digits, digits_model):
+    x, y = _batch(digits, 16)
+    fn = ATTACKS["autoattack"][1]
+    a = fn(digits_model, x, y, eps=0.05, seed=1)
+    assert torch.equal(a, fn(digits_model, x, y, eps=0.05, seed=1))
+    assert not torch.equal(a, fn(digits_model, x, y, eps=0.05, seed=2))

@@ -112,11 +112,11 @@ def test_great_skips_the_game_between_adversarial_steps_and_follows_its_schedule
 def test_greace_alone_trains_f_on_the_greace_loss_and_a_on_detached_gradients(batch):
     d, x, y = batch
     model = _mlp(d)
-    m = _defense(d, "greace", model, beta=2.0)
+    m = _defense(d, "greace", model, beta=1.0)  # the default; beta in (0, 1] must use GREACE too
     aux = m.aux["aux"]
     total, _ = m.step(x, y, 0.5, 0)
     a_logits = aux(_rms_normalise(_input_grad(model, x, y, create_graph=False)))
-    task = _greace_ref(model(x), y, a_logits.softmax(1).detach(), 2.0)
+    task = _greace_ref(model(x), y, a_logits.softmax(1).detach(), 1.0)
     _close(_grads(total, model.parameters()), _grads(task, model.parameters()))
     _close(_grads(total, aux.parameters()), _grads(F.cross_entropy(a_logits, y), aux.parameters()))
     assert not torch.allclose(task, F.cross_entropy(model(x), y))  # beta > 0 changes the loss
