@@ -161,3 +161,29 @@ def test_autoattack_takes_its_seed(digits, digits_model):
     a = fn(digits_model, x, y, eps=0.05, seed=1)
     assert torch.equal(a, fn(digits_model, x, y, eps=0.05, seed=1))
     assert not torch.equal(a, fn(digits_model, x, y, eps=0.05, seed=2))
+
+
+@pytest.mark.parametrize("kind", ["random", "least_likely"])
+def test_targeted_attacks_reach_their_targets(kind, digits, digits_model):
+    """Built here, not taken from ATTACKS (built at import), so a change to the attack is seen."""
+    from worker.gat.attacks import _targeted, pick_target
+
+    x, y = _batch(digits, 64)
+    t = pick_target(kind, digits_model, x, y, seed=3)
+    with torch.no_grad():
+        logits = digits_model(x)
+    if kind == "least_likely":
+        assert torch.equal(t, logits.argmin(1))
+    else:
+        assert not (t == y).any() and torch.equal(t, pick_target(kind, digits_model, x, y, seed=3))
+        assert not torch.equal(t, pick_target(kind, digits_model, x, y, seed=4))
+    attack = _targeted(kind)
+    x_adv = attack(digits_model, x, y, eps=0.2, seed=3, steps=20)
+    check_ball(x_adv, x, 0.2, "linf")
+    assert (digits_model(x_adv).argmax(1) == t).float().mean() > 0.5  # the target, not just any error
+    given = (y + 1) % digits.num_classes
+    x_given = attack(digits_model, x, y, eps=0.2, seed=3, steps=20, target=given)
+    assert (digits_model(x_given).argmax(1) == given).float().mean() > 0.5
+    assert not torch.equal(attack(digits_model, x, y, eps=0.2, seed=3, steps=2), x_adv)  # steps reach it
+    short = attack(digits_model, x, y, eps=0.05, seed=3, steps=3)
+    assert not torch.equal(attack(digits_model, x, y, eps=0.05, seed=3, steps=3, restarts=3), short)
