@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -38,7 +40,13 @@ def fit_erm(d: gdata.Data, epochs: int = 15, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+# Under ./scripts/mutation every mutant runs its tests in a process forked after collection: the
+# model is trained once there, before any mutant is switched on (the training code is judged by its
+# own tests), instead of once per mutant.
+_PRETRAINED = fit_erm(gdata.load({"name": "digits"})) if os.environ.get("GATLAB_MUTATION") == "1" else None
+
+
 @pytest.fixture(scope="session")
 def digits_model(digits):
     """A standard (undefended) CNN on digits, trained once per test session."""
-    return fit_erm(digits)
+    return _PRETRAINED if _PRETRAINED is not None else fit_erm(digits)

@@ -51,3 +51,65 @@ def test_lambda_schedules():
 def test_aux_net_shapes(shape, arch):
     a = aux_net(shape, 7, arch="auto" if arch == "cnn" else arch)
     assert a(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_reversal_module_flips_its_own_lambda():
+    from worker.gat.adversary import GradReverse
+
+    layer = GradReverse(0.25)
+    x = torch.randn(3, 2, requires_grad=True)
+    out = layer(x)
+    assert torch.equal(out, x) and layer.lam == 0.25
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.full((3, 2), -0.25))
+    x.grad = None
+    GradReverse()(x).sum().backward()
+    assert torch.equal(x.grad, -torch.ones(3, 2))
+
+
+@pytest.mark.parametrize(
+    "shape,conv", [((1, 8, 8), True), ((3, 32, 32), True), ((1, 3, 3), False), ((10,), False)]
+)
+def test_aux_net_auto_picks_a_cnn_for_images_of_side_four_or_more(shape, conv):
+    a = aux_net(shape, 7)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in a.modules()) == conv
+    assert a(torch.randn(2, *shape)).shape == (2, 7)
+    wide = aux_net(shape, 7, width=5)
+    first = next(m for m in wide.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert first.out_features == 20 if not conv else first.out_channels == 5
+
+
+def test_gradient_losses_by_hand():
+    from worker.gat.adversary import _gradient_loss
+
+    z = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
+    y = torch.tensor([2, 0])
+    lp = z.log_softmax(1)
+    assert torch.allclose(_gradient_loss(z, y, "label"), -(lp[0, 2] + lp[1, 0]))  # summed, not averaged
+    assert torch.allclose(_gradient_loss(z, y, "predicted"), -(lp[0, 0] + lp[1, 1]))
+    assert torch.allclose(_gradient_loss(z, y, "margin"), torch.tensor((2.0 - 1.0) + (3.0 - 0.0)))
+    with pytest.raises(ValueError, match="grad_of"):
+        _gradient_loss(z, y, "bogus")
+
+
+def test_input_gradient_defaults_to_eval_mode_without_a_graph():
+    from worker.gat.adversary import logits_and_input_grad
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3)
+    )
+    x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
+    model(x)  # running statistics differ from this batch's
+    model.train()
+    logits, g = logits_and_input_grad(model, x, y)
+    assert not g.requires_grad and logits.requires_grad and model.training
+    model.eval()
+    xe = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xe), y, reduction="sum"), xe)
+    model.train()
+    assert torch.allclose(g, want, atol=1e-6)
+    _, g_train = logits_and_input_grad(model, x, y, grad_mode="train", create_graph=True)
+    assert g_train.requires_grad and not torch.allclose(g_train, want, atol=1e-4)
+    with pytest.raises(ValueError, match="grad_mode"):
+        logits_and_input_grad(model, x, y, grad_mode="bogus")
