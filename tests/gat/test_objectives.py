@@ -501,12 +501,55 @@ def test_gat_plays_every_adv_every_th_step_and_follows_its_warmup(key, batch, mt
     assert _step_grads(model, m, x, y, 0.1, 0)[1]["lam"] == pytest.approx(lam * 0.2)
 
 
-def test_distill_great_on_logit_gradients(batch):
+@pytest.mark.parametrize("key", [k for k in GAT if k[0] != "multitask"], ids="-".join)
+def test_gat_aux_arch_is_the_one_asked_for(key, batch, mt):
+    for arch, conv in (("cnn", True), ("mlp", False)):  # digits-sized inputs: auto would pick the CNN
+        _, m, _, _ = _setup(key, batch, mt, aux_arch=arch)
+        assert any(isinstance(mod, torch.nn.Conv2d) for mod in m.aux["aux"].modules()) == conv, arch
+
+
+GRAD_MODE = [
+    ("defense", "great"),
+    ("defense", "greace"),
+    ("defense", "great+greace"),
+    ("defense", "igr"),
+    ("distill", "great"),
+    ("distill", "great+soft_targets"),
+    ("distill", "jacobian_matching"),
+]
+
+
+@pytest.mark.parametrize("key", GRAD_MODE, ids="-".join)
+def test_grad_mode_reaches_the_gradient_taken(key, batch):
+    """On a BatchNorm model whose running statistics differ from the batch's, grad_mode train and
+    eval give different objectives: the knob is passed on to the gradient the method uses."""
+    from .conftest import small_cnn
+
+    d, x, y = batch
+    out = {}
+    for mode in ("eval", "train"):
+        model = small_cnn(d)
+        with torch.no_grad():
+            model(d.train.images()[200:300])  # running statistics of other examples
+        extra = {"teacher": _mlp(d, 7, width=16)} if key[0] == "distill" else {}
+        torch.manual_seed(0)
+        m = make(*key, model, num_classes=d.num_classes, input_shape=d.input_shape, grad_mode=mode, **extra)
+        out[mode] = _step_grads(model, m, x, y)
+    assert not all(
+        a is None or torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(out["eval"][2], out["train"][2], strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", ["great", "great+soft_targets"])
+def test_distill_great_on_logit_gradients(name, batch):
     """grad_wrt logits: the discriminator sees dCE/dz = softmax(z) - onehot(y) of each network (N x K)."""
     d, x, y = batch
     model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
     lam = 0.5
-    m = _distill(d, "great", model, teacher, lam=lam, grad_wrt="logits")
+    m = _distill(
+        d, name, model, teacher, lam=lam, grad_wrt="logits", **({"alpha": 0.0} if name != "great" else {})
+    )
     disc = m.aux["aux"]
     total, _ = m.step(x, y, 0.5, 0)
     onehot = F.one_hot(y, d.num_classes).float()
