@@ -42,8 +42,12 @@ def test_malformed_bodies_are_422(api):
         == 422
     )
     assert api.http.post("/api/runs", json={"cfg": {}}).status_code == 422
-    bad = api.http.patch("/api/runs/1", json={"name": ""})  # the body is checked before the run is looked up
+    run_id = api.http.post("/api/runs", json={"config": tiny_config(), "experiment": "malformed"}).json()[
+        "id"
+    ]
+    bad = api.http.patch(f"/api/runs/{run_id}", json={"name": ""})  # an existing run, an empty name
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "name", bad.text
+    assert api.http.patch("/api/runs/999999", json={"name": "x"}).status_code == 404  # no such run
     assert api.http.get("/api/runs", params={"limit": 0}).status_code == 422
     assert api.http.get("/api/export", params={"ids": "1,x"}).status_code == 422
 
