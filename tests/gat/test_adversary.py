@@ -113,3 +113,21 @@ def test_input_gradient_defaults_to_eval_mode_without_a_graph():
     assert g_train.requires_grad and not torch.allclose(g_train, want, atol=1e-4)
     with pytest.raises(ValueError, match="grad_mode"):
         logits_and_input_grad(model, x, y, grad_mode="bogus")
+
+
+def test_aux_cnn_is_the_documented_smooth_downsampling_net():
+    """A for images: conv 3x3 (same size), ELU, conv 3x3 stride 2 doubling the width, ELU, pooled to
+    2 x 2, then linear; ELU (not ReLU) keeps A's input gradient smooth for the second-order game."""
+    a = aux_net((1, 8, 8), 7, width=4)
+    convs = [m for m in a if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (1, 4, (3, 3), (1, 1), (1, 1)),
+        (4, 8, (3, 3), (2, 2), (1, 1)),
+    ]
+    assert [type(m).__name__ for m in a] == [
+        "Conv2d", "ELU", "Conv2d", "ELU", "AdaptiveAvgPool2d", "Flatten", "Linear",
+    ]  # fmt: skip
+    assert a[4].output_size == 2 and a[-1].in_features == 8 * 4
+    mlp = aux_net((10,), 3, width=4)
+    assert [type(m).__name__ for m in mlp] == ["Flatten", "Linear", "ELU", "Linear"]
+    assert (mlp[1].in_features, mlp[1].out_features, mlp[3].out_features) == (10, 16, 3)
