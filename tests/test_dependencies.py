@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # (tier, source folders, extras that tier may NOT import from)
 TIERS = {
     # The service (API, migrations, user commands) is what the slim API image installs: no extra.
-    "service": (["backend"], "worker,test,bench"),
+    "service": (["backend"], "worker,test,bench,mutation"),
     # Training code may use the service's dependencies and the worker extra, nothing more.
-    "worker": (["backend", "worker"], "test,bench"),
+    "worker": (["backend", "worker"], "test,bench,mutation"),
 }
 
 
