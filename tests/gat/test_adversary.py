@@ -68,7 +68,15 @@ def test_reversal_module_flips_its_own_lambda():
 
 
 @pytest.mark.parametrize(
-    "shape,conv", [((1, 8, 8), True), ((3, 32, 32), True), ((1, 3, 3), False), ((10,), False)]
+    "shape,conv",
+    [
+        ((1, 8, 8), True),
+        ((3, 32, 32), True),
+        ((1, 4, 4), True),
+        ((1, 3, 8), False),
+        ((1, 3, 3), False),
+        ((10,), False),
+    ],
 )
 def test_aux_net_auto_picks_a_cnn_for_images_of_side_four_or_more(shape, conv):
     a = aux_net(shape, 7)
@@ -90,6 +98,8 @@ def test_gradient_losses_by_hand():
     assert torch.allclose(_gradient_loss(z, y, "margin"), torch.tensor((2.0 - 1.0) + (3.0 - 0.0)))
     with pytest.raises(ValueError, match="grad_of"):
         _gradient_loss(z, y, "bogus")
+    two = torch.tensor([[1.0, -1.0], [0.5, 2.0]])  # two classes: the margin of the top two is all there is
+    assert torch.allclose(_gradient_loss(two, torch.tensor([0, 0]), "margin"), torch.tensor(2.0 + 1.5))
 
 
 def test_input_gradient_defaults_to_eval_mode_without_a_graph():

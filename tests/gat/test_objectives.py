@@ -218,6 +218,7 @@ def test_jacobian_matching_adds_beta_times_the_normalised_gradient_distance(batc
     assert match > 1e-3 and torch.allclose(total, want, rtol=1e-5)
     _close(_grads(total, model.parameters()), _grads(want, model.parameters()))
     assert torch.allclose(metrics["st_cos"], (a * b).sum(1).mean(), atol=1e-6)
+    assert torch.allclose(metrics["st_l2"], (a - b).norm(dim=1).mean(), atol=1e-6)  # per example, then mean
 
 
 @pytest.mark.parametrize("name", ["great", "great+soft_targets"])
@@ -343,6 +344,7 @@ def test_multitask_great_trains_gal_scales_against_the_task_classifier(mt):
     _close(_grads(total, [scales.theta]), [-lam * _grads(a_loss, [scales.theta])[0]])
     _close(_grads(total, disc.parameters()), _grads(a_loss, disc.parameters()))
     assert metrics["aux_chance"] == 1 / len(names)
+    assert metrics["aux_acc"] == (disc(z).argmax(1) == ids).float().mean()
     off = _multitask(d, "great", model, lam=0.0)
     total0, _ = off.step(x, targets, 0.5, 0)
     (g0,) = _grads(total0, [off.aux["gal"].theta])
@@ -678,3 +680,60 @@ def test_unknown_tasks_are_refused_and_uncertainty_logs_its_weights(mt):
     single = _multitask(d, "single_task", model, task="parity")
     total, metrics = single.step(x, targets, 0.5, 0)
     assert torch.allclose(total, _task_losses(d, model, x, targets)["parity"]) and "loss/parity" in metrics
+
+
+def test_distill_great_without_the_game_trains_the_student_on_cross_entropy(batch):
+    """lam 0 on logit gradients: no second-order graph is kept, and the student's gradient is plain CE's."""
+    d, x, y = batch
+    model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
+    total, _ = _distill(d, "great", model, teacher, lam=0.0, grad_wrt="logits").step(x, y, 0.5, 0)
+    _close(_grads(total, model.parameters()), _grads(F.cross_entropy(model(x), y), model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "gradnorm"])
+def test_task_weights_learn_at_their_own_rate(name, mt):
+    d, model, *_ = mt
+    assert _multitask(d, name, model, weight_lr=0.05).aux_lr == 0.05
+
+
+def test_gradnorm_default_alpha_is_the_papers_1_5_over_two_steps(mt):
+    d, _, x, targets = mt
+    x2, t2 = d.train.images()[32:64], d.targets(d.train, torch.arange(32, 64))
+    out = []
+    for knobs in ({}, {"alpha": 1.5}):
+        model, m, _, _ = _setup(("multitask", "gradnorm"), None, mt, **knobs)
+        m.step(x, targets, 0.0, 0)  # records L_t(0); the second step's rates differ from 1
+        with torch.no_grad():
+            m.aux["weights"].value.copy_(torch.tensor([1.5, 0.5, 1.2, 0.8]))
+        out.append(m.step(x2, t2, 0.5, 1)[1]["gradnorm_loss"])
+    assert torch.allclose(out[0], out[1])
+
+
+def test_pcgrad_writes_every_shared_parameter_its_own_slice(mt):
+    """A deeper encoder (several weight tensors): each parameter gets its slice of the merged gradient."""
+    import random
+
+    d, _, x, targets = mt
+    torch.manual_seed(0)
+    model = models.build_multitask(
+        {"arch": "mlp", "width": 16, "depth": 3},
+        input_shape=d.input_shape,
+        tasks=d.tasks,
+        mean=d.mean,
+        std=d.std,
+    )
+    m = _multitask(d, "pcgrad", model)
+    m.step(x, targets, 0.5, 0)
+    shared = list(model.encoder.parameters())
+    assert len(shared) > 2
+    losses = _task_losses(d, model, x, targets)
+    flat = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)])
+        for t in d.tasks
+    ]
+    rng = random.Random(0)
+    merged = project_conflicts(flat, [rng.sample(range(len(flat)), len(flat)) for _ in flat])
+    offset = 0
+    for p in shared:
+        assert torch.allclose(p.grad.flatten(), merged[offset : offset + p.numel()], atol=1e-6)
+        offset += p.numel()
