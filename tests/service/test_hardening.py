@@ -313,10 +313,11 @@ def test_a_silent_broker_gets_a_prompt_503_and_never_blocks_the_api(tmp_path, pg
                 pool.submit(s.http.post, "/api/runs", json={"config": tiny_config(), "experiment": "silent"})
                 for _ in range(42)
             ]
-            # Still answering: health comes back while submissions wait on the silent broker (each
-            # for its 3 s timeout), an order of events rather than a wall-clock bound.
+            # Still answering while they run (after the first 503 the API fails fast for a while, so
+            # they may all be done already). No wall-clock bound: a blocked API fails on the client's
+            # 30 s timeout. (An "answered before the submissions finished" check failed under load:
+            # fail-fast submissions can all finish first.)
             assert s.http.get("/api/health").status_code == 200
-            assert not all(p.done() for p in posts), "health waited for every submission"
             assert s.http.get("/api/runs", params={"limit": 1}).status_code == 200
             assert {p.result().status_code for p in posts} == {503}
         runs = s.http.get("/api/runs", params={"experiment": "silent", "limit": 100}).json()["items"]
