@@ -138,6 +138,7 @@ def test_aux_cnn_is_the_documented_smooth_downsampling_net():
         "Conv2d", "ELU", "Conv2d", "ELU", "AdaptiveAvgPool2d", "Flatten", "Linear",
     ]  # fmt: skip
     assert a[4].output_size == 2 and a[-1].in_features == 8 * 4
+    assert aux_net((1, 8, 8), 7)[0].out_channels == 32  # the default width
     mlp = aux_net((10,), 3, width=4)
     assert [type(m).__name__ for m in mlp] == ["Flatten", "Linear", "ELU", "Linear"]
     assert (mlp[1].in_features, mlp[1].out_features, mlp[3].out_features) == (10, 16, 3)

@@ -187,3 +187,18 @@ def test_targeted_attacks_reach_their_targets(kind, digits, digits_model):
     assert not torch.equal(attack(digits_model, x, y, eps=0.2, seed=3, steps=2), x_adv)  # steps reach it
     short = attack(digits_model, x, y, eps=0.05, seed=3, steps=3)
     assert not torch.equal(attack(digits_model, x, y, eps=0.05, seed=3, steps=3, restarts=3), short)
+
+
+def test_l2_projection_lands_on_the_sphere_and_keeps_the_box():
+    from worker.gat.attacks.pgd import project
+
+    x = torch.full((2, 1, 2, 2), 0.5)
+    delta = torch.full((2, 1, 2, 2), 0.4)  # norm 0.8 per example, inside the box
+    out = project(delta, x, 0.5, "l2")
+    assert torch.allclose(out.flatten(1).norm(dim=1), torch.full((2,), 0.5))
+    small = torch.full((2, 1, 2, 2), 0.1)  # norm 0.2: already inside, untouched
+    assert torch.allclose(project(small, x, 0.5, "l2"), small)
+    assert torch.allclose(
+        project(torch.full((2, 1, 2, 2), 0.3), x, 0.5, "linf"), torch.full((2, 1, 2, 2), 0.3)
+    )
+    assert (x + project(torch.full((2, 1, 2, 2), 0.9), x, 1.0, "linf")).max() == 1.0  # the box wins

@@ -139,3 +139,26 @@ def test_autoattack_checks_appear_only_where_autoattack_ran(honest):
     rows = [r for r in honest["rows"] if r["attack"] != "autoattack"]
     names = {c["name"] for c in sanity_checks({**honest, "rows": rows})}
     assert not names & (set(AA_WARNINGS) | {"autoattack_no_other_warnings"})
+
+
+def test_autoattack_warnings_flag_only_their_own_check():
+    from worker.gat.panel import autoattack_checks
+
+    zero = "there are 44 points with zero gradient! This might lead to unreliable evaluation"
+    square = "Square Attack has decreased the robust accuracy of 35.00%."
+    other = "it seems that the output is a probability distribution"
+    by_name = {c["name"]: c for c in autoattack_checks([zero, zero])}
+    assert not by_name["autoattack_no_zero_gradients"]["passed"]
+    assert "and 1 more" in by_name["autoattack_no_zero_gradients"]["detail"]
+    assert (
+        by_name["autoattack_square_adds_nothing"]["passed"]
+        and by_name["autoattack_no_other_warnings"]["passed"]
+    )
+    by_name = {c["name"]: c for c in autoattack_checks([square, other])}
+    assert by_name["autoattack_no_zero_gradients"]["passed"]
+    assert not by_name["autoattack_square_adds_nothing"]["passed"]
+    assert (
+        not by_name["autoattack_no_other_warnings"]["passed"]
+        and other in by_name["autoattack_no_other_warnings"]["detail"]
+    )
+    assert all(c["passed"] for c in autoattack_checks([]))
