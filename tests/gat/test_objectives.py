@@ -253,17 +253,21 @@ def test_distill_great_student_fools_the_discriminator_through_the_reversal(name
 # Multi-task -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mt():
-    d = gdata.load({"name": "digits_mt"})  # three classification tasks and a regression
-    torch.manual_seed(0)
-    model = models.build_multitask(
-        {"arch": "mlp", "width": 16, "depth": 1},
+def _mt_model(d, depth=1):
+    return models.build_multitask(
+        {"arch": "mlp", "width": 16, "depth": depth},
         input_shape=d.input_shape,
         tasks=d.tasks,
         mean=d.mean,
         std=d.std,
     )
+
+
+@pytest.fixture(scope="module")
+def mt():
+    d = gdata.load({"name": "digits_mt"})  # three classification tasks and a regression
+    torch.manual_seed(0)
+    model = _mt_model(d)
     x = d.train.images()[:32]
     targets = d.targets(d.train, torch.arange(32))
     return d, model, x, targets
@@ -406,13 +410,7 @@ def _setup(key, batch, mt, seed=0, **knobs):
     if scenario == "multitask":
         d, _, x, targets = mt
         torch.manual_seed(seed)
-        model = models.build_multitask(
-            {"arch": "mlp", "width": 16, "depth": 1},
-            input_shape=d.input_shape,
-            tasks=d.tasks,
-            mean=d.mean,
-            std=d.std,
-        )
+        model = _mt_model(d)
         torch.manual_seed(seed)
         return model, _multitask(d, key[1], model, **knobs), x, targets
     d, x, y = batch
@@ -715,13 +713,7 @@ def test_pcgrad_writes_every_shared_parameter_its_own_slice(mt):
 
     d, _, x, targets = mt
     torch.manual_seed(0)
-    model = models.build_multitask(
-        {"arch": "mlp", "width": 16, "depth": 3},
-        input_shape=d.input_shape,
-        tasks=d.tasks,
-        mean=d.mean,
-        std=d.std,
-    )
+    model = _mt_model(d, depth=3)
     m = _multitask(d, "pcgrad", model)
     m.step(x, targets, 0.5, 0)
     shared = list(model.encoder.parameters())
