@@ -16,13 +16,22 @@ from pathlib import Path
 import torch
 import yaml
 from pydantic import ValidationError
+from safetensors.torch import save_file
 
 from backend.cli import CliError
 from backend.run_config import format_errors, parse_run_config
 from worker.gat import job
 from worker.gat.data import DataError
 from worker.gat.recorder import JsonlRecorder
-from worker.gat.train import CheckpointError, TeacherError, checkpoint_step, load_model, pick_device
+from worker.gat.train import (
+    FINAL,
+    CheckpointError,
+    TeacherError,
+    checkpoint_step,
+    load_file,
+    load_model,
+    pick_device,
+)
 
 log = logging.getLogger("gatlab")
 
@@ -49,10 +58,11 @@ def validate(raw: dict, *, source: str = "config") -> dict:
 
 def cmd_train(args) -> int:
     config = load_config(args.config)
-    if config["eval"]["model_path"] is not None:
-        raise CliError(
-            f"{args.config}: eval.model_path: training makes its own model; evaluate a file with `gatlab eval --model`"
-        )
+    for key in ("model_path", "model_upload"):
+        if config["eval"][key] is not None:
+            raise CliError(
+                f"{args.config}: eval.{key}: training makes its own model; evaluate a file with `gatlab eval --model`"
+            )
     out = Path(args.out or f"runs/{config['name']}-{datetime.now():%Y%m%d-%H%M%S}")
     try:
         step = checkpoint_step(out)
@@ -78,7 +88,7 @@ def cmd_eval(args) -> int:
     if args.model:
         return eval_model(args)
     if not args.run_dir:
-        raise CliError("name a run directory, or a TorchScript model with --model FILE --dataset NAME")
+        raise CliError("name a run directory, or a model with --model FILE --dataset NAME")
     run_dir = Path(args.run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -106,6 +116,7 @@ def eval_model(args) -> int:
             "scenario": "defense",
             "method": "erm",
             "dataset": dataset,
+            "model": {k: v for k, v in (("arch", args.arch), ("width", args.width)) if v is not None},
             "eval": {"panel": args.panel, "n": args.n, "model_path": args.model},
         },
         source="the command line",
@@ -160,6 +171,16 @@ def cmd_export(args) -> int:
         model = load_model(run_dir)
     except (FileNotFoundError, CheckpointError) as e:
         raise CliError(str(e)) from e
+    fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "torchscript")
+    if fmt == "safetensors":
+        meta = load_file(run_dir / FINAL)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, args.output, metadata=job.safetensors_metadata(meta))
+        print(
+            f"wrote {args.output}: safetensors weights of {meta['model_config'].get('arch', 'auto')}"
+            " (the file's metadata names the architecture); `gatlab eval --model` reads it"
+        )
+        return 0
     shape = json.loads((run_dir / "summary.json").read_text())["data"]["input_shape"]
     example = torch.rand(2, *shape)
     scripted = torch.jit.trace(model, example, strict=False)  # multi-task models return {task: output}
@@ -204,8 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("run_dir", nargs="?")
     e.add_argument(
-        "--model", help="a TorchScript model (images in [0, 1] -> logits), e.g. from `gatlab export`"
+        "--model",
+        help="a TorchScript model (images in [0, 1] -> logits) or .safetensors weights of a lab"
+        " architecture, e.g. from `gatlab export`",
     )
+    e.add_argument("--arch", help="with .safetensors weights that do not name it: the architecture")
+    e.add_argument("--width", type=int, help="with --arch: its width")
     e.add_argument(
         "--dataset", default="digits", help="with --model: the dataset's name (as in a run config)"
     )
@@ -215,9 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--panel", choices=["quick", "standard"], default="quick")
     e.add_argument("--n", type=int, help="test examples attacked (the panel's default if unset)")
     e.set_defaults(func=cmd_eval)
-    x = sub.add_parser("export", help="write the trained model as TorchScript")
+    x = sub.add_parser("export", help="write the trained model as TorchScript or safetensors weights")
     x.add_argument("run_dir")
     x.add_argument("-o", "--output", required=True)
+    x.add_argument(
+        "--format",
+        choices=["torchscript", "safetensors"],
+        help="default: safetensors for an output ending in .safetensors, else TorchScript",
+    )
     x.set_defaults(func=cmd_export)
     w = sub.add_parser("worker", help="start one worker for the configured broker and database")
     w.add_argument("--loglevel", default="INFO")

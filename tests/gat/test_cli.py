@@ -268,3 +268,36 @@ def test_eval_any_torchscript_model_and_refuse_a_pickle(tmp_path):
     )
     assert r.returncode == 2 and "fails on images of shape (3, 8, 8)" in r.stderr, r.stderr
     assert gatlab("eval", str(run), "--model", str(tmp_path / "m.pt")).returncode == 2  # one or the other
+
+
+def test_export_safetensors_and_evaluate_it_like_the_torchscript_file(tmp_path):
+    """Weights without code: the same model, the same panel, whichever file format carries it."""
+    run = tmp_path / "run"
+    assert gatlab("train", write(tmp_path, TINY), "--out", str(run), "-q").returncode == 0
+    r = gatlab("export", str(run), "-o", str(tmp_path / "m.safetensors"))
+    assert r.returncode == 0 and "safetensors weights of cnn" in r.stdout, r.stderr
+    assert gatlab("export", str(run), "-o", str(tmp_path / "m.pt")).returncode == 0
+    evals = {}
+    for name in ("m.safetensors", "m.pt"):
+        out = tmp_path / f"{name}-eval"
+        r = gatlab(
+            "eval", "--model", str(tmp_path / name), "--dataset", "synthetic", "--n", "20", "--out", str(out)
+        )
+        assert r.returncode == 0, r.stderr
+        evals[name] = json.loads((out / "eval.json").read_text())
+    st, ts = evals["m.safetensors"], evals["m.pt"]
+    assert st["clean_accuracy"] == ts["clean_accuracy"] and st["n"] == 20
+    assert [x["accuracy"] for x in st["rows"] if x["attack"] in ("fgsm", "pgd")] == [
+        x["accuracy"] for x in ts["rows"] if x["attack"] in ("fgsm", "pgd")
+    ]
+    # a bare safetensors file (no metadata): the architecture comes from --arch/--width
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(tmp_path / "m.safetensors"), tmp_path / "bare.safetensors")
+    args = ("eval", "--model", str(tmp_path / "bare.safetensors"), "--dataset", "synthetic", "--n", "20")
+    r = gatlab(*args)
+    assert r.returncode == 2 and "do not fit auto (width 16)" in r.stderr, r.stderr
+    r = gatlab(*args, "--arch", "cnn", "--width", "4", "--out", str(tmp_path / "bare-eval"))
+    assert r.returncode == 0, r.stderr
+    bare = json.loads((tmp_path / "bare-eval" / "eval.json").read_text())
+    assert [x["accuracy"] for x in bare["rows"]] == [x["accuracy"] for x in st["rows"]]

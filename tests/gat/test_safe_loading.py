@@ -159,3 +159,67 @@ def test_a_crafted_cifar_pickle_is_refused_and_runs_nothing(tmp_path):
     ):
         gdata.load({"name": "cifar100_coarse", "data_dir": str(tmp_path)})
     assert not marker.exists()
+
+
+# ---- models from elsewhere: safetensors weights of a lab architecture -------------------------
+
+
+def _weights(model: torch.nn.Module) -> dict:
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def test_safetensors_weights_load_into_the_named_architecture_and_give_the_same_logits(tmp_path, digits):
+    from safetensors.torch import save_file
+
+    from tests.gat.conftest import small_cnn
+    from worker.gat.job import load_external, safetensors_metadata
+
+    model = small_cnn(digits, seed=3).eval()
+    x = digits.test.images(slice(0, 16))
+    cfg = {"arch": "cnn", "width": 8, "depth": 2}
+    # named by the file's own metadata (as `gatlab export` writes): the config's model is not needed
+    meta = {"model_config": cfg, "input_shape": list(digits.input_shape), "num_classes": 10}
+    save_file(_weights(model), tmp_path / "m.safetensors", metadata=safetensors_metadata(meta))
+    loaded = load_external(tmp_path / "m.safetensors", digits, torch.device("cpu"), {"arch": "mlp"})
+    assert torch.equal(loaded(x), model(x))
+    # a bare file: the run config's model section names the architecture
+    save_file(_weights(model), tmp_path / "bare.safetensors")
+    assert torch.equal(
+        load_external(tmp_path / "bare.safetensors", digits, torch.device("cpu"), cfg)(x), model(x)
+    )
+    with pytest.raises(
+        CheckpointError, match=r"do not fit cnn \(width 16\).*wrong shape.*name the architecture"
+    ):
+        load_external(
+            tmp_path / "bare.safetensors", digits, torch.device("cpu"), {"arch": "cnn", "width": 16}
+        )
+    with pytest.raises(CheckpointError, match="do not fit mlp.*missing.*unexpected"):
+        load_external(tmp_path / "bare.safetensors", digits, torch.device("cpu"), {"arch": "mlp"})
+
+
+def test_safetensors_refused_with_a_reason(tmp_path, digits, synthetic):
+    from safetensors.torch import save_file
+
+    from tests.gat.conftest import small_cnn
+    from worker.gat.job import load_external, safetensors_metadata
+
+    cpu = torch.device("cpu")
+    marker = tmp_path / "ran"
+    crafted_torch_file(tmp_path / "evil.safetensors", marker)  # a pickle named .safetensors
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_external(tmp_path / "evil.safetensors", digits, cpu)
+    assert not marker.exists()
+    model = small_cnn(digits)
+    meta = {"model_config": {"arch": "cnn", "width": 8}, "input_shape": [1, 8, 8], "num_classes": 10}
+    save_file(_weights(model), tmp_path / "m.safetensors", metadata=safetensors_metadata(meta))
+    with pytest.raises(CheckpointError, match=r"made for num classes 10, but this dataset has 4"):
+        load_external(tmp_path / "m.safetensors", synthetic, cpu)
+    without_norm = {k: v for k, v in _weights(model).items() if not k.startswith("0.")}
+    save_file(without_norm, tmp_path / "nonorm.safetensors", metadata=safetensors_metadata(meta))
+    with pytest.raises(CheckpointError, match=r"missing \['0.mean', '0.std'\]"):
+        load_external(tmp_path / "nonorm.safetensors", digits, cpu)
+    save_file(_weights(model), tmp_path / "junk.safetensors", metadata={"gatlab": "{not json"})
+    with pytest.raises(CheckpointError, match="metadata is not what `gatlab export` writes"):
+        load_external(tmp_path / "junk.safetensors", digits, cpu)
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_external(tmp_path / "absent.safetensors", digits, cpu)

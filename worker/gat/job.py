@@ -8,8 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as load_safetensors_file
+from torch import nn
 
 from . import data as gdata
+from . import models
 from .panel import run_panel
 from .recorder import Recorder
 from .train import CheckpointError, load_model, pick_device, train
@@ -53,17 +57,18 @@ def evaluate_run(
     return evaluate(model, config, recorder, panel=panel, n=n, device=device, out_dir=out_dir or run_dir)
 
 
-def load_torchscript(path: Path, data: gdata.Data, device: torch.device) -> torch.nn.Module:
-    """A model brought from elsewhere, as TorchScript (what `gatlab export` writes): images in
-    [0, 1] of the dataset's shape -> logits over its classes. TorchScript is loaded without
-    unpickling Python objects; a pickled model is refused, since loading it would run its code."""
-    try:
-        model = torch.jit.load(str(path), map_location=device)
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: not a TorchScript model ({str(e).splitlines()[0][:200]}); write one with `gatlab export`"
-            " or torch.jit.script/trace. Pickled models are refused: loading one would run its code."
-        ) from None
+def load_external(
+    path: Path, data: gdata.Data, device: torch.device, model_cfg: dict | None = None
+) -> nn.Module:
+    """A model brought from elsewhere, judged on `data`: a TorchScript file (any architecture, as
+    `gatlab export` writes) or, for a `.safetensors` file, weights of one of the lab's architectures.
+    Neither format runs Python from the file; a pickled model is refused."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    if path.suffix == ".safetensors":
+        model = load_safetensors(path, data, device, model_cfg or {})
+    else:
+        model = load_torchscript(path, device)
     x = data.test.images(slice(0, 2)).to(device)
     try:
         with torch.no_grad():
@@ -82,12 +87,71 @@ def load_torchscript(path: Path, data: gdata.Data, device: torch.device) -> torc
     return model
 
 
+def load_torchscript(path: Path, device: torch.device) -> nn.Module:
+    """TorchScript (images in [0, 1] -> logits). It is loaded without unpickling Python objects;
+    a pickled model is refused, since loading it would run its code."""
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not a TorchScript model ({str(e).splitlines()[0][:200]}); write one with `gatlab export`"
+            " or torch.jit.script/trace. Pickled models are refused: loading one would run its code."
+        ) from None
+
+
+def safetensors_metadata(meta: dict) -> dict[str, str]:
+    """What `gatlab export --format safetensors` writes beside the weights (`meta`: a final model
+    file's contents), so that the file alone names its architecture, input shape and classes."""
+    keys = ("model_config", "input_shape", "num_classes", "tasks")
+    return {"gatlab": json.dumps({k: meta[k] for k in keys if meta.get(k) is not None})}
+
+
+def load_safetensors(path: Path, data: gdata.Data, device: torch.device, model_cfg: dict) -> nn.Module:
+    """Weights of one of the lab's architectures: the file's own `gatlab` metadata names it (as
+    `gatlab export` writes), else `model_cfg` (a run config's model section) does. The weights must
+    match it exactly, the normalisation layer's mean and std included."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_safetensors_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file ({str(e)[:200]})") from None
+    try:
+        spec = json.loads(meta["gatlab"]) if "gatlab" in meta else {"model_config": model_cfg}
+        cfg = dict(spec["model_config"])
+    except (ValueError, TypeError, KeyError):
+        raise CheckpointError(f"{path}: its 'gatlab' metadata is not what `gatlab export` writes") from None
+    if spec.get("tasks"):
+        raise CheckpointError(f"{path}: a multi-task model; the panel judges classifiers")
+    for key, want in (("input_shape", list(data.input_shape)), ("num_classes", data.num_classes)):
+        if key in spec and spec[key] != want:
+            raise CheckpointError(
+                f"{path}: made for {key.replace('_', ' ')} {spec[key]}, but this dataset has {want}"
+            )
+    model = models.build(
+        cfg, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std
+    )
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    wrong = [k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        arch = cfg.get("arch", "auto")
+        raise CheckpointError(
+            f"{path}: the weights do not fit {arch} (width {cfg.get('width', 16)}):"
+            + (f" missing {sorted(missing)[:5]}" if missing else "")
+            + (f" unexpected {sorted(unexpected)[:5]}" if unexpected else "")
+            + (f" wrong shape {wrong[:5]}" if wrong else "")
+            + "; name the architecture (model.arch, model.width; `gatlab eval --arch --width`)"
+        )
+    model.load_state_dict(state)
+    return model.to(device)
+
+
 def evaluate_model(
     model_file: Path, config: dict, recorder: Recorder, *, device: torch.device, out_dir: Path
 ) -> dict:
-    """The panel on a TorchScript model from elsewhere (`config["eval"]["model_path"]`)."""
+    """The panel on a model from elsewhere (TorchScript or safetensors, see `load_external`)."""
     data = gdata.load(config["dataset"])
-    model = load_torchscript(model_file, data, device)
+    model = load_external(model_file, data, device, config.get("model"))
     return evaluate(model, config, recorder, device=device, out_dir=out_dir, data=data)
 
 
