@@ -202,3 +202,28 @@ def test_l2_projection_lands_on_the_sphere_and_keeps_the_box():
         project(torch.full((2, 1, 2, 2), 0.3), x, 0.5, "linf"), torch.full((2, 1, 2, 2), 0.3)
     )
     assert (x + project(torch.full((2, 1, 2, 2), 0.9), x, 1.0, "linf")).max() == 1.0  # the box wins
+
+
+def test_a_panel_larger_than_one_attack_batch_runs_its_targeted_attacks(digits, digits_model):
+    """The standard panel on all 359 digits test images crashed: targeted PGD got the whole target
+    vector with each 256-example batch. Batched, each batch gets its own examples' targets."""
+    from worker.gat.panel import _attack
+
+    x, y = _batch(digits, 40)
+    t = (y + 1) % digits.num_classes
+    batched = _attack("pgd_target_ll", digits_model, x, y, eps=0.2, seed=3, bs=16, steps=10, target=t)
+    for i in range(0, 40, 16):  # the same as attacking each batch alone with its own targets
+        alone = _attack(
+            "pgd_target_ll",
+            digits_model,
+            x[i : i + 16],
+            y[i : i + 16],
+            eps=0.2,
+            seed=3,
+            steps=10,
+            target=t[i : i + 16],
+        )
+        assert torch.equal(batched[i : i + 16], alone)
+    assert (digits_model(batched).argmax(1) == t).float().mean() > 0.5
+    r = run_panel(digits_model, digits, CONFIG, panel="quick", n=300)  # 300 > 256: two batches
+    assert r["n"] == 300 and {"pgd_target_ll", "pgd_target_random"} <= {row["attack"] for row in r["rows"]}

@@ -81,11 +81,18 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 512) 
         return torch.cat([model(x[i : i + bs]).argmax(1) == y[i : i + bs] for i in range(0, len(x), bs)])
 
 
-def _attack(name: str, model, x, y, *, eps: float, seed: int, bs: int = 256, **kw) -> torch.Tensor:
-    """Run a registered attack in batches; returns adversarial images checked against the ball."""
+def _attack(
+    name: str, model, x, y, *, eps: float, seed: int, bs: int = 256, target=None, **kw
+) -> torch.Tensor:
+    """Run a registered attack in batches (a targeted one's targets batched with x and y); returns
+    adversarial images checked against the ball."""
     norm, fn = ATTACKS[name]
+    each = lambda i: {} if target is None else {"target": target[i : i + bs]}  # noqa: E731
     out = torch.cat(
-        [fn(model, x[i : i + bs], y[i : i + bs], eps=eps, seed=seed, **kw) for i in range(0, len(x), bs)]
+        [
+            fn(model, x[i : i + bs], y[i : i + bs], eps=eps, seed=seed, **kw, **each(i))
+            for i in range(0, len(x), bs)
+        ]
     )
     check_ball(out, x, eps, norm)
     return out
