@@ -141,8 +141,13 @@ class EvalConfig(_Strict):
     model_path: str | None = Field(
         None,
         pattern=NO_NUL,
-        description="Evaluate this TorchScript model (images in [0, 1] -> logits) instead of training one;"
-        " in the lab, relative to the data root.",
+        description="Evaluate this model (TorchScript, images in [0, 1] -> logits; or .safetensors weights of"
+        " a lab architecture) instead of training one; in the lab, relative to the data root.",
+    )
+    model_upload: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}\.(pt|safetensors)$",
+        description="Evaluate a model uploaded with POST /api/models (the name it answered) instead.",
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy.orm import Session
 
-from backend import crud, series
+from backend import crud, series, uploads
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Artifact, Run, now
@@ -321,7 +321,8 @@ def _run_job(
         s.get(Run, run_id).device = str(device)
     _in_data_root(config, settings.data_path)
     if job_info["kind"] == "eval" and job_info["parent_id"] is None:  # a model from elsewhere
-        model_file = Path(config["eval"]["model_path"])
+        upload = config["eval"].get("model_upload")
+        model_file = uploads.upload_path(upload) if upload else Path(config["eval"]["model_path"])
         result = job.evaluate_model(model_file, config, rec, device=device, out_dir=run_dir)
         return "succeeded", {"summary": {"panel": result["panel"], "model": model_file.name}}
     if job_info["kind"] == "eval":

@@ -48,10 +48,22 @@ class EvaluationCreate(BaseModel):
     name: Annotated[Text, Field(min_length=1)] | None = None
     dataset: dict[str, Any] = Field(description="As a run config's dataset section, e.g. {'name': 'digits'}.")
     eval: dict[str, Any] = Field(
-        description="As a run config's eval section; model_path (relative to the data root) is required."
+        description="As a run config's eval section, naming the model: model_path (relative to the data"
+        " root) or model_upload (what POST /api/models answered)."
+    )
+    model: dict[str, Any] | None = Field(
+        None,
+        description="As a run config's model section: the architecture of .safetensors weights whose file"
+        " does not name it (`gatlab export` writes it into the file).",
     )
     experiment: Text | None = None
     tags: list[Text] = Field(default_factory=list, max_length=50)
+
+
+class UploadOut(BaseModel):
+    upload: str = Field(description="Give this as eval.model_upload to POST /api/evaluations.")
+    format: Literal["torchscript", "safetensors"]
+    bytes: int
 
 
 class EvalCreate(BaseModel):

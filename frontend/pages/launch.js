@@ -1,5 +1,5 @@
 // The launch page: presets, the method's knobs, a sweep, YAML and curl equivalents, errors beside the field.
-import { api, ApiError, qs } from "../api.js";
+import { api, ApiError, qs, upload } from "../api.js";
 import { app, esc, getPath, h, methods, session, setPath, show, toYaml } from "../lib.js";
 
 // Which config fields the form shows, and their labels: a layout choice. Their types, choices,
@@ -35,8 +35,18 @@ function evaluateForm(form) {
     e.preventDefault();
     form.querySelectorAll("[data-error]").forEach((el) => (el.textContent = ""));
     const v = Object.fromEntries(new FormData(form));
-    const body = { dataset: { name: v.dataset }, eval: { model_path: v.model_path, panel: v.panel, ...(v.n ? { n: Number(v.n) } : {}) } };
+    const source = v.upload?.size || !v.model_path ? {} : { model_path: v.model_path };
+    const model = v.arch ? { model: { arch: v.arch, ...(v.width ? { width: Number(v.width) } : {}) } } : {};
+    const body = { dataset: { name: v.dataset }, ...model, eval: { ...source, panel: v.panel, ...(v.n ? { n: Number(v.n) } : {}) } };
     try {
+      if (v.upload?.size) {
+        form.querySelector("#evaluate-result").textContent = `uploading ${v.upload.name}…`;
+        body.eval.model_upload = (await upload("/api/models", v.upload).catch((err) => {
+          const msg = Array.isArray(err.detail) ? err.detail.map((d) => d.msg).join("; ") : err.message;
+          throw new ApiError(err.status, [{ loc: ["body", "eval", "model_upload"], msg }]);
+        })).upload;
+        form.querySelector("#evaluate-result").textContent = "";
+      }
       const out = await api("/api/evaluations", { method: "POST", body });
       location.hash = `#/run/${out.id}`;
     } catch (err) {
@@ -69,9 +79,12 @@ export async function launchPage() {
     </form>
     <div class="preview"><h2>YAML</h2><pre id="yaml"></pre><h2>curl</h2><pre id="curl"></pre></div></div>
     <h2>Evaluate a model trained elsewhere</h2>
-    <form id="evaluate" autocomplete="off"><p class="muted">A TorchScript file (images in [0, 1] → logits, as <code>gatlab export</code> writes) under the server's data root, judged by the same panel as every run.
-      A pickled model is refused: loading one would run its code.</p>
-      <label class="field"><span>model file</span><input name="model_path" placeholder="models/my-model.pt"><small class="error" data-error="eval.model_path"></small></label>
+    <form id="evaluate" autocomplete="off"><p class="muted">A TorchScript file (images in [0, 1] → logits) or safetensors weights of one of the lab's architectures, as <code>gatlab export</code> writes them,
+      judged by the same panel as every run: uploaded here (up to the server's request limit) or named under the server's data root. A pickled model is refused: loading one would run its code.</p>
+      <label class="field"><span>upload</span><input name="upload" type="file" accept=".pt,.pth,.safetensors"><small class="error" data-error="eval.model_upload"></small></label>
+      <label class="field"><span>or a file under the data root</span><input name="model_path" placeholder="models/my-model.pt"><small class="error" data-error="eval.model_path"></small></label>
+      <label class="field"><span>architecture</span><input name="arch" placeholder="safetensors without it in the file: e.g. madry_cnn"><small class="error" data-error="model.arch"></small></label>
+      <label class="field"><span>width</span><input name="width" placeholder="16"><small class="error" data-error="model.width"></small></label>
       <label class="field"><span>dataset</span><input name="dataset" value="digits"><small class="error" data-error="dataset.name"></small></label>
       <label class="field"><span>panel</span><select name="panel"><option>quick</option><option>standard</option></select></label>
       <label class="field"><span>examples</span><input name="n" placeholder="the panel's default"><small class="error" data-error="eval.n"></small></label>

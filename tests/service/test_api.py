@@ -52,6 +52,65 @@ def test_malformed_bodies_are_422(api):
     assert api.http.get("/api/export", params={"ids": "1,x"}).status_code == 422
 
 
+def _model_files(tmp_path):
+    """A TorchScript file, safetensors weights, and a pickled model (torch.save) of a tiny net."""
+    import torch
+    from safetensors.torch import save_file
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.jit.trace(net, torch.rand(2, 1, 8, 8)).save(str(tmp_path / "m.pt"))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "m.safetensors")
+    torch.save(net, tmp_path / "pickled.pt")
+    return {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+
+def test_a_model_upload_is_read_by_its_bytes_kept_once_and_named_by_an_evaluation(api, tmp_path):
+    import hashlib
+
+    files = _model_files(tmp_path)
+    post = lambda body: api.http.post(  # noqa: E731
+        "/api/models", content=body, headers={"content-type": "application/octet-stream"}
+    )
+    up = post(files["m.pt"])
+    assert up.status_code == 201, up.text
+    name = f"{hashlib.sha256(files['m.pt']).hexdigest()}.pt"
+    assert up.json() == {"upload": name, "format": "torchscript", "bytes": len(files["m.pt"])}
+    assert post(files["m.pt"]).json()["upload"] == name  # the same bytes, the same file
+    stored = api.home / ".gatlab" / "runs" / "uploads" / name
+    assert stored.read_bytes() == files["m.pt"]
+    st = post(files["m.safetensors"]).json()
+    assert st["format"] == "safetensors" and st["upload"].endswith(".safetensors")
+    for body, why in (
+        (files["pickled.pt"], "pickled model"),
+        (b"\x00" * 100, "neither TorchScript"),
+        (b"PK\x03\x04 not really a zip", "damaged zip"),
+        (b"", "empty"),
+    ):
+        r = post(body)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"], r.text
+        assert why in r.json()["detail"][0]["msg"]
+    assert post(b"PK" + b"\x00" * 1_000_000).status_code == 413  # over GATLAB_MAX_REQUEST_BYTES
+    assert len(list(stored.parent.iterdir())) == 2  # nothing refused was kept
+
+    body = {"dataset": {"name": "digits"}, "eval": {"panel": "quick", "model_upload": name}}
+    run = api.http.post("/api/evaluations", json=body)
+    assert run.status_code == 201, run.text
+    assert run.json()["kind"] == "eval" and run.json()["name"] == f"eval upload {name[:12]}"
+    assert run.json()["config"]["eval"]["model_upload"] == name
+    for eval_section, loc in (
+        ({"model_upload": "0" * 64 + ".pt"}, ["body", "eval", "model_upload"]),  # never uploaded
+        ({"model_upload": "../../etc/passwd"}, ["body", "eval", "model_upload"]),
+        ({"model_upload": name, "model_path": "m.pt"}, ["body", "eval", "model_path"]),  # one of them
+        ({}, ["body", "eval", "model_path"]),
+    ):
+        r = api.http.post("/api/evaluations", json={**body, "eval": {"panel": "quick", **eval_section}})
+        assert r.status_code == 422 and loc in [d["loc"] for d in r.json()["detail"]], r.text
+    r = api.http.post("/api/runs", json={"config": tiny_config(eval={"model_upload": name})})
+    assert r.status_code == 422 and ["config", "eval", "model_upload"] in [
+        d["loc"] for d in r.json()["detail"]
+    ]
+
+
 @pytest.mark.parametrize(
     "method,path",
     [

@@ -57,6 +57,7 @@ def test_a_masked_model_brought_from_elsewhere_is_flagged_on_its_run_page(tmp_pa
     root = tmp_path / "data"
     (root / "models").mkdir(parents=True)
     digits = gdata.load({"name": "digits"})
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")  # what the upload must refuse
     x = digits.test.images()[:4]
     torch.jit.trace(Quantised(fit_erm(digits, epochs=5)), x).save(str(root / "models" / "masked.pt"))
     lab = Stack.create(tmp_path, None, None, GATLAB_DATA_ROOT=str(root))
@@ -71,13 +72,33 @@ def test_a_masked_model_brought_from_elsewhere_is_flagged_on_its_run_page(tmp_pa
             "model_path",
         ]
         body["eval"]["model_path"] = "models/masked.pt"
-        run = lab.http.post("/api/evaluations", json=body).json()
-        assert run["kind"] == "eval" and run["method"] == "external model"
+        by_path = lab.http.post("/api/evaluations", json=body).json()
+        assert by_path["kind"] == "eval" and by_path["method"] == "external model"
+        with browser_page(lab) as page:  # the same file uploaded through the launch page's form
+            page.goto(f"{lab.base}/#/launch")
+            form = page.locator("#evaluate")
+            form.locator('input[name="upload"]').set_input_files(str(tmp_path / "pickled.pt"))
+            form.locator('input[name="n"]').fill("60")
+            form.locator('button[type="submit"]').click()
+            expect(form.locator('[data-error="eval.model_upload"]')).to_contain_text("pickled model")
+            assert page.errors and all("422" in e for e in page.errors)  # the refused upload's own
+            page.errors.clear()
+            form.locator('input[name="upload"]').set_input_files(str(root / "models" / "masked.pt"))
+            form.locator('button[type="submit"]').click()
+            page.wait_for_url(f"{lab.base}/#/run/*", timeout=30_000)
+            run = {"id": int(page.url.rsplit("/", 1)[1])}
+            assert page.errors == [] and page.foreign == []
+        uploaded = lab.http.get(f"/api/runs/{run['id']}").json()
+        assert uploaded["config"]["eval"]["model_upload"].endswith(".pt") and uploaded["kind"] == "eval"
         lab.start_worker()
-        assert (
-            lab.wait_for(run["id"], lambda r: r["status"] in FINAL, what="evaluated")["status"] == "succeeded"
-        )
+        for r in (by_path, run):
+            done = lab.wait_for(r["id"], lambda r: r["status"] in FINAL, what="evaluated")
+            assert done["status"] == "succeeded", done
         ev = lab.http.get(f"/api/runs/{run['id']}/eval").json()
+        same = lab.http.get(f"/api/runs/{by_path['id']}/eval").json()  # one model, whichever way it came
+        assert [(c["name"], c["passed"]) for c in ev["checks"]] == [
+            (c["name"], c["passed"]) for c in same["checks"]
+        ]
         failed = {c["name"] for c in ev["checks"] if not c["passed"]}
         assert {"white_box_beats_black_box", "autoattack_no_zero_gradients"} <= failed and ev[
             "all_passed"

@@ -9,14 +9,15 @@ import shutil
 from pathlib import Path, PurePath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as FPath
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend import crud
+from backend import crud, uploads
 from backend.api.bodies import (
     EvalCreate,
     EvaluationCreate,
@@ -26,6 +27,7 @@ from backend.api.bodies import (
     RunOut,
     RunPatch,
     SweepCreate,
+    UploadOut,
 )
 from backend.api.deps import CurrentUser, RunDep, SessionDep, check_owner, require_user
 from backend.config import get_settings
@@ -60,11 +62,26 @@ def _validated(config: dict, prefix: str = "config", evaluation: bool = False) -
     except ValidationError as e:
         raise HTTPException(422, detail=[{**d, "loc": [prefix, *d["loc"]]} for d in config_errors(e)]) from e
     errors = _limit_errors(cfg)
-    if evaluation and cfg["eval"]["model_path"] is None:
-        errors.append((["eval", "model_path"], "name the TorchScript model to evaluate"))
-    if not evaluation and cfg["eval"]["model_path"] is not None:
+    named = [k for k in ("model_path", "model_upload") if cfg["eval"][k] is not None]
+    if evaluation and len(named) != 1:
         errors.append(
-            (["eval", "model_path"], "a run trains its own model; evaluate a file with POST /api/evaluations")
+            (
+                ["eval", "model_path"],
+                "name the model to evaluate: model_path (a file under the data root) or model_upload"
+                " (what POST /api/models answered), one of them",
+            )
+        )
+    if (
+        evaluation
+        and cfg["eval"]["model_upload"]
+        and not uploads.upload_path(cfg["eval"]["model_upload"]).is_file()
+    ):
+        errors.append(
+            (["eval", "model_upload"], "no such upload on this server; upload with POST /api/models")
+        )
+    for key in named if not evaluation else []:
+        errors.append(
+            (["eval", key], "a run trains its own model; evaluate a file with POST /api/evaluations")
         )
     if errors:
         raise unprocessable(*(([prefix, *loc], msg) for loc, msg in errors))
@@ -180,14 +197,43 @@ def create_run(body: RunCreate, user: CurrentUser, s: SessionDep) -> Run:
     return run
 
 
+@router.post(
+    "/models",
+    status_code=201,
+    response_model=UploadOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses={422: {"description": "Not a TorchScript or safetensors model"}},
+)
+async def upload_model(request: Request, user: CurrentUser) -> dict:
+    """Upload a model to evaluate: the request body is the file itself (TorchScript, or safetensors
+    weights of a lab architecture), at most GATLAB_MAX_REQUEST_BYTES; larger ones go under the data
+    root (eval.model_path). Answers the name to give as `eval.model_upload`."""
+    body = await request.body()
+    if not body:
+        raise unprocessable((["body"], "empty: send the model file itself as the request body"))
+    try:
+        return await run_in_threadpool(uploads.store, body)
+    except ValueError as e:
+        raise unprocessable((["body"], str(e))) from None
+
+
 @router.post("/evaluations", status_code=201, response_model=RunOut)
 def create_evaluation(body: EvaluationCreate, user: CurrentUser, s: SessionDep) -> Run:
-    """Queue the robustness panel on a model trained elsewhere: a TorchScript file under the data
-    root (images in [0, 1] -> logits), judged on `dataset` like any run. Its page shows the panel."""
+    """Queue the robustness panel on a model trained elsewhere: a file under the data root or an
+    upload (TorchScript: images in [0, 1] -> logits; or safetensors weights of a lab architecture),
+    judged on `dataset` like any run. Its page shows the panel."""
     if body.eval.get("panel") == "none":
         raise unprocessable((["body", "eval", "panel"], "an evaluation runs a panel: quick or standard"))
-    name = body.name or f"eval {PurePath(str(body.eval.get('model_path'))).name}"
+    source = body.eval.get("model_path") or f"upload {str(body.eval.get('model_upload'))[:12]}"
+    name = body.name or f"eval {PurePath(str(source)).name}"
     raw = {"name": name, "scenario": "defense", "method": "erm", "dataset": body.dataset, "eval": body.eval}
+    if body.model is not None:
+        raw["model"] = body.model
     config = _validated(raw, prefix="body", evaluation=True)
     _check_quota(s, user, 1)
     run = crud.create_run(
