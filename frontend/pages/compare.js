@@ -54,6 +54,34 @@ function robustnessTable(runs, evs, g) {
   el.innerHTML = head + body + agg;
 }
 
+// GAT's game after training, per run: what a fresh probe reads from the gradients, against chance
+// (won only when chance lies in its interval); baselines play no game and give the reference.
+// Per group of runs: the probe's mean ± std and how many runs won.
+function gameTable(runs, g) {
+  const el = document.querySelector("#gametable");
+  const games = runs.map((r) => r.summary?.game ?? null);
+  if (!games.some(Boolean)) { el.innerHTML = '<tr><td class="muted">No game probe on these runs.</td></tr>'; return; }
+  const verdict = (x) => {
+    const hidden = x.ci[0] <= x.chance;
+    return x.played ? (hidden ? ["pass", "game won"] : ["fail", "game lost"]) : [hidden ? "pass" : "fail", hidden ? "hidden (no game)" : "tellable (no game)"];
+  };
+  const head = "<tr><th>run</th><th>method</th><th>the probe reads</th><th>probe</th><th>chance</th><th>game</th></tr>";
+  const body = runs.map((r, i) => {
+    const x = games[i];
+    if (!x) return "";
+    const [cls, text] = verdict(x);
+    return `<tr><td>#${r.id} ${esc(r.name)}</td><td>${esc(r.method)}</td><td>${esc(x.of)}</td><td>${withCi(x.accuracy, x.ci, x.n_test)}</td><td>${pct(x.chance)}</td><td><span class="badge ${cls}">${text}</span></td></tr>`;
+  }).join("");
+  const groups = new Map();
+  runs.forEach((r, i) => { if (!games[i]) return; const k = String(g ? getPath(r.config, g) ?? getPath(r, g) : "all runs"); groups.set(k, [...(groups.get(k) ?? []), games[i]]); });
+  const agg = [...groups].map(([k, list]) => {
+    const { n, mean, std } = meanStd(list.map((x) => x.accuracy));
+    const won = list.filter((x) => x.played && x.ci[0] <= x.chance).length, played = list.filter((x) => x.played).length;
+    return `<tr class="group"><td><b>${esc(k)}</b> (${list.length} runs)</td><td></td><td></td><td>${n > 1 ? `${pct(mean)} ± ${pct(std)}` : pct(mean)}</td><td></td><td>${played ? `${won} of ${played} won` : "no game played"}</td></tr>`;
+  }).join("");
+  el.innerHTML = head + body + agg;
+}
+
 export async function comparePage(idsArg) {
   const ids = (idsArg ?? "").split(",").map(Number).filter(Boolean);
   if (!ids.length) { app.replaceChildren(h('<section><h1>Compare</h1><p class="muted">Select runs on the <a href="#/runs">runs page</a> and press “Compare selected”.</p></section>')); return; }
@@ -68,6 +96,7 @@ export async function comparePage(idsArg) {
     <div class="grid"><div id="overlay"></div><div id="rob"></div></div>
     <h2>Robustness at the standard ε</h2><p class="muted">Each accuracy with its 95% Wilson interval over the panel's n examples; per group, the mean ± std over runs (seeds).
     <a id="eval-csv" download="gatlab-robustness.csv">Export robustness CSV</a></p><table id="robtable" class="small"></table>
+    <h2>GAT's game after training</h2><p class="muted">A fresh classifier's accuracy at reading each run's gradient origin (the class, teacher vs student, or the task), with its 95% interval, against chance: a GAT method won its game only where chance lies inside the interval.</p><table id="gametable" class="small"></table>
     <h2>Final values</h2><table id="finals" class="small"></table><h2>Groups (mean ± std of last value over runs)</h2><table id="groups" class="small"></table></section>`));
   const label = (r) => `#${r.id} ${r.name}`;
   const overlay = lineChart(app.querySelector("#overlay"), {
@@ -107,9 +136,10 @@ export async function comparePage(idsArg) {
   if (rob.length) lineChart(app.querySelector("#rob"), { title: "robustness: worst case over attacks", xLabel: "eps", points: true, load: async () => rob }).refresh();
   const robTable = () => robustnessTable(runs, evs, app.querySelector("#group").value);
   robTable();
+  gameTable(runs, app.querySelector("#group").value);
   app.querySelector("#eval-csv").href = `/api/export?${qs({ ids: ids.join(","), what: "eval" })}`;
   app.querySelector("#metric").addEventListener("change", () => { overlay.refresh(); finals(); });
-  app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); robTable(); });
+  app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); robTable(); gameTable(runs, app.querySelector("#group").value); });
   app.querySelector("#csv").addEventListener("click", () => {
     const csv = ["run,name,method,seed,last,best,min,max", ...table.map((t) => [t.run, JSON.stringify(t.name), t.method, t.seed, t.last, t.best, t.min, t.max].join(","))].join("\n");
     const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "gatlab-compare.csv" });

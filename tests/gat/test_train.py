@@ -186,3 +186,37 @@ def test_a_run_handed_back_mid_epoch_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
     assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))
+
+
+@pytest.mark.parametrize("method,played", [("great", True), ("erm", False)])
+def test_every_defense_run_scores_its_game_with_a_fresh_probe_even_without_a_panel(method, played, tmp_path):
+    """The class read from eval-mode input gradients by a fresh classifier, against chance: GREAT's
+    game after training, and the baseline's reference, stored in the summary and as test metrics."""
+    import json
+
+    from worker.gat import data as gdata
+    from worker.gat.probe import gradient_probe
+    from worker.gat.train import load_model
+
+    rec = JsonlRecorder(tmp_path, progress_bar=False)
+    summary = train(_config(method), tmp_path, rec)
+    rec.close()
+    game = summary["game"]
+    assert game["of"] == "the class from input gradients" and game["played"] is played
+    want = gradient_probe(
+        load_model(tmp_path), gdata.load({"name": "synthetic", "size": 300}), device=torch.device("cpu")
+    )
+    assert (game["accuracy"], game["chance"], game["n_test"]) == (
+        want["accuracy"],
+        want["chance"],
+        want["n_test"],
+    )
+    assert game["ci"][0] <= game["accuracy"] <= game["ci"][1] + 1e-9 and 0 < game["chance"] < 1
+    assert json.loads((tmp_path / "summary.json").read_text())["game"] == game
+    logged = {
+        k: v
+        for r in read_jsonl(tmp_path / "metrics.jsonl")
+        for k, v in r.items()
+        if k.startswith("test/probe")
+    }
+    assert logged == {"test/probe": game["accuracy"], "test/probe_chance": game["chance"]}

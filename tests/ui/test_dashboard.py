@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,9 @@ def test_launch_watch_robustness_compare_export(page, lab):
     assert (
         page.locator(".gallery figure").count() == 6 and page.locator(".gallery canvas.thumb").count() == 18
     )
-    assert page.locator(".badge.pass").count() + page.locator(".badge.fail").count() == 10
+    assert page.locator("#robust .badge.pass").count() + page.locator("#robust .badge.fail").count() == 10
+    expect(page.locator(".game .badge")).to_have_text(re.compile("^game (won|lost)$"))  # GREAT's game
+    expect(page.locator(".game")).to_contain_text("the class from input gradients")
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 
     other = lab.http.post(
@@ -115,6 +118,15 @@ def test_launch_watch_robustness_compare_export(page, lab):
     page.wait_for_selector('#app[data-ready="compare"]')
     wait_until(page, "document.querySelector('#overlay').dataset.series === '2'", timeout=30)
     assert points(page, "#overlay") > 0
+    for rid in (run_id, other):  # the game column: each run's fresh probe against chance, and its verdict
+        game = lab.http.get(f"/api/runs/{rid}").json()["summary"]["game"]
+        won = game["ci"][0] <= game["chance"]
+        want = ("game won" if won else "game lost") if game["played"] else ("hidden" if won else "tellable")
+        row = page.locator("#gametable tr", has_text=f"#{rid} ")
+        expect(row.locator(".badge")).to_contain_text(want)
+        expect(row).to_contain_text(f"{100 * game['accuracy']:.1f}%")
+        expect(row).to_contain_text("the class from input gradients")
+    assert lab.http.get(f"/api/runs/{run_id}").json()["summary"]["game"]["played"]  # GREAT plays, ERM not
     page.select_option("#group", "method")  # two groups: a mean curve and a ±std band each
     wait_until(page, "document.querySelector('#overlay').dataset.bands === '2'", timeout=30)
     assert page.get_attribute("#overlay", "data-series") == "6"

@@ -410,7 +410,8 @@ def finish(loop: Loop) -> dict:
 def game_probe(loop: Loop) -> dict | None:
     """GAT's game scored after training by a fresh classifier (DESIGN 3), for every run of the
     scenario so baselines give the reference: task id from per-task gradients (multi-task), teacher
-    vs student from input gradients (distillation). Defense runs get theirs from the panel."""
+    vs student from input gradients (distillation), the class from input gradients (defense: the
+    origin GREAT hides; the panel, when one runs, measures the same probe again with its own seed)."""
     s, seed = loop.s, loop.s.config["train"]["seed"]
     played = "great" in s.config["method"]  # GAT methods play; the others are the reference
     if loop.multitask:
@@ -419,6 +420,9 @@ def game_probe(loop: Loop) -> dict | None:
     if loop.teacher is not None:
         out = probe.teacher_student_probe(s.model, loop.teacher, s.data, device=s.device, seed=seed)
         return {**out, "of": "teacher vs student from input gradients", "played": played}
+    if s.config["scenario"] == "defense":
+        out = probe.gradient_probe(s.model, s.data, device=s.device, seed=seed)
+        return {**out, "of": "the class from input gradients", "played": played}
     return None
 
 
