@@ -126,6 +126,13 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     stats_every: int = Field(20, ge=1, le=MAX_INT, description="Steps between gradient-statistics records.")
     log_every: int = Field(1, ge=1, le=MAX_INT, description="Steps between loss records.")
+    val_pgd_steps: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Robust validation accuracy (val/pgd) every epoch: PGD with this many steps at the"
+        " dataset's standard L-inf radius (classifiers; 0: off). Tune robust methods on it, never on test.",
+    )
 
 
 class EvalConfig(_Strict):

@@ -1,21 +1,27 @@
-"""The tuning search behind the defense defaults: every method gets the same budget of trials,
-each trained on several seeds and scored on the validation split only (never the test split).
+"""The tuning search behind the defaults, run through a lab: every method of every scenario gets
+the same budget of trials, each a sweep of the lab (POST /api/sweeps) over several seeds, scored on
+the validation split only (never the test split).
 
-    python -m bench.tune                              # digits, 6 trials x 3 seeds per method
-    python -m bench.tune --methods great,igr --trials 4 --epochs 30
+    python -m bench.tune                                  # digits: all three scenarios, 6 trials x 3 seeds
+    python -m bench.tune --scenarios defense --methods great,igr --trials 4
+    python -m bench.tune --server http://lab:8000 --token T   # on a running lab instead of a local one
 
-Score: accuracy under PGD-20 (random start) at the dataset's standard L-inf radius on the whole
-validation split, mean over seeds; clean validation accuracy is printed beside it. A method's
-trials are its whole grid when the grid has at most `--trials` points, else a seeded random
-sample of it that always holds today's defaults (GREAT's grid spans lambda, A's width and A's
-learning rate). Prints markdown: every
-trial, then the chosen knobs per method with the spread over seeds.
+Without --server it starts a local lab (`gatlab up`'s embedded stack: SQLite, the embedded broker)
+with --workers worker processes, one CPU thread each. Scores, as the runs logged them on the
+validation split at their last epoch: defense, accuracy under PGD-20 at the dataset's standard
+L-inf radius (`train.val_pgd_steps`); distillation, the student's accuracy (fraction 0.1 of the
+training split, one teacher run for all); multi-task, the mean accuracy of the classification
+tasks. A method's trials are its whole grid when the grid has at most --trials points, else a
+seeded random sample of it that always holds today's defaults. Prints markdown: the chosen knobs
+per method with the spread over seeds, then every trial.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import os
 import random
 import statistics
 import sys
@@ -23,112 +29,245 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import httpx
 
 from backend.run_config import PARAMS
-from bench._common import spread
-from bench.defense import config
+from bench._common import Stack, spread
 from worker.gat import data as gdata
-from worker.gat.attacks import pgd
-from worker.gat.recorder import NullRecorder
-from worker.gat.train import load_model, train
 
-SPACES: dict[str, dict[str, list]] = {
-    "great": {"lam": [0.03, 0.1, 0.3, 1.0], "aux_width": [16, 32, 64], "aux_lr": [3e-4, 1e-3, 3e-3]},
-    "greace": {"beta": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
-    "igr": {"weight": [0.01, 0.1, 0.3, 1.0, 3.0, 10.0]},
-    "trades": {"beta": [0.5, 1.0, 2.0, 4.0, 6.0, 10.0]},
-    "pgd_at": {"step_mult": [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]},
-    "fgsm_at": {"alpha": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]},
+SPACES: dict[str, dict[str, dict[str, list]]] = {
+    "defense": {
+        "great": {"lam": [0.03, 0.1, 0.3, 1.0], "aux_width": [16, 32, 64], "aux_lr": [3e-4, 1e-3, 3e-3]},
+        "greace": {"beta": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
+        "igr": {"weight": [0.01, 0.1, 0.3, 1.0, 3.0, 10.0]},
+        "trades": {"beta": [0.5, 1.0, 2.0, 4.0, 6.0, 10.0]},
+        "pgd_at": {"step_mult": [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]},
+        "fgsm_at": {"alpha": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]},
+    },
+    "distill": {
+        "great": {"lam": [0.03, 0.1, 0.3, 1.0], "aux_width": [16, 32, 64], "aux_lr": [3e-4, 1e-3, 3e-3]},
+        "soft_targets": {"temperature": [2.0, 4.0, 8.0], "alpha": [0.5, 0.9]},
+        "jacobian_matching": {"beta": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
+        "great+soft_targets": {"lam": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]},
+    },
+    "multitask": {
+        "great": {"lam": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]},
+        "gradnorm": {"alpha": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]},
+        "uncertainty": {"weight_lr": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3]},
+    },
 }
+DATASETS = {"defense": "digits", "distill": "digits", "multitask": "digits_mt"}
+FINAL = ("succeeded", "failed", "cancelled")
 
 
-def trials(method: str, budget: int, seed: int = 0) -> list[dict]:
+def defaults(scenario: str, method: str) -> dict:
+    fields = PARAMS[(scenario, method)].model_fields
+    return {k: fields[k].default for k in SPACES[scenario][method]}
+
+
+def trials(scenario: str, method: str, budget: int, seed: int = 0) -> list[dict]:
     """The method's grid if it fits the budget, else today's defaults and a seeded sample of
     `budget - 1` other grid points (so a default is always scored against its rivals)."""
-    space = SPACES[method]
+    space = SPACES[scenario][method]
     grid = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
     if len(grid) <= budget:
         return grid
-    defaults = {k: PARAMS[("defense", method)].model_fields[k].default for k in space}
-    rest = [g for g in grid if g != defaults]
-    return [defaults, *random.Random(seed).sample(rest, budget - 1)]
+    rest = [g for g in grid if g != defaults(scenario, method)]
+    return [defaults(scenario, method), *random.Random(seed).sample(rest, budget - 1)]
 
 
-def val_score(cfg: dict) -> tuple[float, float]:
-    """Train one run; clean and PGD-20 accuracy on the validation split."""
-    with tempfile.TemporaryDirectory() as d:
-        train(cfg, Path(d), NullRecorder())
-        model = load_model(Path(d))
-    data = gdata.load(cfg["dataset"])
-    x, y = data.val.images(), data.val.y
-    eps = gdata.STANDARD_EPS[cfg["dataset"]["name"]][0]
-    torch.manual_seed(0)
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
-    adv = (model(pgd(model, x, y, eps=eps, steps=20)).argmax(1) == y).float().mean().item()
-    return clean, adv
+def base_config(args, scenario: str, method: str, teacher: int | None) -> dict:
+    """The run config every trial of a scenario shares: the benchmark tables' own settings."""
+    train = {"batch_size": 64, "log_every": 50, "stats_every": 10**6}
+    cfg = {"name": f"tune-{scenario}-{method}", "scenario": scenario, "method": method}
+    if scenario == "defense":
+        return {
+            **cfg,
+            "dataset": {"name": args.dataset},
+            "model": {"arch": "cnn", "width": 16},
+            "train": {**train, "epochs": args.epochs, "lr": 1e-3, "val_pgd_steps": 20},
+            "eval": {"panel": "none"},
+        }
+    if scenario == "distill":  # as bench.distill --fractions 0.1: ~1000 steps of batch 32
+        n = len(gdata.load({"name": args.dataset, "fraction": 0.1}).train)
+        return {
+            **cfg,
+            "dataset": {"name": args.dataset, "fraction": 0.1},
+            "model": {"arch": "cnn", "width": 8},
+            "train": {
+                **train,
+                "batch_size": 32,
+                "epochs": math.ceil(args.distill_steps / math.ceil(n / 32)),
+                "lr": 0.01,
+            },
+            "params": {"teacher_run": teacher},
+            "eval": {"panel": "none"},
+        }
+    return {  # as bench.multitask
+        **cfg,
+        "dataset": {"name": DATASETS["multitask"]},
+        "model": {"arch": "cnn", "width": 8},
+        "train": {**train, "epochs": args.mt_epochs, "lr": 0.003},
+        "eval": {"panel": "none"},
+    }
 
 
-def verdict(method: str, scored: dict) -> str:
+def score(scenario: str, last: dict[str, float]) -> tuple[float, float]:
+    """(the score, clean validation accuracy) from a run's last validation values."""
+    if scenario == "defense":
+        return last["val/pgd"], last["val/acc"]
+    if scenario == "distill":
+        return last["val/acc"], last["val/acc"]
+    accs = [v for k, v in last.items() if k.endswith("/acc")]
+    return statistics.mean(accs), statistics.mean(accs)
+
+
+class Lab:
+    """The lab the search runs on: a local embedded one, or a running server."""
+
+    def __init__(self, args, home: Path):
+        self.stack = None
+        if args.server:
+            headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+            self.http = httpx.Client(base_url=args.server, headers=headers, timeout=60)
+        else:
+            self.stack = Stack.create(home, None, None, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            for _ in range(args.workers):
+                self.stack.start_worker()
+            self.http = self.stack.http
+
+    def post(self, path: str, body: dict) -> dict:
+        r = self.http.post(path, json=body)
+        if r.status_code >= 400:
+            raise SystemExit(f"bench.tune: {path} answered {r.status_code}: {r.text[:500]}")
+        return r.json()
+
+    def wait(self, ids: list[int]) -> dict[int, dict]:
+        runs: dict[int, dict] = {}
+        while len(runs) < len(ids):
+            for i in ids:
+                if i not in runs:
+                    run = self.http.get(f"/api/runs/{i}").json()
+                    if run["status"] in FINAL:
+                        runs[i] = run
+            time.sleep(2)
+        return runs
+
+    def last_values(self, run_id: int) -> dict[str, float]:
+        series = self.http.get(f"/api/runs/{run_id}/metrics", params={"max_points": 2}).json()["series"]
+        return {k: s["value"][-1] for k, s in series.items() if k.startswith("val/") and s["value"]}
+
+    def close(self) -> None:
+        if self.stack:
+            self.stack.stop()
+
+
+def verdict(scenario: str, method: str, scored: dict) -> str:
     """One row: the best trial, today's default, and whether the best replaces it."""
     knobs, clean, adv = max(scored.values(), key=lambda t: statistics.mean(t[2]))
-    space = SPACES[method]
-    default = {k: PARAMS[("defense", method)].model_fields[k].default for k in space}
-    _, _, dadv = scored[repr(default)]
+    _, _, dadv = scored[repr(defaults(scenario, method))]
     margin = statistics.mean(adv) - statistics.mean(dadv)
     noise = max(statistics.stdev(adv), statistics.stdev(dadv)) if len(adv) > 1 else 0.0
     call = (
-        "keep the default" if knobs == default or margin <= noise else f"adopt (+{100 * margin:.1f} points)"
+        "keep the default"
+        if knobs == defaults(scenario, method) or margin <= noise
+        else f"adopt (+{100 * margin:.1f} points)"
     )
     return (
-        f"| {method} | {knobs} | {spread(clean, 100)} | {spread(adv, 100)} | {spread(dadv, 100)} | {call} |"
+        f"| {scenario} | {method} | {knobs} | {spread(clean, 100)} | {spread(adv, 100)} | {spread(dadv, 100)} |"
+        f" {call} |"
     )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--path")
-    ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--arch", default="cnn")
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", help="defense and distillation (multi-task: digits_mt)")
+    ap.add_argument("--epochs", type=int, default=15, help="defense")
+    ap.add_argument("--distill-steps", type=int, default=1000, help="distillation: about this many steps")
+    ap.add_argument("--teacher-epochs", type=int, default=20, help="distillation's teacher run")
+    ap.add_argument("--mt-epochs", type=int, default=30, help="multi-task")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--methods", default=",".join(SPACES))
+    ap.add_argument("--scenarios", default=",".join(SPACES))
+    ap.add_argument("--methods", help="only these methods (any scenario)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local lab's workers")
+    ap.add_argument("--server", help="a running lab's address, instead of a local one")
+    ap.add_argument("--token", help="with --server: an API token")
     args = ap.parse_args()
-    args.panel, args.n = "none", None
     t0 = time.time()
-    lines, chosen = ["| method | knobs | val clean | val PGD-20 |", "|---|---|---|---|"], []
-    for method in args.methods.split(","):
-        scored = {}
-        for knobs in trials(method, args.trials):
-            runs = [val_score(config(args, method, seed, knobs, panel="none")) for seed in range(args.seeds)]
-            scored[repr(knobs)] = (knobs, [r[0] for r in runs], [r[1] for r in runs])
-            lines.append(
-                f"| {method} | {knobs} | {spread(scored[repr(knobs)][1], 100)} | {spread(scored[repr(knobs)][2], 100)} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
-        chosen.append(verdict(method, scored))
-    n_val = len(gdata.load({"name": args.dataset, **({"path": args.path} if args.path else {})}).val)
-    print(f"# Tuning on {args.dataset}: the same budget for every method, scored on validation\n")
+    tag = f"tune-{int(t0)}"
+    with tempfile.TemporaryDirectory() as home:
+        lab = Lab(args, Path(home))
+        try:
+            teacher = None
+            if "distill" in args.scenarios.split(","):  # one teacher for every student, as bench.distill
+                tcfg = {
+                    "name": "tune-teacher",
+                    "scenario": "defense",
+                    "method": "erm",
+                    "dataset": {"name": args.dataset},
+                    "model": {"arch": "cnn", "width": 32},
+                    "train": {"epochs": args.teacher_epochs, "batch_size": 64, "seed": 0},
+                    "eval": {"panel": "none"},
+                }
+                teacher = lab.post("/api/runs", {"config": tcfg, "experiment": tag})["id"]
+                assert lab.wait([teacher])[teacher]["status"] == "succeeded", "the teacher run failed"
+            plan = []  # (scenario, method, knobs, run ids)
+            for scenario in args.scenarios.split(","):
+                for method in SPACES[scenario]:
+                    if args.methods and method not in args.methods.split(","):
+                        continue
+                    for knobs in trials(scenario, method, args.trials):
+                        body = {
+                            "config": base_config(args, scenario, method, teacher),
+                            "grid": {f"params.{k}": [v] for k, v in knobs.items()},
+                            "seeds": list(range(args.seeds)),
+                            "experiment": f"{tag}-{scenario}-{method}",
+                        }
+                        plan.append(
+                            (
+                                scenario,
+                                method,
+                                knobs,
+                                [r["id"] for r in lab.post("/api/sweeps", body)["items"]],
+                            )
+                        )
+            runs = lab.wait([i for *_, ids in plan for i in ids])
+            failed = [r for r in runs.values() if r["status"] != "succeeded"]
+            if failed:
+                raise SystemExit(f"bench.tune: {len(failed)} runs did not succeed, e.g. {failed[0]['error']}")
+            scored: dict[tuple, dict] = {}
+            lines = ["| scenario | method | knobs | val clean | val score |", "|---|---|---|---|---|"]
+            for scenario, method, knobs, ids in plan:
+                vals = [score(scenario, lab.last_values(i)) for i in ids]
+                entry = (knobs, [v[1] for v in vals], [v[0] for v in vals])
+                scored.setdefault((scenario, method), {})[repr(knobs)] = entry
+                lines.append(
+                    f"| {scenario} | {method} | {knobs} | {spread(entry[1], 100)} | {spread(entry[2], 100)} |"
+                )
+        finally:
+            lab.close()
+    print("# Tuning: the same budget for every method, scored on validation, through the lab's sweeps\n")
     print(f"Command: `python -m bench.tune {' '.join(sys.argv[1:])}`  ")
     print(
-        f"{args.trials} trials per method × {args.seeds} seeds, {args.arch} width {args.width}, {args.epochs} epochs,"
-        f" Adam lr {args.lr}; PGD-20 at the standard ε on all {n_val} validation examples (mean ± std over"
-        f" seeds). {time.time() - t0:.0f} s.\n"
+        f"{args.trials} trials per method × {args.seeds} seeds, each trial one sweep of the lab"
+        f" ({'a running lab' if args.server else f'a local lab, {args.workers} workers of one thread'});"
+        f" {len(runs)} runs in {time.time() - t0:.0f} s. Validation scores at the last epoch (mean ± std"
+        " over seeds): defense, PGD-20 accuracy at the standard ε (cnn width 16,"
+        f" {args.epochs} epochs, Adam lr 0.001); distillation, the student's accuracy (cnn width 8,"
+        f" fraction 0.1, ~{args.distill_steps} steps, one ERM teacher of width 32, {args.teacher_epochs} epochs);"
+        " multi-task, the mean accuracy of the classification tasks of digits_mt (cnn width 8,"
+        f" {args.mt_epochs} epochs).\n"
     )
     print("## Chosen\n")
     print(
-        "The best trial (highest mean validation PGD-20 accuracy) becomes the default only where it beats"
+        "The best trial (highest mean validation score) becomes the default only where it beats"
         " today's default by more than one standard deviation over seeds (the larger of the two): a win"
-        " inside the seeds' spread is noise, and the published default stays.\n"
+        " inside the seeds' spread is noise, and the default stays.\n"
     )
-    print("| method | best trial | val clean | val PGD-20 | today's default: val PGD-20 | verdict |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(chosen))
+    print("| scenario | method | best trial | val clean | val score | today's default: val score | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(verdict(sc, m, s) for (sc, m), s in scored.items()))
     print("\n## Every trial\n")
     print("\n".join(lines))
 

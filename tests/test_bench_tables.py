@@ -17,7 +17,10 @@ TOY = {
     "distill": ["--methods", "student,great", "--seeds", "2", "--steps", "20", "--fractions", "0.1"],
     "multitask": ["--seeds", "2", "--epochs", "1"],
     "reproduce": ["--methods", "erm", "--seeds", "2", "--epochs", "1", "--panel", "quick", "--n", "20"],
-    "tune": ["--methods", "great,igr", "--trials", "2", "--seeds", "2", "--epochs", "1"],
+    "tune": [
+        *("--methods", "great,igr", "--trials", "2", "--seeds", "2", "--epochs", "1", "--workers", "2"),
+        *("--distill-steps", "20", "--teacher-epochs", "1", "--mt-epochs", "1"),
+    ],
     "game": ["--variants", "erm,great (g of the logit margin)", "--seeds", "2", "--epochs", "1"],
 }
 ROW = {
@@ -25,7 +28,7 @@ ROW = {
     "distill": "| great",
     "multitask": "| great",
     "reproduce": "| erm",
-    "tune": "| igr",
+    "tune": "| defense | igr",
     "game": "| great (g of the logit margin)",
 }
 
@@ -51,7 +54,9 @@ def test_a_result_table_benchmark_runs_at_toy_size_with_spreads_over_seeds(bench
     if bench in ("distill", "multitask"):  # the game's fresh probe beside the accuracies
         header = next(line for line in out.stdout.splitlines() if line.startswith("| method"))
         assert "probe |" in header, header
-    if bench == "tune":  # the chosen knobs are one of the trials, scored over both seeds
+    if bench == "tune":  # through a lab's sweeps: the chosen knobs are one of the trials, over both seeds
         chosen, trials = out.stdout.split("## Every trial")
-        pick = next(line for line in chosen.splitlines() if line.startswith("| igr"))
-        assert pick.split(" | ")[1] in trials and pick.count(" ± ") == 3, out.stdout
+        for scenario in ("defense", "distill", "multitask"):  # GREAT in each scenario, IGR in defense
+            pick = next(line for line in chosen.splitlines() if line.startswith(f"| {scenario} | great |"))
+            assert pick.split(" | ")[2] in trials and pick.count(" ± ") == 3, out.stdout
+        assert "each trial one sweep of the lab" in out.stdout

@@ -220,3 +220,38 @@ def test_every_defense_run_scores_its_game_with_a_fresh_probe_even_without_a_pan
         if k.startswith("test/probe")
     }
     assert logged == {"test/probe": game["accuracy"], "test/probe_chance": game["chance"]}
+
+
+def test_robust_validation_accuracy_is_logged_every_epoch_and_changes_nothing_else(tmp_path):
+    """val/pgd (what the tuning search scores) is PGD at the standard radius on the validation split,
+    and asking for it leaves training as it was: the same weights as a run without it."""
+    from worker.gat import data as gdata
+    from worker.gat.attacks import pgd
+    from worker.gat.train import load_model
+
+    runs = {}
+    for steps in (0, 5):
+        cfg = _config("great", epochs=2)
+        cfg["train"].update(val_pgd_steps=steps, lr=0.01)
+        out = tmp_path / str(steps)
+        rec = JsonlRecorder(out, progress_bar=False)
+        train(cfg, out, rec)
+        rec.close()
+        runs[steps] = (out, [r for r in read_jsonl(out / "metrics.jsonl") if "val/acc" in r])
+    plain, robust = runs[0][1], runs[5][1]
+    assert all("val/pgd" not in r for r in plain) and [r["epoch"] for r in robust] == [1, 2]
+    assert all(0 <= r["val/pgd"] <= r["val/acc"] for r in robust)
+    a, b = load_model(runs[0][0]).state_dict(), load_model(runs[5][0]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the attack drew no training randomness
+    model, val = load_model(runs[5][0]), gdata.load({"name": "synthetic", "size": 300}).val
+    torch.manual_seed(0)
+    x, y = val.images(), val.y
+    want = (
+        (model(pgd(model, x, y, eps=gdata.STANDARD_EPS["synthetic"][0], steps=5)).argmax(1) == y)
+        .float()
+        .mean()
+    )
+    assert (
+        robust[-1]["val/pgd"] == pytest.approx(want.item())
+        and robust[-1]["val/pgd"] < robust[-1]["val/acc"]  # it bites
+    )

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import data as gdata
 from . import models, probe, stats
+from .attacks.pgd import pgd
 from .methods import Method
 from .methods import make as make_method
 from .methods.multitask import task_loss
@@ -351,9 +352,31 @@ def _record_step(loop: Loop, x, y, metrics: dict) -> None:
             )
 
 
+def robust_accuracy(
+    model: nn.Module, split: gdata.Split, device: torch.device, *, eps: float, steps: int
+) -> float:
+    """Accuracy under PGD (random start, seed 0) in eval mode, leaving every RNG as it was: a run
+    that logs it trains exactly as one that does not."""
+    was, correct = model.training, 0
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for _, x, y in gdata.batches(split, 512, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            adv = pgd(model, x, y, eps=eps, steps=steps)
+            with torch.no_grad():
+                correct += (model(adv).argmax(1) == y).sum().item()
+    model.train(was)
+    return correct / max(1, len(split))
+
+
 def end_epoch(loop: Loop, epoch: int) -> None:
-    """Validation, the epoch's record, and a checkpoint."""
+    """Validation (with its robust accuracy when asked), the epoch's record, and a checkpoint."""
     val = loop.evaluate(loop.s.data.val) if len(loop.s.data.val) else {}
+    steps = loop.s.config["train"].get("val_pgd_steps", 0)
+    if val and steps and not loop.multitask:
+        eps = standard_eps(loop.s.config)[0]
+        val["pgd"] = robust_accuracy(loop.s.model, loop.s.data.val, loop.s.device, eps=eps, steps=steps)
     log.info(
         "epoch %d/%d (step %d): %s",
         epoch + 1,
