@@ -122,6 +122,65 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def _api(server: str, method: str, path: str, **kw) -> httpx.Response:
+    token = os.environ.get("GATLAB_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.request(method, f"{server.rstrip('/')}{path}", headers=headers, timeout=60, **kw)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach {server}: {e}") from e
+    if r.status_code == 401:
+        raise CliError(f"{server} needs sign-in: set GATLAB_TOKEN to a token from `gatlab users create`")
+    return r
+
+
+def cmd_study(args) -> int:
+    """`gatlab study run FILE`: submit a study (or, if it exists, queue what it still lacks: new
+    seeds, failed runs), wait for its runs, print its report."""
+    design = yaml.safe_load(Path(args.file).read_text()) if Path(args.file).is_file() else None
+    if not isinstance(design, dict):
+        raise CliError(f"study file not found or not a mapping: {args.file}")
+    r = _api(args.server, "POST", "/api/studies", json=design)
+    if r.status_code == 409:  # the study exists: extend it to this file's seeds, retry what failed
+        found = [
+            x for x in _api(args.server, "GET", "/api/studies").json() if x["name"] == design.get("name")
+        ]
+        if not found:
+            raise CliError(r.json()["detail"])
+        r = _api(
+            args.server,
+            "POST",
+            f"/api/studies/{found[0]['id']}/extend",
+            json={"seeds": design.get("seeds", [0])},
+        )
+    if r.status_code == 422:
+        lines = [f"{'.'.join(str(p) for p in d['loc'][1:])}: {d['msg']}" for d in r.json()["detail"]]
+        raise CliError(f"{args.file}: invalid study\n  " + "\n  ".join(lines))
+    if r.status_code >= 400:
+        raise CliError(f"server answered {r.status_code}: {r.text[:500]}")
+    study = r.json()
+    print(
+        f"study {study['id']} {study['name']}: {study['created']} runs queued, {study['progress']['total']} in all",
+        file=sys.stderr,
+    )
+    while not args.no_wait:
+        view = _api(args.server, "GET", f"/api/studies/{study['id']}").json()
+        p = view["progress"]
+        left = p.get("queued", 0) + p.get("running", 0)
+        eta = f", ETA {view['eta_s']:.0f} s" if view["eta_s"] else ""
+        print(f"  {', '.join(f'{k} {v}' for k, v in p.items())}{eta}", file=sys.stderr)
+        if not left:
+            break
+        time.sleep(args.poll)
+    text = _api(args.server, "GET", f"/api/studies/{study['id']}/report", params={"format": args.format}).text
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"report written to {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 def _wait_for_database(url: str, wait_s: float) -> None:
     """Connect until the database answers, for at most `wait_s` seconds: a database container can
     pass its health check (its Unix socket) while it still initialises and refuses TCP."""
@@ -258,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--experiment")
     sb.add_argument("--tag", action="append")
     sb.set_defaults(func=cmd_submit)
+    sy = sub.add_parser("study", help="run a study (methods x seeds) on a server and print its report")
+    sy.add_argument("action", choices=["run"])
+    sy.add_argument("file", help="the study's design (YAML), e.g. studies/defense-digits.yaml")
+    sy.add_argument("--server", default="http://127.0.0.1:8000")
+    sy.add_argument("--format", choices=["md", "latex", "csv", "json"], default="md")
+    sy.add_argument("--out", help="write the report here (default: stdout)")
+    sy.add_argument("--no-wait", action="store_true", help="submit and print the report as it stands")
+    sy.add_argument("--poll", type=float, default=10.0, help="seconds between progress lines")
+    sy.set_defaults(func=cmd_study)
     h = sub.add_parser(
         "health", help="exit 0 if the API or a worker on this host is healthy (container health checks)"
     )

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .api.routes import auth, meta, runs
+from .api.routes import auth, meta, runs, studies
 from .config import get_settings
 from .db import session_scope
 from .guard import SameOrigin
@@ -58,6 +58,7 @@ def create_app() -> FastAPI:
     app.include_router(meta.router)
     app.include_router(auth.router)
     app.include_router(runs.router)
+    app.include_router(studies.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)

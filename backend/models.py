@@ -26,10 +26,14 @@ def now() -> datetime:
 
 
 class Experiment(Base):
+    """A group of runs; a study when it has a declared design (backend.study)."""
+
     __tablename__ = "experiments"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    design: Mapped[dict | None] = mapped_column(JSON)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
 
 class User(Base):

@@ -6,6 +6,7 @@ import { launchPage } from "./pages/launch.js";
 import { runPage } from "./pages/run.js";
 import { runsPage } from "./pages/runs.js";
 import { signInPage } from "./pages/signin.js";
+import { leaderboardPage, studiesPage, studyPage } from "./pages/study.js";
 
 function showUser() {
   const who = document.getElementById("who");
@@ -38,6 +39,9 @@ async function route() {
     if (page === "launch") await launchPage();
     else if (page === "run") await runPage(Number(arg));
     else if (page === "compare") await comparePage(arg);
+    else if (page === "studies") await studiesPage();
+    else if (page === "study") await studyPage(Number(arg));
+    else if (page === "leaderboard") await leaderboardPage(new URLSearchParams(query));
     else await runsPage(new URLSearchParams(query));
     app.dataset.ready = page;
   } catch (err) {

@@ -193,6 +193,14 @@ class Loop:
     teacher: nn.Module | None
     edges: torch.Tensor  # gradient-histogram bin edges
     t0: float = field(default_factory=time.monotonic)
+    first_step: int = -1  # the step this attempt started from (the checkpoint's when resuming)
+
+    def __post_init__(self) -> None:
+        self.first_step = self.step
+
+    def seconds_per_step(self) -> float:
+        """Wall seconds per training step of this attempt (its validation passes included)."""
+        return (time.monotonic() - self.t0) / max(1, self.step - self.first_step)
 
     @property
     def multitask(self) -> bool:
@@ -302,7 +310,7 @@ def train_one_epoch(
 ) -> None:
     """The epoch's steps (from a mid-epoch checkpoint's batch when resuming), with the stop and
     hand-back flags read before each."""
-    s, t, rec, step0 = loop.s, loop.s.config["train"], loop.recorder, loop.step
+    s, t, rec = loop.s, loop.s.config["train"], loop.recorder
     s.model.train()
     seed = t["seed"] * 100_003 + epoch  # the epoch's data order depends on seed and epoch only
     aug_gen = torch.Generator().manual_seed(seed)
@@ -331,8 +339,7 @@ def train_one_epoch(
         loop.sched.step()
         loop.step += 1
         _record_step(loop, x, y, metrics)
-        elapsed = time.monotonic() - loop.t0
-        rec.progress(loop.step, loop.total, elapsed / max(1, loop.step - step0) * (loop.total - loop.step))
+        rec.progress(loop.step, loop.total, loop.seconds_per_step() * (loop.total - loop.step))
 
 
 def _record_step(loop: Loop, x, y, metrics: dict) -> None:
@@ -392,6 +399,7 @@ def finish(loop: Loop) -> dict:
     """Test evaluation (and agreement with the teacher), the final model and the summary. Runs as
     well when resuming from the last epoch's checkpoint, so a crash in here costs no training."""
     s, config = loop.s, loop.s.config
+    seconds_per_step = loop.seconds_per_step() if loop.step > loop.first_step else None
     test = loop.evaluate(s.data.test)
     log.info("finished: %s", ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     if loop.teacher is not None:
@@ -416,6 +424,7 @@ def finish(loop: Loop) -> dict:
         "test": test,
         "data": s.data.info,
         "device": str(s.device),
+        "seconds_per_step": seconds_per_step,
         "game": game,
         "env": {
             "torch": torch.__version__,

@@ -1,0 +1,355 @@
+"""Studies: a declared design (methods x seeds on one scenario, dataset, model and panel, against a
+baseline) expanded into runs, and the report computed from those runs' own stored results.
+
+Pure functions over plain dicts: the API feeds them runs from the database, `gatlab study run
+--local` feeds them run directories, and both print the same tables. The report's exports are
+byte-identical for the same runs (sorted, fixed formatting, no clocks)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from scipy import stats
+
+from backend.run_config import NO_NUL, parse_run_config
+
+Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+=,\- λ]{1,60}$")]
+
+
+class Arm(BaseModel):
+    """One row of the study's table: a method with its knobs (a grid expands into one arm per point)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(min_length=1, max_length=64)
+    label: Label | None = Field(
+        None, description="The row's name (default: the method, plus the grid point)."
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="knob -> values: one arm per point")
+
+
+class StudyDesign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
+    scenario: str
+    dataset: dict[str, Any]
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    methods: list[Arm] = Field(min_length=1, max_length=50)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(min_length=1, max_length=100)
+    baseline: str = Field(description="The label of the arm every other arm is tested against.")
+    notes: Annotated[str, StringConstraints(pattern=NO_NUL, max_length=2000)] = ""
+
+    @model_validator(mode="after")
+    def _arms_are_named_once(self) -> StudyDesign:
+        labels = [label for label, _ in arm_params(self)]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"methods: two arms share the label {dup[0]!r}; give each a label")
+        if self.baseline not in labels:
+            raise ValueError(f"baseline: {self.baseline!r} is none of the arms ({', '.join(labels)})")
+        if len(labels) * len(self.seeds) > 1000:
+            raise ValueError("a study may expand to at most 1000 runs")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed once")
+        return self
+
+
+def arm_params(design: StudyDesign) -> list[tuple[str, dict]]:
+    """(label, method params) per arm, a grid expanded in its declared order."""
+    import itertools
+
+    out = []
+    for arm in design.methods:
+        keys = list(arm.grid)
+        for values in itertools.product(*arm.grid.values()):
+            point = dict(zip(keys, values, strict=True))
+            label = arm.label or arm.method
+            if point:
+                label += "[" + ",".join(f"{k}={v}" for k, v in point.items()) + "]"
+            out.append((label, {"method": arm.method, "params": {**arm.params, **point}}))
+    return out
+
+
+def expand(design: StudyDesign) -> list[tuple[str, str, int, dict]]:
+    """Every run the design asks for: (key, arm label, seed, validated run config). The key (also the
+    run's config name) names a run of the study for good: extending or retrying never duplicates it."""
+    out = []
+    for label, spec in arm_params(design):
+        for seed in design.seeds:
+            key = f"{design.name}/{label}/seed={seed}"
+            raw = {
+                "name": key,
+                "scenario": design.scenario,
+                "method": spec["method"],
+                "dataset": design.dataset,
+                "model": design.model,
+                "train": {**design.train, "seed": seed},
+                "params": spec["params"],
+                "eval": design.eval,
+            }
+            out.append((key, label, seed, parse_run_config(raw).model_dump(mode="json")))
+    return out
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+LOWER_IS_BETTER = ("loss", "mse", "s/step")
+
+
+def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float | None) -> dict[str, float]:
+    """One succeeded run's figures: its test metrics, every L-inf attack at the panel's standard
+    eps (and L2 PGD at its standard L2 eps), the game's fresh probe, seconds per step."""
+    out: dict[str, float] = {}
+    test = (summary or {}).get("test", {})
+    for k, v in test.items():
+        if not k.startswith("probe") and k != "loss" and isinstance(v, int | float):
+            out[f"test {k}"] = float(v)
+    if ev and ev.get("summary"):
+        std, std2 = ev["summary"]["std_eps"], ev["summary"].get("std_eps_l2")
+        for r in ev["rows"]:
+            at_std = (
+                abs(r["eps"] - std) < 1e-12 if r["norm"] == "linf" else abs(r["eps"] - (std2 or -1)) < 1e-12
+            )
+            if at_std and r["attack"] not in ("noise", "pgd_large_eps"):
+                out[r["attack"]] = r["accuracy"]
+    game = (summary or {}).get("game")
+    if game:
+        out["probe"] = game["accuracy"]
+    if seconds_per_step is not None:
+        out["s/step"] = seconds_per_step
+    return out
+
+
+def _describe(values: list[float]) -> dict:
+    n = len(values)
+    mean = statistics.fmean(values) if n else None
+    std = statistics.stdev(values) if n > 1 else None
+    ci = None
+    if n > 1:
+        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"n": n, "mean": mean, "std": std, "ci": ci, "values": values}
+
+
+def _paired(arm: dict[int, float], base: dict[int, float]) -> dict | None:
+    """A paired t-test over the seeds both arms have; None below 2 pairs (never a mark from one)."""
+    seeds = sorted(set(arm) & set(base))
+    if len(seeds) < 2:
+        return None
+    diffs = [arm[s] - base[s] for s in seeds]
+    if statistics.pstdev(diffs) == 0:
+        return {"pairs": len(seeds), "diff": diffs[0], "p": None}
+    p = float(stats.ttest_rel([arm[s] for s in seeds], [base[s] for s in seeds]).pvalue)
+    return {"pairs": len(seeds), "diff": statistics.fmean(diffs), "p": p}
+
+
+def report(design: StudyDesign, records: list[dict]) -> dict:
+    """The study's table from its runs. A record: {"label", "seed", "status", "run_id", "metrics"
+    (run_metrics of a succeeded run), "failed_checks", "curve" ({eps: worst-case accuracy})}."""
+    labels = [label for label, _ in arm_params(design)]
+    by_arm = {label: [r for r in records if r["label"] == label] for label in labels}
+    columns: list[str] = []
+    for r in sorted(records, key=lambda r: (labels.index(r["label"]), r["seed"])):
+        columns += [c for c in r.get("metrics", {}) if c not in columns]
+    columns = (
+        [c for c in columns if c.startswith("test ")]
+        + [c for c in columns if not c.startswith("test ") and c not in ("probe", "s/step")]
+        + [c for c in ("probe", "s/step") if c in columns]
+    )
+    total = len(labels) * len(design.seeds)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    rows = []
+    for label in labels:
+        done = [r for r in by_arm[label] if r["status"] == "succeeded"]
+        cells = {}
+        for c in columns:
+            per_seed = {r["seed"]: r["metrics"][c] for r in done if c in r["metrics"]}
+            cells[c] = _describe([per_seed[s] for s in sorted(per_seed)])
+            base = {
+                r["seed"]: r["metrics"][c]
+                for r in by_arm[design.baseline]
+                if r["status"] == "succeeded" and c in r["metrics"]
+            }
+            cells[c]["vs_baseline"] = None if label == design.baseline else _paired(per_seed, base)
+        eps = sorted({float(e) for r in done for e in r.get("curve", {})})
+        curve = [
+            {"eps": e, **_describe([r["curve"][str(e)] for r in done if str(e) in r.get("curve", {})])}
+            for e in eps
+        ]
+        rows.append(
+            {
+                "label": label,
+                "baseline": label == design.baseline,
+                "seeds_done": sorted(r["seed"] for r in done),
+                "runs": sorted(r["run_id"] for r in by_arm[label] if r.get("run_id") is not None),
+                "failed_checks": sorted({c for r in done for c in r.get("failed_checks", [])}),
+                "cells": cells,
+                "curve": curve,
+            }
+        )
+    best = {}
+    for c in columns:
+        means = [(r["cells"][c]["mean"], r["label"]) for r in rows if r["cells"][c]["mean"] is not None]
+        if means:  # every arm that reaches the best mean (a tie marks them all)
+            top = min(means)[0] if c.endswith(LOWER_IS_BETTER) else max(means)[0]
+            best[c] = [label for mean, label in means if mean == top]
+    return {
+        "study": design.name,
+        "scenario": design.scenario,
+        "dataset": design.dataset,
+        "baseline": design.baseline,
+        "seeds": design.seeds,
+        "progress": {"total": total, **{k: counts[k] for k in sorted(counts)}},
+        "columns": columns,
+        "best": best,
+        "rows": rows,
+        "design": design.model_dump(mode="json"),
+    }
+
+
+# ---- exports ---------------------------------------------------------------------------------------
+
+
+def _scale(column: str) -> float:
+    return 1.0 if column.endswith(LOWER_IS_BETTER) else 100.0
+
+
+def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
+    d = row["cells"][c]
+    if d["mean"] is None:
+        return "–"
+    k, digits = _scale(c), (4 if c.endswith(LOWER_IS_BETTER) else 1)
+    pm = r" $\pm$ " if latex else " ± "
+    text = f"{k * d['mean']:.{digits}f}" + (f"{pm}{k * d['std']:.{digits}f}" if d["std"] is not None else "")
+    vs = d["vs_baseline"]
+    if vs and vs["p"] is not None and vs["p"] < 0.05:
+        text += "*"
+    if row["label"] in rep["best"].get(c, []):
+        text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
+    return text
+
+
+def _legend(rep: dict) -> str:
+    return (
+        f"Mean ± std over seeds ({', '.join(map(str, rep['seeds']))}); accuracies in %, s/step in seconds;"
+        f" best per column in bold; * = paired t-test against {rep['baseline']} over the seeds both have,"
+        " p < 0.05 (never from fewer than 2 seeds); a row with a failed sanity check is marked ✗."
+    )
+
+
+def to_markdown(rep: dict) -> str:
+    head = ["method", "seeds", *rep["columns"], "checks"]
+    lines = [
+        f"# Study {rep['study']}: {rep['scenario']} on {rep['dataset'].get('name')}",
+        "",
+        _legend(rep),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in rep["rows"]:
+        checks = "✗ " + ", ".join(row["failed_checks"]) if row["failed_checks"] else "ok"
+        cells = [_cell(rep, row, c) for c in rep["columns"]]
+        lines.append(f"| {row['label']} | {len(row['seeds_done'])} | " + " | ".join(cells) + f" | {checks} |")
+    lines += [
+        "",
+        "## Against the baseline (paired over seeds)",
+        "",
+        "| method | metric | pairs | mean difference | p |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rep["rows"]:
+        for c in rep["columns"]:
+            vs = row["cells"][c]["vs_baseline"]
+            if vs:
+                p = "no spread" if vs["p"] is None else f"{vs['p']:.3g}"
+                lines.append(
+                    f"| {row['label']} | {c} | {vs['pairs']} | {_scale(c) * vs['diff']:+.2f} | {p} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _tex(s: str) -> str:
+    return (
+        s.replace("\\", r"\textbackslash{}")
+        .replace("_", r"\_")
+        .replace("%", r"\%")
+        .replace("&", r"\&")
+        .replace("#", r"\#")
+    )
+
+
+def to_latex(rep: dict) -> str:
+    cols = rep["columns"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "r" * (len(cols) + 1) + "}",
+        r"\toprule",
+        "Method & Seeds & " + " & ".join(_tex(c) for c in cols) + r" \\",
+        r"\midrule",
+    ]
+    for row in rep["rows"]:
+        mark = r" $\times$" if row["failed_checks"] else ""
+        cells = [_cell(rep, row, c, latex=True) for c in cols]
+        lines.append(f"{_tex(row['label'])}{mark} & {len(row['seeds_done'])} & " + " & ".join(cells) + r" \\")
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{_tex(rep['study'])}: {_tex(rep['scenario'])} on {_tex(str(rep['dataset'].get('name')))}. "
+        + _tex(_legend(rep)).replace("±", r"$\pm$").replace("✗", r"$\times$")
+        + "}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rep: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        [
+            "method",
+            "metric",
+            "n",
+            "mean",
+            "std",
+            "ci_low",
+            "ci_high",
+            "best",
+            "pairs",
+            "p_vs_baseline",
+            "failed_checks",
+        ]
+    )
+    for row in rep["rows"]:
+        for c in rep["columns"]:
+            d, vs = row["cells"][c], row["cells"][c]["vs_baseline"]
+            fmt = lambda v: "" if v is None else repr(float(v))  # noqa: E731
+            w.writerow(
+                [
+                    row["label"], c, d["n"], fmt(d["mean"]), fmt(d["std"]),
+                    fmt(d["ci"][0] if d["ci"] else None), fmt(d["ci"][1] if d["ci"] else None),
+                    int(row["label"] in rep["best"].get(c, [])), vs["pairs"] if vs else "",
+                    fmt(vs["p"]) if vs else "", ";".join(row["failed_checks"]),
+                ]
+            )  # fmt: skip
+    return buf.getvalue()
+
+
+def to_json(rep: dict) -> str:
+    return json.dumps(rep, sort_keys=True, indent=1) + "\n"
+
+
+EXPORTS = {"md": (to_markdown, "text/markdown"), "latex": (to_latex, "application/x-latex"),
+           "csv": (to_csv, "text/csv"), "json": (to_json, "application/json")}  # fmt: skip
