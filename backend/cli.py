@@ -325,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--out", help="write the report here (default: stdout)")
     sy.add_argument("--no-wait", action="store_true", help="submit and print the report as it stands")
     sy.add_argument("--poll", type=float, default=10.0, help="seconds between progress lines")
+    sy.add_argument(
+        "--local",
+        action="store_true",
+        help="run it here without a server, one run after another (training install)",
+    )
     sy.set_defaults(func=cmd_study)
     h = sub.add_parser(
         "health", help="exit 0 if the API or a worker on this host is healthy (container health checks)"
@@ -358,9 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _trains(argv: list[str]) -> bool:
+    """A command for the training install: a worker command, or a study run here (--local)."""
+    return bool(argv) and (argv[0] in WORKER_COMMANDS or (argv[0] == "study" and "--local" in argv))
+
+
 def parser_for(argv: list[str]) -> argparse.ArgumentParser:
     """The parser of the tier that owns the command in `argv`."""
-    if argv and argv[0] in WORKER_COMMANDS:
+    if _trains(argv):
         from worker.cli import build_parser as worker_parser  # only here: the API image has no worker/
 
         return worker_parser()
@@ -369,7 +379,7 @@ def parser_for(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in WORKER_COMMANDS:
+    if _trains(argv):
         try:
             from worker.cli import main as worker_main
         except ImportError:

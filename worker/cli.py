@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
+from backend import study
 from backend.cli import CliError
 from backend.run_config import format_errors, parse_run_config
 from worker.gat import job
@@ -192,6 +194,70 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _local_record(label: str, seed: int, run_dir: Path) -> dict:
+    """What the study's report reads of a finished local run directory (as the server reads its runs)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
+    view = (
+        {"summary": {"std_eps": ev["std_eps"], "std_eps_l2": ev.get("std_eps_l2")}, "rows": ev["rows"]}
+        if ev
+        else None
+    )
+    return {
+        "label": label,
+        "seed": seed,
+        "status": "succeeded",
+        "run_id": None,
+        "metrics": study.run_metrics(summary, view, summary.get("seconds_per_step")),
+        "failed_checks": [c["name"] for c in ev["checks"] if not c["passed"]] if ev else [],
+        "curve": {
+            str(r["eps"]): r["accuracy"]
+            for r in (ev or {}).get("rows", [])
+            if r["attack"] == "worst_case" and r["norm"] == "linf"
+        },
+    }
+
+
+def cmd_study(args) -> int:
+    """`gatlab study run FILE --local`: every run of the study here, one after another (a run
+    directory each; one that finished is not trained again, one that stopped resumes), then the
+    report, computed by the same code as the server's."""
+    raw = yaml.safe_load(Path(args.file).read_text()) if Path(args.file).is_file() else None
+    if not isinstance(raw, dict):
+        raise CliError(f"study file not found or not a mapping: {args.file}")
+    try:
+        design = study.StudyDesign.model_validate(raw)
+        runs = study.expand(design)
+    except ValidationError as e:
+        raise CliError(f"{args.file}: invalid study\n  " + "\n  ".join(format_errors(e))) from e
+    root = Path(args.out_dir or f"runs/study-{design.name}")
+    records = []
+    for _, label, seed, config in runs:
+        run_dir = root / re.sub(r"[^\w.=,+-]", "_", f"{label}-seed{seed}")
+        finished = (run_dir / "summary.json").exists() and (
+            config["eval"]["panel"] == "none"
+            or config["scenario"] == "multitask"
+            or (run_dir / "eval.json").exists()
+        )
+        if not finished:
+            print(f"{label}, seed {seed}: training into {run_dir}", file=sys.stderr)
+            rec = JsonlRecorder(run_dir, resume_step=checkpoint_step(run_dir), progress_bar=False)
+            try:
+                job.run(config, run_dir, rec)
+            except (DataError, TeacherError, CheckpointError) as e:
+                raise CliError(f"{label}, seed {seed}: {e}") from e
+            finally:
+                rec.close()
+        records.append(_local_record(label, seed, run_dir))
+    text = study.EXPORTS[args.format][0](study.report(design, records))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"report written to {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_worker(args) -> int:
     """One Celery worker process (one per GPU): solo pool, one task at a time."""
     from worker.tasks import app  # here, not at the top: importing it configures Celery and the database
@@ -249,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: safetensors for an output ending in .safetensors, else TorchScript",
     )
     x.set_defaults(func=cmd_export)
+    sy = sub.add_parser("study", help="run a study here, without a server (--local), and print its report")
+    sy.add_argument("action", choices=["run"])
+    sy.add_argument("file", help="the study's design (YAML), e.g. studies/defense-digits.yaml")
+    sy.add_argument("--local", action="store_true", required=True, help="here, one run after another")
+    sy.add_argument("--out-dir", help="where the run directories go (default runs/study-NAME)")
+    sy.add_argument("--format", choices=["md", "latex", "csv", "json"], default="md")
+    sy.add_argument("--out", help="write the report here (default: stdout)")
+    sy.set_defaults(func=cmd_study)
     w = sub.add_parser("worker", help="start one worker for the configured broker and database")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument(

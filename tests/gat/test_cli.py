@@ -301,3 +301,40 @@ def test_export_safetensors_and_evaluate_it_like_the_torchscript_file(tmp_path):
     assert r.returncode == 0, r.stderr
     bare = json.loads((tmp_path / "bare-eval" / "eval.json").read_text())
     assert [x["accuracy"] for x in bare["rows"]] == [x["accuracy"] for x in st["rows"]]
+
+
+def test_a_study_runs_locally_reports_its_runs_and_never_trains_a_finished_run_twice(tmp_path):
+    import statistics
+
+    design = {
+        "name": "local",
+        "scenario": "defense",
+        "dataset": {"name": "synthetic", "size": 200},
+        "model": {"arch": "cnn", "width": 4},
+        "train": {"epochs": 1, "batch_size": 32},
+        "eval": {"panel": "quick", "n": 20},
+        "methods": [{"method": "erm"}, {"method": "great", "params": {"lam": 0.1}}],
+        "seeds": [0, 1],
+        "baseline": "erm",
+    }
+    f = write(tmp_path, design, "study.yaml")
+    args = ("study", "run", f, "--local", "--out-dir", str(tmp_path / "runs"), "--format", "json")
+    r = gatlab(*args)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("training into") == 4
+    rep = json.loads(r.stdout)
+    for row in rep["rows"]:
+        aa = []
+        for seed in (0, 1):
+            ev = json.loads((tmp_path / "runs" / f"{row['label']}-seed{seed}" / "eval.json").read_text())
+            aa += [
+                x["accuracy"] for x in ev["rows"] if x["attack"] == "autoattack" and x["eps"] == ev["std_eps"]
+            ]
+        assert row["cells"]["autoattack"]["mean"] == pytest.approx(statistics.fmean(aa)) and len(aa) == 2
+    again = gatlab(*args)
+    assert again.returncode == 0 and "training into" not in again.stderr and again.stdout == r.stdout
+    md = gatlab(*args[:-2], "--format", "md").stdout
+    assert "| great | 2 |" in md and "| erm | 2 |" in md
+    bad = write(tmp_path, {**design, "baseline": "trades"}, "bad.yaml")
+    r = gatlab("study", "run", bad, "--local")
+    assert r.returncode == 2 and "baseline" in r.stderr
