@@ -76,6 +76,11 @@ export async function launchPage() {
       <label class="field"><span>values</span><input id="sweep-values" placeholder="e.g. 0.01,0.1,1"><small class="error" data-error="grid"></small></label>
       <label class="field"><span>experiment</span><input id="experiment" placeholder="group name (required for sweeps)"><small class="error" data-error="experiment"></small></label>
       <div class="toolbar"><button type="submit" id="launch">Launch</button><span id="result" class="muted"></span></div>
+      <h2>Study</h2><p class="muted">Compare methods: this form's data, model, schedule and panel for every method ticked (the one above with its knobs, the others at their defaults), over the seeds above (default 0), reported against a baseline.</p>
+      <div id="study-methods" class="checks"></div>
+      <label class="field"><span>baseline</span><select id="study-baseline"></select></label>
+      <label class="field"><span>study name</span><input id="study-name" placeholder="letters, digits, . _ -"></label>
+      <div class="toolbar"><button type="button" id="launch-study">Launch study</button><span id="study-result" class="error"></span></div>
     </form>
     <div class="preview"><h2>YAML</h2><pre id="yaml"></pre><h2>curl</h2><pre id="curl"></pre></div></div>
     <h2>Evaluate a model trained elsewhere</h2>
@@ -106,6 +111,9 @@ export async function launchPage() {
     form.querySelector("#knobs").innerHTML = knobsOf().map((k) => field(`params.${k.name}`, k.choices ? "select" : "text",
       k.name, k.choices, show(config.params?.[k.name] ?? k.default), `default ${show(k.default)}. ${k.help}`)).join("") || '<p class="muted">no knobs</p>';
     form.querySelector("#sweep-knob").innerHTML = '<option value="">none</option>' + knobsOf().map((k) => `<option>params.${esc(k.name)}</option>`).join("");
+    const names = m.methods.filter((x) => x.scenario === config.scenario).map((x) => x.method);
+    form.querySelector("#study-methods").innerHTML = names.map((n) => `<label><input type="checkbox" value="${esc(n)}" ${n === config.method ? "checked" : ""}> ${esc(n)}</label>`).join(" ");
+    form.querySelector("#study-baseline").innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join("");
     preview();
   };
   const parse = (v) => {
@@ -146,6 +154,23 @@ export async function launchPage() {
     render();
   });
   form.addEventListener("input", preview);
+  form.querySelector("#launch-study").addEventListener("click", async () => {
+    const c = read(), seeds = list(form.querySelector("#seeds").value);
+    const picked = [...form.querySelectorAll("#study-methods input:checked")].map((el) => el.value);
+    const { seed, ...train } = c.train ?? {};
+    const design = {
+      name: form.querySelector("#study-name").value, scenario: c.scenario, dataset: c.dataset, model: c.model, train, eval: c.eval,
+      methods: picked.map((name) => ({ method: name, ...(name === c.method ? { params: c.params } : {}) })),
+      seeds: seeds.length ? seeds : [0], baseline: form.querySelector("#study-baseline").value,
+    };
+    try {
+      const out = await api("/api/studies", { method: "POST", body: design });
+      location.hash = `#/study/${out.id}`;
+    } catch (err) {
+      const details = err instanceof ApiError && Array.isArray(err.detail) ? err.detail : [{ loc: [], msg: err.message }];
+      form.querySelector("#study-result").textContent = details.map((d) => `${d.loc.slice(1).join(".") || "study"}: ${d.msg}`).join("; ");
+    }
+  });
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     form.querySelectorAll("[data-error]").forEach((el) => (el.textContent = ""));
