@@ -49,14 +49,15 @@ class StudyDesign(BaseModel):
 
     @model_validator(mode="after")
     def _arms_are_named_once(self) -> StudyDesign:
+        size = sum(math.prod(len(v) for v in arm.grid.values()) for arm in self.methods) * len(self.seeds)
+        if size > 1000:  # counted before anything is expanded: a large grid is refused, not built
+            raise ValueError(f"a study may expand to at most 1000 runs (this one: {size})")
         labels = [label for label, _ in arm_params(self)]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"methods: two arms share the label {dup[0]!r}; give each a label")
         if self.baseline not in labels:
             raise ValueError(f"baseline: {self.baseline!r} is none of the arms ({', '.join(labels)})")
-        if len(labels) * len(self.seeds) > 1000:
-            raise ValueError("a study may expand to at most 1000 runs")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: each seed once")
         return self

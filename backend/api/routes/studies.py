@@ -10,6 +10,7 @@ import statistics
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import Path as FPath
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,6 +30,7 @@ from backend.study import EXPORTS, StudyDesign, expand, report, run_metrics
 
 router = APIRouter(prefix="/api", tags=["studies"], dependencies=[Depends(require_user)])
 ACTIVE = ("queued", "running", "succeeded")
+StudyId = Annotated[int, FPath(ge=1, le=2**31 - 1)]
 
 
 class Extend(BaseModel):
@@ -131,7 +133,7 @@ def list_studies(s: SessionDep) -> list[dict]:
 
 
 @router.get("/studies/{study_id}")
-def get_study(study_id: int, s: SessionDep) -> dict:
+def get_study(study_id: StudyId, s: SessionDep) -> dict:
     return _view(s, _study(s, study_id))
 
 
@@ -146,7 +148,7 @@ def _owned(s: Session, study_id: int, user, action: str) -> Experiment:
 
 
 @router.post("/studies/{study_id}/extend")
-def extend_study(study_id: int, body: Extend, user: CurrentUser, s: SessionDep) -> dict:
+def extend_study(study_id: StudyId, body: Extend, user: CurrentUser, s: SessionDep) -> dict:
     """More seeds: the new ones' runs are queued; finished runs stay as they are."""
     exp = _owned(s, study_id, user, "extend")
     design = StudyDesign.model_validate({**exp.design, "seeds": sorted({*exp.design["seeds"], *body.seeds})})
@@ -155,7 +157,7 @@ def extend_study(study_id: int, body: Extend, user: CurrentUser, s: SessionDep) 
 
 
 @router.post("/studies/{study_id}/retry")
-def retry_study(study_id: int, user: CurrentUser, s: SessionDep) -> dict:
+def retry_study(study_id: StudyId, user: CurrentUser, s: SessionDep) -> dict:
     """The failed and cancelled runs again (new runs with the same key); nothing else is rerun."""
     exp = _owned(s, study_id, user, "retry")
     return _view(s, exp, created=len(_sync(s, exp, user, StudyDesign.model_validate(exp.design))))
@@ -186,7 +188,9 @@ def records(s: Session, exp: Experiment, design: StudyDesign) -> list[dict]:
 
 @router.get("/studies/{study_id}/report")
 def study_report(
-    study_id: int, s: SessionDep, format: Annotated[Literal["json", "md", "latex", "csv"], Query()] = "json"
+    study_id: StudyId,
+    s: SessionDep,
+    format: Annotated[Literal["json", "md", "latex", "csv"], Query()] = "json",
 ) -> Response:
     """The study's table, computed from its runs as they finish: mean ± std over seeds with a 95 %
     interval, the best per column, a paired test against the baseline, failed checks per method."""
