@@ -162,9 +162,17 @@ class Lab:
             self.stack.stop()
 
 
+COLLAPSE = 0.10  # a trial this far below the method's best clean validation accuracy is not eligible
+
+
 def verdict(scenario: str, method: str, scored: dict) -> str:
-    """One row: the best trial, today's default, and whether the best replaces it."""
-    knobs, clean, adv = max(scored.values(), key=lambda t: statistics.mean(t[2]))
+    """One row: the best eligible trial, today's default, and whether the best replaces it. A trial
+    is eligible when its mean clean validation accuracy is within COLLAPSE of the method's best: a
+    model that collapses to one class scores that class's share under any attack, so a robust score
+    bought with clean accuracy is not a win."""
+    top_clean = max(statistics.mean(t[1]) for t in scored.values())
+    eligible = [t for t in scored.values() if statistics.mean(t[1]) >= top_clean - COLLAPSE]
+    knobs, clean, adv = max(eligible, key=lambda t: statistics.mean(t[2]))
     _, _, dadv = scored[repr(defaults(scenario, method))]
     margin = statistics.mean(adv) - statistics.mean(dadv)
     noise = max(statistics.stdev(adv), statistics.stdev(dadv)) if len(adv) > 1 else 0.0
@@ -261,9 +269,11 @@ def main() -> None:
     )
     print("## Chosen\n")
     print(
-        "The best trial (highest mean validation score) becomes the default only where it beats"
-        " today's default by more than one standard deviation over seeds (the larger of the two): a win"
-        " inside the seeds' spread is noise, and the default stays.\n"
+        "The best trial (highest mean validation score among the trials whose mean clean validation"
+        f" accuracy is within {100 * COLLAPSE:.0f} points of the method's best: a collapsed model scores its"
+        " majority class's share under any attack) becomes the default only where it beats today's default"
+        " by more than one standard deviation over seeds (the larger of the two): a win inside the seeds'"
+        " spread is noise, and the default stays.\n"
     )
     print("| scenario | method | best trial | val clean | val score | today's default: val score | verdict |")
     print("|---|---|---|---|---|---|---|")
