@@ -293,6 +293,23 @@ def cmd_health(args) -> int:
     return 0 if ok else 1
 
 
+def _study_parser(sub) -> None:
+    sy = sub.add_parser("study", help="run a study (methods x seeds) on a server and print its report")
+    sy.add_argument("action", choices=["run"])
+    sy.add_argument("file", help="the study's design (YAML), e.g. studies/defense-digits.yaml")
+    sy.add_argument("--server", default="http://127.0.0.1:8000")
+    sy.add_argument("--format", choices=["md", "latex", "csv", "json"], default="md")
+    sy.add_argument("--out", help="write the report here (default: stdout)")
+    sy.add_argument("--no-wait", action="store_true", help="submit and print the report as it stands")
+    sy.add_argument("--poll", type=float, default=10.0, help="seconds between progress lines")
+    sy.add_argument(
+        "--local",
+        action="store_true",
+        help="run it here without a server, one run after another (training install)",
+    )
+    sy.set_defaults(func=cmd_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The service commands' parser; the training commands are listed in its help."""
     listing = "\n".join(f"  {name:<10} {text}" for name, text in WORKER_COMMANDS.items())
@@ -317,20 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--experiment")
     sb.add_argument("--tag", action="append")
     sb.set_defaults(func=cmd_submit)
-    sy = sub.add_parser("study", help="run a study (methods x seeds) on a server and print its report")
-    sy.add_argument("action", choices=["run"])
-    sy.add_argument("file", help="the study's design (YAML), e.g. studies/defense-digits.yaml")
-    sy.add_argument("--server", default="http://127.0.0.1:8000")
-    sy.add_argument("--format", choices=["md", "latex", "csv", "json"], default="md")
-    sy.add_argument("--out", help="write the report here (default: stdout)")
-    sy.add_argument("--no-wait", action="store_true", help="submit and print the report as it stands")
-    sy.add_argument("--poll", type=float, default=10.0, help="seconds between progress lines")
-    sy.add_argument(
-        "--local",
-        action="store_true",
-        help="run it here without a server, one run after another (training install)",
-    )
-    sy.set_defaults(func=cmd_study)
+    _study_parser(sub)
     h = sub.add_parser(
         "health", help="exit 0 if the API or a worker on this host is healthy (container health checks)"
     )

@@ -152,6 +152,35 @@ def _paired(arm: dict[int, float], base: dict[int, float]) -> dict | None:
     return {"pairs": len(seeds), "diff": statistics.fmean(diffs), "p": p}
 
 
+def _row(design: StudyDesign, label: str, by_arm: dict[str, list[dict]], columns: list[str]) -> dict:
+    """One arm's row: per column its values over seeds described, and the paired test against the baseline."""
+    done = [r for r in by_arm[label] if r["status"] == "succeeded"]
+    cells = {}
+    for c in columns:
+        per_seed = {r["seed"]: r["metrics"][c] for r in done if c in r["metrics"]}
+        cells[c] = _describe([per_seed[s] for s in sorted(per_seed)])
+        base = {
+            r["seed"]: r["metrics"][c]
+            for r in by_arm[design.baseline]
+            if r["status"] == "succeeded" and c in r["metrics"]
+        }
+        cells[c]["vs_baseline"] = None if label == design.baseline else _paired(per_seed, base)
+    eps = sorted({float(e) for r in done for e in r.get("curve", {})})
+    curve = [
+        {"eps": e, **_describe([r["curve"][str(e)] for r in done if str(e) in r.get("curve", {})])}
+        for e in eps
+    ]
+    return {
+        "label": label,
+        "baseline": label == design.baseline,
+        "seeds_done": sorted(r["seed"] for r in done),
+        "runs": sorted(r["run_id"] for r in by_arm[label] if r.get("run_id") is not None),
+        "failed_checks": sorted({c for r in done for c in r.get("failed_checks", [])}),
+        "cells": cells,
+        "curve": curve,
+    }
+
+
 def report(design: StudyDesign, records: list[dict]) -> dict:
     """The study's table from its runs. A record: {"label", "seed", "status", "run_id", "metrics"
     (run_metrics of a succeeded run), "failed_checks", "curve" ({eps: worst-case accuracy})}."""
@@ -169,35 +198,7 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
     counts: dict[str, int] = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    rows = []
-    for label in labels:
-        done = [r for r in by_arm[label] if r["status"] == "succeeded"]
-        cells = {}
-        for c in columns:
-            per_seed = {r["seed"]: r["metrics"][c] for r in done if c in r["metrics"]}
-            cells[c] = _describe([per_seed[s] for s in sorted(per_seed)])
-            base = {
-                r["seed"]: r["metrics"][c]
-                for r in by_arm[design.baseline]
-                if r["status"] == "succeeded" and c in r["metrics"]
-            }
-            cells[c]["vs_baseline"] = None if label == design.baseline else _paired(per_seed, base)
-        eps = sorted({float(e) for r in done for e in r.get("curve", {})})
-        curve = [
-            {"eps": e, **_describe([r["curve"][str(e)] for r in done if str(e) in r.get("curve", {})])}
-            for e in eps
-        ]
-        rows.append(
-            {
-                "label": label,
-                "baseline": label == design.baseline,
-                "seeds_done": sorted(r["seed"] for r in done),
-                "runs": sorted(r["run_id"] for r in by_arm[label] if r.get("run_id") is not None),
-                "failed_checks": sorted({c for r in done for c in r.get("failed_checks", [])}),
-                "cells": cells,
-                "curve": curve,
-            }
-        )
+    rows = [_row(design, label, by_arm, columns) for label in labels]
     best = {}
     for c in columns:
         means = [(r["cells"][c]["mean"], r["label"]) for r in rows if r["cells"][c]["mean"] is not None]

@@ -206,6 +206,35 @@ def study_report(
 QText = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 
 
+def _latest_rows(s: Session, q, norm: str, eps: float | None) -> list[tuple]:
+    """Per run, its newest panel's AutoAttack row at `eps` (default: that panel's standard radius)."""
+    latest: dict[int, tuple] = {}
+    for row, run in s.execute(q).all():
+        of_job = lambda t, job=row.job_id: t.job_id.is_(None) if job is None else t.job_id == job  # noqa: E731
+        summ = (
+            s.scalar(
+                select(EvalSummary.data)
+                .where(EvalSummary.run_id == run.id, of_job(EvalSummary))
+                .order_by(EvalSummary.id.desc())
+            )
+            or {}
+        )
+        want = eps if eps is not None else summ.get("std_eps" if norm == "linf" else "std_eps_l2")
+        if want is not None and abs(row.eps - want) < 1e-9:
+            failed = s.scalars(
+                select(SanityCheck.name).where(
+                    SanityCheck.run_id == run.id, SanityCheck.passed.is_(False), of_job(SanityCheck)
+                )
+            ).all()
+            latest[run.id] = (row, run, summ, sorted(failed))
+    return list(latest.values())
+
+
+LEADERBOARD_COLUMNS = (
+    "rank run_id name method dataset norm eps autoattack ci n clean flagged failed_checks".split()
+)
+
+
 @router.get("/leaderboard")
 def leaderboard(
     s: SessionDep,
@@ -232,37 +261,16 @@ def leaderboard(
         q = q.where(Run.method == method)
     if experiment:
         q = q.join(Experiment, Experiment.id == Run.experiment_id).where(Experiment.name == experiment)
-    latest: dict[int, tuple] = {}  # run -> (row, run): its newest panel's row at the radius
-    for row, run in s.execute(q).all():
-        summ = s.scalar(
-            select(EvalSummary.data)
-            .where(
-                EvalSummary.run_id == run.id,
-                EvalSummary.job_id.is_(None) if row.job_id is None else EvalSummary.job_id == row.job_id,
-            )
-            .order_by(EvalSummary.id.desc())
-        )
-        want = eps if eps is not None else (summ or {}).get("std_eps" if norm == "linf" else "std_eps_l2")
-        if want is not None and abs(row.eps - want) < 1e-9:
-            latest[run.id] = (row, run, summ or {})
-    entries = []
-    for row, run, summ in latest.values():
-        failed = s.scalars(
-            select(SanityCheck.name).where(
-                SanityCheck.run_id == run.id,
-                SanityCheck.passed.is_(False),
-                SanityCheck.job_id.is_(None) if row.job_id is None else SanityCheck.job_id == row.job_id,
-            )
-        ).all()
-        entries.append(
-            {
-                "run_id": run.id, "name": run.name, "method": run.method, "dataset": run.dataset,
-                "norm": norm, "eps": row.eps, "autoattack": row.accuracy,
-                "ci": None if row.ci_low is None else [row.ci_low, row.ci_high], "n": row.n,
-                "clean": summ.get("clean_accuracy"), "clean_ci": summ.get("clean_ci"),
-                "flagged": bool(failed), "failed_checks": sorted(failed),
-            }
-        )  # fmt: skip
+    entries = [
+        {
+            "run_id": run.id, "name": run.name, "method": run.method, "dataset": run.dataset,
+            "norm": norm, "eps": row.eps, "autoattack": row.accuracy,
+            "ci": None if row.ci_low is None else [row.ci_low, row.ci_high], "n": row.n,
+            "clean": summ.get("clean_accuracy"), "clean_ci": summ.get("clean_ci"),
+            "flagged": bool(failed), "failed_checks": failed,
+        }
+        for row, run, summ, failed in _latest_rows(s, q, norm, eps)
+    ]  # fmt: skip
     entries.sort(key=lambda e: (e["flagged"], -e["autoattack"], -(e["clean"] or 0), e["run_id"]))
     for rank, e in enumerate(entries, 1):
         e["rank"] = rank
@@ -271,27 +279,11 @@ def leaderboard(
             json.dumps({"panel": panel, "norm": norm, "entries": entries}), media_type="application/json"
         )
     buf = io.StringIO()
-    cols = [
-        "rank",
-        "run_id",
-        "name",
-        "method",
-        "dataset",
-        "norm",
-        "eps",
-        "autoattack",
-        "ci",
-        "n",
-        "clean",
-        "flagged",
-        "failed_checks",
-    ]
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
+    w.writerow(LEADERBOARD_COLUMNS)
     for e in entries:
-        w.writerow([";".join(map(str, e[c])) if isinstance(e[c], list) else e[c] for c in cols])
-    return Response(
-        buf.getvalue(),
-        media_type="text/csv",
-        headers={"Content-Disposition": 'attachment; filename="gatlab-leaderboard.csv"'},
-    )
+        w.writerow(
+            [";".join(map(str, e[c])) if isinstance(e[c], list) else e[c] for c in LEADERBOARD_COLUMNS]
+        )
+    disposition = {"Content-Disposition": 'attachment; filename="gatlab-leaderboard.csv"'}
+    return Response(buf.getvalue(), media_type="text/csv", headers=disposition)
