@@ -233,6 +233,8 @@ def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
     k, digits = _scale(c), (4 if c.endswith(LOWER_IS_BETTER) else 1)
     pm = r" $\pm$ " if latex else " ± "
     text = f"{k * d['mean']:.{digits}f}" + (f"{pm}{k * d['std']:.{digits}f}" if d["std"] is not None else "")
+    if d["ci"] is not None:
+        text += f" [{k * d['ci'][0]:.{digits}f}, {k * d['ci'][1]:.{digits}f}]"
     vs = d["vs_baseline"]
     if vs and vs["p"] is not None and vs["p"] < 0.05:
         text += "*"
@@ -243,7 +245,8 @@ def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
 
 def _legend(rep: dict) -> str:
     return (
-        f"Mean ± std over seeds ({', '.join(map(str, rep['seeds']))}); accuracies in %, s/step in seconds;"
+        f"Mean ± std [95 % t interval of the mean] over seeds ({', '.join(map(str, rep['seeds']))});"
+        " accuracies in %, s/step in seconds;"
         f" best per column in bold; * = paired t-test against {rep['baseline']} over the seeds both have,"
         " p < 0.05 (never from fewer than 2 seeds); a row with a failed sanity check is marked ✗."
     )

@@ -94,12 +94,16 @@ def test_the_report_is_mean_std_interval_best_and_a_paired_test_against_the_base
         and rep["rows"][0]["cells"]["autoattack"]["vs_baseline"] is None
     )
     md = to_markdown(rep)
-    assert "| great[lam=0.1] | 3 | **16.3 ± 1.5***" in md and "✗ ce_margin_agree" in md
+    assert "| great[lam=0.1] | 3 | **16.3 ± 1.5 [12.5, 20.1]***" in md and "✗ ce_margin_agree" in md
     assert to_markdown(report(design, _records(vals, steps))) == to_markdown(
         report(design, _records(vals, steps))
     )
     tex = to_latex(rep)
-    assert r"\textbf{16.3 $\pm$ 1.5*}" in tex and r"ce\_margin\_agree" not in tex and r"s/step" in tex
+    assert (
+        r"\textbf{16.3 $\pm$ 1.5 [12.5, 20.1]*}" in tex
+        and r"ce\_margin\_agree" not in tex
+        and r"s/step" in tex
+    )
     assert to_csv(rep).splitlines()[1].startswith("erm,autoattack,3,") and '"study": "s"' in to_json(rep)
 
 

@@ -1,7 +1,7 @@
 // Studies (their list, and one study's report page) and the robustness leaderboard.
 import { api, qs } from "../api.js";
 import { lineChart } from "../charts.js";
-import { app, esc, every, fmtS, h, pct } from "../lib.js";
+import { app, esc, every, fmtS, h, meanStd, pct } from "../lib.js";
 
 const progressText = (p) => Object.entries(p).filter(([k]) => k !== "total").map(([k, v]) => `${v} ${k}`).join(", ");
 
@@ -42,7 +42,7 @@ export async function studyPage(id) {
       <a id="compare-runs">compare the runs</a> <button id="print">Print</button></div>
     <h2>Results</h2><p class="muted">Mean ± std over seeds (accuracies in %); bold: best per column; *: paired t-test against the baseline over the seeds both have, p &lt; 0.05 (never from one seed); ✗: a sanity check failed. Hover a cell for its interval and per-seed values.</p>
     <table id="report" class="small"></table>
-    <div class="grid"><div id="eps-chart"></div></div>
+    <div class="grid"><div id="eps-chart"></div><div id="train-chart"></div></div>
     <h2>Design</h2><p class="muted">Save it as <code>${esc(study.name)}.yaml</code> (JSON is YAML) to run it again anywhere.</p><pre id="design"></pre>
     <h2>Reproduce</h2><pre id="reproduce"></pre></section>`));
   const render = () => {
@@ -68,6 +68,7 @@ export async function studyPage(id) {
       }),
     }).refresh();
   }
+  trainingCurves(study, "val/acc");
   render();
   const act = async (path, body) => { study = await api(path, { method: "POST", body }); rep = await api(`/api/studies/${id}/report`); render(); };
   app.querySelector("#retry").addEventListener("click", () => act(`/api/studies/${id}/retry`));
@@ -78,6 +79,25 @@ export async function studyPage(id) {
     [study, rep] = await load();
     render();
   });
+}
+
+// Per arm, the mean ± std over its finished runs of one training curve (steps the runs share).
+function trainingCurves(study, key) {
+  const arms = [...new Set(study.runs.map((r) => r.label))];
+  lineChart(app.querySelector("#train-chart"), {
+    title: `${key} during training (mean ± std over seeds)`,
+    load: async () => (await Promise.all(arms.map(async (label) => {
+      const ids = study.runs.filter((r) => r.label === label && r.status === "succeeded").map((r) => r.id);
+      const per = await Promise.all(ids.map(async (i) => (await api(`/api/runs/${i}/metrics?${qs({ keys: key, max_points: 200 })}`)).series[key]));
+      const maps = per.filter(Boolean).map((s) => new Map(s.step.map((x, j) => [x, s.value[j]])));
+      if (!maps.length) return [];
+      const xs = [...maps[0].keys()].filter((x) => maps.every((m) => m.has(x)));
+      const stats = xs.map((x) => meanStd(maps.map((m) => m.get(x))));
+      const mean = stats.map((t) => t.mean), sd = stats.map((t) => t.std);
+      return [{ label: `${label} (${maps.length} runs)`, x: xs, y: mean },
+        { label: "+std", x: xs, y: mean.map((v, i) => v + sd[i]), band: "upper" }, { label: "-std", x: xs, y: mean.map((v, i) => v - sd[i]), band: "lower" }];
+    }))).flat(),
+  }).refresh();
 }
 
 export async function leaderboardPage(params) {

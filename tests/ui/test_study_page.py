@@ -71,6 +71,8 @@ def test_a_study_report_page_and_the_leaderboard(tmp_path):
             want = f"{100 * aa['mean']:.1f} ± {100 * aa['std']:.1f}"
             expect(page.locator('#report tr[data-label="great"]')).to_contain_text(want)
             wait_until(page, "Number(document.querySelector('#eps-chart')?.dataset.points) > 0", timeout=30)
+            wait_until(page, "Number(document.querySelector('#train-chart')?.dataset.points) > 0", timeout=30)
+            assert page.get_attribute("#train-chart", "data-series") == "6"  # per method: mean, +std, -std
             import json
 
             assert json.loads(page.inner_text("#design")) == study["design"]  # runnable as it stands
