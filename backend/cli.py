@@ -172,13 +172,20 @@ def cmd_study(args) -> int:
         if not left:
             break
         time.sleep(args.poll)
-    text = _api(args.server, "GET", f"/api/studies/{study['id']}/report", params={"format": args.format}).text
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"report written to {args.out}", file=sys.stderr)
+    emit(
+        _api(args.server, "GET", f"/api/studies/{study['id']}/report", params={"format": args.format}).text,
+        args.out,
+    )
+    return 0
+
+
+def emit(text: str, out: str | None) -> None:
+    """A report to the file `out`, or to stdout."""
+    if out:
+        Path(out).write_text(text)
+        print(f"report written to {out}", file=sys.stderr)
     else:
         print(text, end="")
-    return 0
 
 
 def _wait_for_database(url: str, wait_s: float) -> None:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from backend import study
-from backend.cli import CliError
+from backend.cli import CliError, emit
 from backend.run_config import format_errors, parse_run_config
 from worker.gat import job
 from worker.gat.data import DataError
@@ -249,12 +249,7 @@ def cmd_study(args) -> int:
             finally:
                 rec.close()
         records.append(_local_record(label, seed, run_dir))
-    text = study.EXPORTS[args.format][0](study.report(design, records))
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"report written to {args.out}", file=sys.stderr)
-    else:
-        print(text, end="")
+    emit(study.EXPORTS[args.format][0](study.report(design, records)), args.out)
     return 0
 
 
