@@ -346,6 +346,11 @@ class DistillAdvKnobs(GradModeKnob, TeacherKnobs, AdvKnobs):
 class DistillGreatParams(DistillAdvKnobs):
     """GREAT: a binary A tells teacher from student gradients; the student learns to pass as the teacher."""
 
+    lam: float = Field(
+        0.3, ge=0, le=100, description="Reversal strength lambda (0.3: tuned on validation, tune-digits.md)."
+    )
+    aux_width: int = Field(64, ge=4, le=1024, description="A's channels / hidden units (64: tuned).")
+
 
 class DistillGreatSoftParams(DistillAdvKnobs):
     """GREAT plus soft targets."""
