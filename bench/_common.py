@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from scipy import stats
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -202,9 +203,15 @@ class Stack:
         raise AssertionError(f"run {run_id} never {what}: {run}\n{logs}")
 
 
-def spread(values: list[float], scale: float = 1.0, digits: int = 1, sign: str = "") -> str:
-    """'mean ± std' over seeds; with one seed the mean alone, marked, never a made-up ± 0."""
+def spread(values: list[float], scale: float = 1.0, digits: int = 1, sign: str = "", ci: bool = False) -> str:
+    """'mean ± std' over seeds (with `ci`, then the mean's 95 % t interval in brackets); with one
+    seed the mean alone, marked, never a made-up ± 0."""
     mean = scale * statistics.mean(values)
     if len(values) < 2:
         return f"{mean:{sign}.{digits}f} (1 seed)"
-    return f"{mean:{sign}.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+    sd = scale * statistics.stdev(values)
+    text = f"{mean:{sign}.{digits}f} ± {sd:.{digits}f}"
+    if ci:
+        half = stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
+        text += f" [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+    return text

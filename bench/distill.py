@@ -116,7 +116,7 @@ def main() -> None:
     print(
         f"Teacher: CNN width {args.teacher_width}, ERM on the full training split, test accuracy "
         f"{100 * teacher['test']['acc']:.1f}%. Student: CNN width {args.width}, ~{args.steps} steps of batch 32, "
-        f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std). {time.time() - t0:.0f} s.\n"
+        f"Adam lr {args.lr}, {args.seeds} seeds (mean ± std [95 % t interval of the mean]). {time.time() - t0:.0f} s.\n"
     )
     print("s/step: median over interleaved steps of every method on one batch of 32.\n")
     print(
@@ -131,8 +131,8 @@ def main() -> None:
         cells = []
         for f in fracs:
             v = acc[(m, f)]
-            cells.append(spread(v, 100))
-        p = spread(probe[(m, fracs[-1])], 100)
+            cells.append(spread(v, 100, ci=True))
+        p = spread(probe[(m, fracs[-1])], 100, ci=True)
         print(f"| {m} | " + " | ".join(cells) + f" | {p} | {sps[m]:.4f} | {sps[m] / base:.2f} |")
 
 

@@ -119,9 +119,10 @@ def main() -> None:
 
     cls_keys = [k for k in keys if k.endswith("acc")]
 
-    fmt = lambda v, k: spread(v, 100, 1) if k.endswith("acc") else spread(v, 1, 3)
+    fmt = lambda v, k: spread(v, 100, 1, ci=True) if k.endswith("acc") else spread(v, 1, 3, ci=True)
     print(
-        f"# Multi-task learning on {args.dataset}: test metrics (accuracy %, or MSE), mean ± std over {args.seeds} seeds\n"
+        f"# Multi-task learning on {args.dataset}: test metrics (accuracy %, or MSE), mean ± std"
+        f" [95 % t interval] over {args.seeds} seeds\n"
     )
     print(f"Command: `python -m bench.multitask {' '.join(sys.argv[1:])}`  ")
     print(
@@ -158,7 +159,7 @@ def main() -> None:
             f"| {label} | "
             + " | ".join(fmt([r[k] for r in rows], k) for k in keys)
             + f" | {spread(dm, sign='+')} | {spread(dc, digits=2, sign='+')}"
-            + f" | {spread([r['probe'] for r in rows], 100, 1)} | {step:.4f} | {step / base:.2f} |"
+            + f" | {spread([r['probe'] for r in rows], 100, 1, ci=True)} | {step:.4f} | {step / base:.2f} |"
         )
 
 
