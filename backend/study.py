@@ -146,7 +146,7 @@ def _paired(arm: dict[int, float], base: dict[int, float]) -> dict | None:
     if len(seeds) < 2:
         return None
     diffs = [arm[s] - base[s] for s in seeds]
-    if statistics.pstdev(diffs) == 0:
+    if max(diffs) - min(diffs) < 1e-9:  # the same difference every seed (to rounding): no spread to test
         return {"pairs": len(seeds), "diff": diffs[0], "p": None}
     p = float(stats.ttest_rel([arm[s] for s in seeds], [base[s] for s in seeds]).pvalue)
     return {"pairs": len(seeds), "diff": statistics.fmean(diffs), "p": p}

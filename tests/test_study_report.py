@@ -115,3 +115,13 @@ def test_one_seed_gives_no_spread_no_interval_and_no_significance():
     cell = rep["rows"][1]["cells"]["autoattack"]
     assert (cell["std"], cell["ci"], cell["vs_baseline"]) == (None, None, None)
     assert "| great | 1 | **50.0** |" in to_markdown(rep)  # best, but no significance mark from one seed
+
+
+def test_the_same_difference_every_seed_has_no_p_value_even_after_rounding():
+    """Accuracies are counts over the same examples: 0.1 + 1/359 - 0.1 is not exactly 1/359 in floating
+    point, and a t-test on such near-equal differences reports an absurd p (1e-28)."""
+    design = StudyDesign.model_validate({**DESIGN, "methods": [{"method": "erm"}, {"method": "great"}]})
+    base = [0.3, 0.7, 0.9]
+    vals = {"erm": base, "great": [b - 1 / 359 for b in base]}
+    rep = report(design, _records(vals, {"erm": [0.1] * 3, "great": [0.1] * 3}))
+    assert rep["rows"][1]["cells"]["autoattack"]["vs_baseline"]["p"] is None
