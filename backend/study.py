@@ -15,7 +15,6 @@ import statistics
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from scipy import stats
 
 from backend.run_config import NO_NUL, parse_run_config
 
@@ -129,13 +128,62 @@ def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float |
     return out
 
 
+# Student's t without scipy (the API image has no numpy): the regularised incomplete beta function
+# by its continued fraction (Numerical Recipes 6.4), checked against scipy in tests/test_study_report.py.
+_TINY = 1e-300
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    h = d
+    for m in range(1, 400):
+        even = m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m))
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m))
+        for coef in (even, odd):
+            d = 1.0 + coef * d
+            d = 1.0 / (d if abs(d) > _TINY else _TINY)
+            c = 1.0 + coef / c
+            c = c if abs(c) > _TINY else _TINY
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t (the half-width factor of a 95 % interval), by bisection."""
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 0.05 else (lo, mid)
+    return (lo + hi) / 2
+
+
 def _describe(values: list[float]) -> dict:
     n = len(values)
     mean = statistics.fmean(values) if n else None
     std = statistics.stdev(values) if n > 1 else None
     ci = None
     if n > 1:
-        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+        half = t_quantile_975(n - 1) * std / math.sqrt(n)
         ci = [mean - half, mean + half]
     return {"n": n, "mean": mean, "std": std, "ci": ci, "values": values}
 
@@ -148,7 +196,8 @@ def _paired(arm: dict[int, float], base: dict[int, float]) -> dict | None:
     diffs = [arm[s] - base[s] for s in seeds]
     if max(diffs) - min(diffs) < 1e-9:  # the same difference every seed (to rounding): no spread to test
         return {"pairs": len(seeds), "diff": diffs[0], "p": None}
-    p = float(stats.ttest_rel([arm[s] for s in seeds], [base[s] for s in seeds]).pvalue)
+    t = statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    p = t_two_sided_p(t, len(diffs) - 1)  # the paired t-test (scipy's ttest_rel)
     return {"pairs": len(seeds), "diff": statistics.fmean(diffs), "p": p}
 
 

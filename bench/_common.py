@@ -18,12 +18,12 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from scipy import stats
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from backend.db import make_engine
 from backend.migrate import upgrade
+from backend.study import t_quantile_975
 
 PG = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -212,6 +212,6 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1, sign: str =
     sd = scale * statistics.stdev(values)
     text = f"{mean:{sign}.{digits}f} ± {sd:.{digits}f}"
     if ci:
-        half = stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
+        half = t_quantile_975(len(values) - 1) * sd / len(values) ** 0.5
         text += f" [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
     return text

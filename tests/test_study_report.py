@@ -125,3 +125,13 @@ def test_the_same_difference_every_seed_has_no_p_value_even_after_rounding():
     vals = {"erm": base, "great": [b - 1 / 359 for b in base]}
     rep = report(design, _records(vals, {"erm": [0.1] * 3, "great": [0.1] * 3}))
     assert rep["rows"][1]["cells"]["autoattack"]["vs_baseline"]["p"] is None
+
+
+def test_the_reports_own_t_distribution_matches_scipys():
+    """The API image has no numpy, so the report computes Student's t itself: checked here against scipy."""
+    from backend.study import t_quantile_975, t_two_sided_p
+
+    for df in (1, 2, 3, 4, 5, 9, 29, 99):
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
+        for t in (0.0, 0.3, 1.0, 2.5, 7.0, 40.0):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-8, abs=1e-15)
