@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import statistics
@@ -64,8 +65,6 @@ class StudyDesign(BaseModel):
 
 def arm_params(design: StudyDesign) -> list[tuple[str, dict]]:
     """(label, method params) per arm, a grid expanded in its declared order."""
-    import itertools
-
     out = []
     for arm in design.methods:
         keys = list(arm.grid)
@@ -175,6 +174,22 @@ def t_quantile_975(df: int) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 0.05 else (lo, mid)
     return (lo + hi) / 2
+
+
+def record(
+    label: str, seed: int, status: str, run_id: int | None, summary: dict | None, ev: dict | None
+) -> dict:
+    """What the report reads of one run: a panel's view `ev` ({"summary": {"std_eps", ...}, "rows",
+    "checks"}, as the API and a run directory's eval.json both give it) and the run's summary."""
+    rec = {"label": label, "seed": seed, "status": status, "run_id": run_id, "metrics": {}}
+    if status == "succeeded":
+        rows = ev["rows"] if ev else []
+        rec["metrics"] = run_metrics(summary, ev, (summary or {}).get("seconds_per_step"))
+        rec["failed_checks"] = [c["name"] for c in ev["checks"] if not c["passed"]] if ev else []
+        rec["curve"] = {
+            str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst_case" and r["norm"] == "linf"
+        }
+    return rec
 
 
 def _describe(values: list[float]) -> dict:

@@ -199,23 +199,9 @@ def _local_record(label: str, seed: int, run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     ev = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
     view = (
-        {"summary": {"std_eps": ev["std_eps"], "std_eps_l2": ev.get("std_eps_l2")}, "rows": ev["rows"]}
-        if ev
-        else None
-    )
-    return {
-        "label": label,
-        "seed": seed,
-        "status": "succeeded",
-        "run_id": None,
-        "metrics": study.run_metrics(summary, view, summary.get("seconds_per_step")),
-        "failed_checks": [c["name"] for c in ev["checks"] if not c["passed"]] if ev else [],
-        "curve": {
-            str(r["eps"]): r["accuracy"]
-            for r in (ev or {}).get("rows", [])
-            if r["attack"] == "worst_case" and r["norm"] == "linf"
-        },
-    }
+        {"summary": ev, "rows": ev["rows"], "checks": ev["checks"]} if ev else None
+    )  # eval.json holds std_eps
+    return study.record(label, seed, "succeeded", None, summary, view)
 
 
 def cmd_study(args) -> int:

@@ -26,7 +26,7 @@ from backend.api.routes.runs import (
 )
 from backend.models import EvalResult, EvalSummary, Experiment, Run, SanityCheck
 from backend.run_config import NO_NUL, config_errors
-from backend.study import EXPORTS, StudyDesign, expand, report, run_metrics
+from backend.study import EXPORTS, StudyDesign, expand, record, report
 
 router = APIRouter(prefix="/api", tags=["studies"], dependencies=[Depends(require_user)])
 ACTIVE = ("queued", "running", "succeeded")
@@ -171,18 +171,12 @@ def records(s: Session, exp: Experiment, design: StudyDesign) -> list[dict]:
         run = have.get(key)
         if run is None:
             continue
-        rec = {"label": label, "seed": seed, "status": run.status, "run_id": run.id, "metrics": {}}
-        if run.status == "succeeded":
-            ev = eval_results(run=run, s=s, job=None) if run.scenario == "defense" else None
-            ev = ev if ev and ev["rows"] else None
-            rec["metrics"] = run_metrics(run.summary, ev, (run.summary or {}).get("seconds_per_step"))
-            rec["failed_checks"] = [c["name"] for c in ev["checks"] if not c["passed"]] if ev else []
-            rec["curve"] = {
-                str(r["eps"]): r["accuracy"]
-                for r in (ev["rows"] if ev else [])
-                if r["attack"] == "worst_case" and r["norm"] == "linf"
-            }
-        out.append(rec)
+        ev = (
+            eval_results(run=run, s=s, job=None)
+            if run.status == "succeeded" and run.scenario == "defense"
+            else None
+        )
+        out.append(record(label, seed, run.status, run.id, run.summary, ev if ev and ev["rows"] else None))
     return out
 
 
