@@ -182,7 +182,10 @@ def cmd_study(args) -> int:
 def emit(text: str, out: str | None) -> None:
     """A report to the file `out`, or to stdout."""
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as e:
+            raise CliError(f"--out: cannot write {out}: {e.strerror}") from e
         print(f"report written to {out}", file=sys.stderr)
     else:
         print(text, end="")

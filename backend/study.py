@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import math
+import re
 import statistics
 from typing import Annotated, Any
 
@@ -98,9 +99,17 @@ def expand(design: StudyDesign) -> list[tuple[str, str, int, dict]]:
     return out
 
 
+def run_dir_name(label: str, seed: int) -> str:
+    """A local run's directory under the study's (`gatlab study run --local`): the arm and the seed."""
+    return re.sub(r"[^\w.=,+-]", "_", f"{label}-seed{seed}")
+
+
 # ---- the report ---------------------------------------------------------------------------------
 
-LOWER_IS_BETTER = ("loss", "mse", "s/step")
+LOWER_IS_BETTER = ("loss", "mse", "s/step", "Δm%")
+# Diagnostics with no better direction for every method: the probe reads how much the gradients
+# tell (GREAT aims at chance; a robust model's gradients may tell more), so no best is marked.
+UNRANKED = ("probe",)
 
 
 def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float | None) -> dict[str, float]:
@@ -185,6 +194,7 @@ def record(
     if status == "succeeded":
         rows = ev["rows"] if ev else []
         rec["metrics"] = run_metrics(summary, ev, (summary or {}).get("seconds_per_step"))
+        rec["checked"] = bool(ev and ev.get("checks"))  # no panel ran: nothing passed or failed
         rec["failed_checks"] = [c["name"] for c in ev["checks"] if not c["passed"]] if ev else []
         rec["curve"] = {
             str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst_case" and r["norm"] == "linf"
@@ -239,15 +249,52 @@ def _row(design: StudyDesign, label: str, by_arm: dict[str, list[dict]], columns
         "baseline": label == design.baseline,
         "seeds_done": sorted(r["seed"] for r in done),
         "runs": sorted(r["run_id"] for r in by_arm[label] if r.get("run_id") is not None),
+        "checked": any(r.get("checked", True) for r in done),
         "failed_checks": sorted({c for r in done for c in r.get("failed_checks", [])}),
         "cells": cells,
         "curve": curve,
     }
 
 
+def with_delta_m(design: StudyDesign, records: list[dict]) -> list[dict]:
+    """Multi-task studies with single-task arms (method single_task, knob `task`): a single-task run
+    keeps only its own task's metric (its other heads are untrained) and its step cost, and every other
+    run gets Δm% (Maninis et al. 2019): the mean over tasks of (-1)^(higher is better) (M_run -
+    M_single) / M_single x 100, lower is better, M_single the single-task arm's mean over seeds."""
+    task_of = {
+        label: spec["params"].get("task")
+        for label, spec in arm_params(design)
+        if spec["method"] == "single_task" and spec["params"].get("task")
+    }
+    if design.scenario != "multitask" or not task_of:
+        return records
+    own = lambda r, c: c == "s/step" or c.startswith(f"test {task_of[r['label']]}/")  # noqa: E731
+    records = [
+        {**r, "metrics": {c: v for c, v in r["metrics"].items() if own(r, c)}} if r["label"] in task_of else r
+        for r in records
+    ]
+    ref: dict[str, list[float]] = {}
+    for r in records:
+        if r["label"] in task_of and r["status"] == "succeeded":
+            for c, v in r["metrics"].items():
+                if c != "s/step":
+                    ref.setdefault(c, []).append(v)
+    base = {c: statistics.fmean(v) for c, v in ref.items()}
+    out = []
+    for r in records:
+        m = r.get("metrics", {})
+        if r["label"] not in task_of and base and all(c in m for c in base) and all(base.values()):
+            sign = lambda c: 1 if c.endswith("mse") else -1  # noqa: E731
+            dm = 100 * statistics.fmean(sign(c) * (m[c] - base[c]) / base[c] for c in base)
+            r = {**r, "metrics": {**m, "Δm%": dm}}
+        out.append(r)
+    return out
+
+
 def report(design: StudyDesign, records: list[dict]) -> dict:
     """The study's table from its runs. A record: {"label", "seed", "status", "run_id", "metrics"
-    (run_metrics of a succeeded run), "failed_checks", "curve" ({eps: worst-case accuracy})}."""
+    (run_metrics of a succeeded run), "checked", "failed_checks", "curve" ({eps: worst-case accuracy})}."""
+    records = with_delta_m(design, records)
     labels = [label for label, _ in arm_params(design)]
     by_arm = {label: [r for r in records if r["label"] == label] for label in labels}
     columns: list[str] = []
@@ -255,8 +302,8 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
         columns += [c for c in r.get("metrics", {}) if c not in columns]
     columns = (
         [c for c in columns if c.startswith("test ")]
-        + [c for c in columns if not c.startswith("test ") and c not in ("probe", "s/step")]
-        + [c for c in ("probe", "s/step") if c in columns]
+        + [c for c in columns if not c.startswith("test ") and c not in UNRANKED + ("Δm%", "s/step")]
+        + [c for c in ("Δm%", *UNRANKED, "s/step") if c in columns]
     )
     total = len(labels) * len(design.seeds)
     counts: dict[str, int] = {}
@@ -264,7 +311,7 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     rows = [_row(design, label, by_arm, columns) for label in labels]
     best = {}
-    for c in columns:
+    for c in (c for c in columns if c not in UNRANKED):
         means = [(r["cells"][c]["mean"], r["label"]) for r in rows if r["cells"][c]["mean"] is not None]
         if means:  # every arm that reaches the best mean (a tie marks them all)
             top = min(means)[0] if c.endswith(LOWER_IS_BETTER) else max(means)[0]
@@ -290,11 +337,15 @@ def _scale(column: str) -> float:
     return 1.0 if column.endswith(LOWER_IS_BETTER) else 100.0
 
 
+def _digits(column: str) -> int:
+    return 2 if column == "Δm%" else 4 if column.endswith(LOWER_IS_BETTER) else 1
+
+
 def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
     d = row["cells"][c]
     if d["mean"] is None:
         return "–"
-    k, digits = _scale(c), (4 if c.endswith(LOWER_IS_BETTER) else 1)
+    k, digits = _scale(c), _digits(c)
     pm = r" $\pm$ " if latex else " ± "
     text = f"{k * d['mean']:.{digits}f}" + (f"{pm}{k * d['std']:.{digits}f}" if d["std"] is not None else "")
     if d["ci"] is not None:
@@ -308,12 +359,22 @@ def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
 
 
 def _legend(rep: dict) -> str:
+    cols = rep["columns"]
     return (
         f"Mean ± std [95 % t interval of the mean] over seeds ({', '.join(map(str, rep['seeds']))});"
         " accuracies in %, s/step in seconds;"
-        f" best per column in bold; * = paired t-test against {rep['baseline']} over the seeds both have,"
-        " p < 0.05 (never from fewer than 2 seeds); a row with a failed sanity check is marked ✗."
+        + (" Δm% against the single-task arms (lower is better);" if "Δm%" in cols else "")
+        + f" best per column in bold{' (the probe is not ranked)' if 'probe' in cols else ''};"
+        f" * = paired t-test against {rep['baseline']} over the seeds both have,"
+        " p < 0.05 (never from fewer than 2 seeds); a row with a failed sanity check is marked ✗"
+        " (– where no panel ran)."
     )
+
+
+def _checks(row: dict) -> str:
+    if not row.get("checked", True):
+        return "–"
+    return "✗ " + ", ".join(row["failed_checks"]) if row["failed_checks"] else "ok"
 
 
 def to_markdown(rep: dict) -> str:
@@ -323,13 +384,15 @@ def to_markdown(rep: dict) -> str:
         "",
         _legend(rep),
         "",
+        *([rep["design"]["notes"].strip(), ""] if rep["design"].get("notes", "").strip() else []),
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for row in rep["rows"]:
-        checks = "✗ " + ", ".join(row["failed_checks"]) if row["failed_checks"] else "ok"
         cells = [_cell(rep, row, c) for c in rep["columns"]]
-        lines.append(f"| {row['label']} | {len(row['seeds_done'])} | " + " | ".join(cells) + f" | {checks} |")
+        lines.append(
+            f"| {row['label']} | {len(row['seeds_done'])} | " + " | ".join(cells) + f" | {_checks(row)} |"
+        )
     lines += [
         "",
         "## Against the baseline (paired over seeds)",

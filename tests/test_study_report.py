@@ -135,3 +135,72 @@ def test_the_reports_own_t_distribution_matches_scipys():
         assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
         for t in (0.0, 0.3, 1.0, 2.5, 7.0, 40.0):
             assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-8, abs=1e-15)
+
+
+def test_a_row_with_no_panel_shows_no_verdict_and_the_probe_is_not_ranked():
+    """Without a panel no check ran: the row must not read "ok" (a check that could not fail shown as
+    passed). The probe has no better direction for every method, so no best is marked on it."""
+    design = StudyDesign.model_validate(
+        {**DESIGN, "notes": "Why this study.", "methods": [{"method": "erm"}, {"method": "great"}]}
+    )
+    recs = _records(
+        {"erm": [0.1, 0.2, 0.3], "great": [0.2, 0.3, 0.4]}, {"erm": [0.1] * 3, "great": [0.1] * 3}
+    )
+    for r in recs:
+        r["metrics"]["probe"] = 0.9 if r["label"] == "erm" else 0.5
+        r["checked"] = False
+    rep = report(design, recs)
+    assert [row["checked"] for row in rep["rows"]] == [False, False]
+    assert "probe" in rep["columns"] and "probe" not in rep["best"]
+    md = to_markdown(rep)
+    assert "| erm | 3 | 20.0 ± 10.0 [-4.8, 44.8] | 90.0 ± 0.0 [90.0, 90.0] | **0.1000" in md
+    assert md.count("[0.1000, 0.1000]** | – |") == 2 and "| ok |" not in md
+    assert "\n\nWhy this study.\n\n" in md  # the design's notes under the legend
+    recs[0]["checked"] = True  # one run of erm ran its panel and passed every check
+    assert "[0.1000, 0.1000]** | ok |" in to_markdown(report(design, recs))
+
+
+MT = {
+    "name": "mt",
+    "scenario": "multitask",
+    "dataset": {"name": "digits_mt"},
+    "methods": [
+        {"method": "single_task", "label": "single", "grid": {"task": ["a", "b"]}},
+        {"method": "equal"},
+        {"method": "great"},
+    ],
+    "seeds": [0, 1],
+    "baseline": "equal",
+}
+
+
+def _mt(label, seed, acc, mse):
+    m = {"test a/acc": acc, "test b/mse": mse, "s/step": 0.01}
+    return {"label": label, "seed": seed, "status": "succeeded", "run_id": None, "metrics": m, "curve": {}}
+
+
+def test_multitask_delta_m_against_the_single_task_models_computed_by_hand():
+    """Δm% = mean over tasks of (-1)^(higher is better) (M - M_single) / M_single x 100 (Maninis et
+    al. 2019), M_single the single-task arm's mean over seeds; single-task rows show their own task."""
+
+    recs = [_mt("single[task=a]", 0, 0.80, 9.0), _mt("single[task=a]", 1, 0.90, 9.0)]
+    recs += [_mt("single[task=b]", 0, 0.10, 0.20), _mt("single[task=b]", 1, 0.10, 0.30)]
+    recs += [_mt("equal", 0, 0.85, 0.25), _mt("equal", 1, 0.68, 0.50)]
+    recs += [_mt("great", 0, 0.85, 0.30), _mt("great", 1, 0.85, 0.20)]
+    rep = report(StudyDesign.model_validate(MT), recs)
+    rows = {r["label"]: r["cells"] for r in rep["rows"]}
+    by_hand = {  # single a: acc 0.85; single b: mse 0.25
+        "equal": [
+            100 * (-(0.85 - 0.85) / 0.85 + 0) / 2,
+            100 * (-(0.68 - 0.85) / 0.85 + (0.50 - 0.25) / 0.25) / 2,
+        ],
+        "great": [100 * (0 + (0.30 - 0.25) / 0.25) / 2, 100 * (0 + (0.20 - 0.25) / 0.25) / 2],
+    }
+    for label, want in by_hand.items():
+        assert rows[label]["Δm%"]["values"] == pytest.approx(want), label
+    assert rows["single[task=a]"]["test b/mse"]["mean"] is None  # its untrained head is not shown
+    assert rows["single[task=b]"]["test b/mse"]["mean"] == pytest.approx(0.25)
+    assert rows["single[task=a]"]["Δm%"]["mean"] is None and rep["best"]["Δm%"] == ["great"]  # lower wins
+    assert rep["columns"][-2:] == ["Δm%", "s/step"]
+    md = to_markdown(rep)
+    assert "| great | 2 | 85.0 ± 0.0 [85.0, 85.0] | **0.2500 ± 0.0707 [-0.3853, 0.8853]** | **0.00 ± 14.14" in md

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -216,10 +215,12 @@ def cmd_study(args) -> int:
         runs = study.expand(design)
     except ValidationError as e:
         raise CliError(f"{args.file}: invalid study\n  " + "\n  ".join(format_errors(e))) from e
+    if args.out and not Path(args.out).resolve().parent.is_dir():  # found out now, not after the training
+        raise CliError(f"--out: no such directory: {Path(args.out).parent}")
     root = Path(args.out_dir or f"runs/study-{design.name}")
     records = []
     for _, label, seed, config in runs:
-        run_dir = root / re.sub(r"[^\w.=,+-]", "_", f"{label}-seed{seed}")
+        run_dir = root / study.run_dir_name(label, seed)
         finished = (run_dir / "summary.json").exists() and (
             config["eval"]["panel"] == "none"
             or config["scenario"] == "multitask"

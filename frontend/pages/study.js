@@ -20,7 +20,7 @@ export async function studiesPage() {
 function cell(rep, row, c) {
   const d = row.cells[c];
   if (d.mean == null) return "<td>–</td>";
-  const k = /loss|mse|s\/step$/.test(c) ? 1 : 100, dig = k === 1 ? 4 : 1;
+  const k = /(loss|mse|s\/step|Δm%)$/.test(c) ? 1 : 100, dig = c === "Δm%" ? 2 : k === 1 ? 4 : 1;
   const f = (v) => (k * v).toFixed(dig);
   let text = f(d.mean) + (d.std != null ? ` ± ${f(d.std)}` : "");
   const vs = d.vs_baseline;
@@ -52,7 +52,7 @@ export async function studyPage(id) {
     app.querySelector("#report").innerHTML = head + rep.rows.map((row) => `<tr class="${row.failed_checks.length ? "flagged" : ""}" data-label="${esc(row.label)}">
       <td>${esc(row.label)}${row.baseline ? ' <span class="muted">(baseline)</span>' : ""}</td><td>${row.seeds_done.length}</td>
       ${rep.columns.map((c) => cell(rep, row, c)).join("")}
-      <td class="${row.failed_checks.length ? "bad" : ""}">${row.failed_checks.length ? `✗ ${esc(row.failed_checks.join(", "))}` : "ok"}</td></tr>`).join("");
+      <td class="${row.failed_checks.length ? "bad" : ""}">${row.failed_checks.length ? `✗ ${esc(row.failed_checks.join(", "))}` : row.checked === false ? '<span class="muted" title="no panel ran">–</span>' : "ok"}</td></tr>`).join("");
     const ids = study.runs.filter((r) => r.id && r.status === "succeeded").map((r) => r.id);
     app.querySelector("#compare-runs").href = `#/compare/${ids.join(",")}`;
   };

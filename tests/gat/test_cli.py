@@ -303,6 +303,27 @@ def test_export_safetensors_and_evaluate_it_like_the_torchscript_file(tmp_path):
     assert [x["accuracy"] for x in bare["rows"]] == [x["accuracy"] for x in st["rows"]]
 
 
+def _benchmarks_commit_the_reports_exports(f, design, tmp_path, md):
+    """bench/study.py writes the report's own Markdown and LaTeX exports (the finished runs are not
+    trained again); bench/defense.py adds each run's intervals from the same run directories."""
+    from backend.study import StudyDesign
+    from bench import defense, study
+
+    out = study.run(f, out_dir=str(tmp_path / "runs"), docs=str(tmp_path / "docs"))
+    assert out.read_text() == md
+    tex = gatlab(
+        "study", "run", f, "--local", "--out-dir", str(tmp_path / "runs"), "--format", "latex"
+    ).stdout
+    assert out.with_suffix(".tex").read_text() == tex and tex.startswith("\\begin{table}")
+    lines = defense.per_seed(StudyDesign.model_validate(design), tmp_path / "runs")
+    ev = json.loads((tmp_path / "runs" / "great-seed1" / "eval.json").read_text())
+    aa = next(r for r in ev["rows"] if r["attack"] == "autoattack")
+    want = f"| great | 1 | {100 * aa['accuracy']:.1f} [{100 * aa['ci'][0]:.1f}, {100 * aa['ci'][1]:.1f}] (n=20) |"
+    assert sum(line.startswith("| great | 1 |") for line in lines) == 1 and any(
+        want in line for line in lines
+    )
+
+
 def test_a_study_runs_locally_reports_its_runs_and_never_trains_a_finished_run_twice(tmp_path):
     import statistics
 
@@ -335,6 +356,10 @@ def test_a_study_runs_locally_reports_its_runs_and_never_trains_a_finished_run_t
     assert again.returncode == 0 and "training into" not in again.stderr and again.stdout == r.stdout
     md = gatlab(*args[:-2], "--format", "md").stdout
     assert "| great | 2 |" in md and "| erm | 2 |" in md
+    _benchmarks_commit_the_reports_exports(f, design, tmp_path, md)
+    nowhere = gatlab("study", "run", f, "--local", "--out", str(tmp_path / "no" / "such" / "r.md"))
+    assert nowhere.returncode == 2 and "--out: no such directory" in nowhere.stderr
+    assert "training into" not in nowhere.stderr
     bad = write(tmp_path, {**design, "baseline": "trades"}, "bad.yaml")
     r = gatlab("study", "run", bad, "--local")
     assert r.returncode == 2 and "baseline" in r.stderr
