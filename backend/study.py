@@ -406,7 +406,7 @@ def to_markdown(rep: dict) -> str:
             if vs:
                 p = "no spread" if vs["p"] is None else f"{vs['p']:.3g}"
                 lines.append(
-                    f"| {row['label']} | {c} | {vs['pairs']} | {_scale(c) * vs['diff']:+.2f} | {p} |"
+                    f"| {row['label']} | {c} | {vs['pairs']} | {_scale(c) * vs['diff']:+.{max(2, _digits(c))}f} | {p} |"
                 )
     return "\n".join(lines) + "\n"
 

@@ -53,11 +53,13 @@ def per_seed(design: StudyDesign, runs: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--design", default="studies/defense-digits.yaml")
+    ap.add_argument("--out-dir", help="where the run directories go (default runs/study-NAME)")
+    ap.add_argument("--docs", default="docs/results", help="where the report's exports go")
     args = ap.parse_args()
-    md = study.run(args.design)
+    md = study.run(args.design, out_dir=args.out_dir, docs=args.docs)
     design = StudyDesign.model_validate(yaml.safe_load(Path(args.design).read_text()))
     out = md.with_name(f"{design.name}-per-seed.md")
-    out.write_text("\n".join(per_seed(design, Path(f"runs/study-{design.name}"))) + "\n")
+    out.write_text("\n".join(per_seed(design, Path(args.out_dir or f"runs/study-{design.name}"))) + "\n")
     print(f"wrote {out}")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from backend.study import run_dir_name
 from bench import study
 from bench._common import interleaved_step_cost
 from worker.gat import data as gdata
@@ -51,10 +52,15 @@ def step_costs(ds: dict, width: int, lr: float, teacher) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--design", default="studies/distill-digits.yaml")
+    ap.add_argument("--out-dir", help="where the run directories go (default runs/study-NAME)")
+    ap.add_argument("--docs", default="docs/results", help="where the report's exports go")
     args = ap.parse_args()
-    study.run(args.design)
+    study.run(args.design, out_dir=args.out_dir, docs=args.docs)
     design = yaml.safe_load(Path(args.design).read_text())
-    first = Path(f"runs/study-{design['name']}/{design['methods'][0]['method']}-seed{design['seeds'][0]}")
+    runs = Path(args.out_dir or f"runs/study-{design['name']}")
+    first = runs / run_dir_name(
+        design["methods"][0].get("label") or design["methods"][0]["method"], design["seeds"][0]
+    )
     teacher = load_model(first / "teacher")
     ds = {k: v for k, v in design["dataset"].items() if k != "fraction"}
     sps = step_costs(ds, design["model"]["width"], design["train"]["lr"], teacher)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from backend.run_config import parse_run_config
 from bench._common import spread
-from bench.defense import config
 from worker.gat import data as gdata
 from worker.gat.attacks import pgd
 from worker.gat.probe import gradient_probe
@@ -38,6 +38,31 @@ VARIANTS = {
     "great (g of the logit margin)": ("great", {"grad_of": "margin"}),
     "igr": ("igr", {}),
 }
+
+
+def config(args, method: str, seed: int, params: dict | None = None, panel: str | None = None) -> dict:
+    ds = {"name": args.dataset, "data_dir": args.data_dir}
+    if args.path:
+        ds["path"] = args.path
+    return parse_run_config(
+        {
+            "name": f"bench-{method}-{seed}",
+            "scenario": "defense",
+            "method": method,
+            "dataset": ds,
+            "model": {"arch": args.arch, "width": args.width},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": 64,
+                "lr": args.lr,
+                "seed": seed,
+                "log_every": 50,
+                "stats_every": 10**6,
+            },
+            "params": params or {},
+            "eval": {"panel": panel or args.panel, "n": args.n},
+        }
+    ).model_dump()
 
 
 def score(cfg: dict) -> dict:

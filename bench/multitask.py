@@ -55,8 +55,10 @@ def step_costs(dataset: str, width: int, lr: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--design", default="studies/multitask-digits.yaml")
+    ap.add_argument("--out-dir", help="where the run directories go (default runs/study-NAME)")
+    ap.add_argument("--docs", default="docs/results", help="where the report's exports go")
     args = ap.parse_args()
-    study.run(args.design)
+    study.run(args.design, out_dir=args.out_dir, docs=args.docs)
     d = yaml.safe_load(Path(args.design).read_text())
     sps = step_costs(d["dataset"]["name"], d["model"]["width"], d["train"]["lr"])
     print("| method | s/step | × equal |\n|---|---|---|")

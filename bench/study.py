@@ -24,12 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(design_file: str, *, out_dir: str | None = None, docs: str = "docs/results") -> Path:
     """Train what is missing, write docs/results/NAME.md and NAME.tex; returns the Markdown file."""
     name = yaml.safe_load(Path(design_file).read_text())["name"]
-    runs = out_dir or f"runs/study-{name}"
-    md = Path(docs) / f"{name}.md"
+    runs = str(Path(out_dir or f"runs/study-{name}").resolve())  # the command runs in the repository
+    md = (Path(docs) / f"{name}.md").resolve()
     md.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for fmt, path in (("md", md), ("latex", md.with_suffix(".tex"))):
-        cmd = [sys.executable, "-m", "backend.cli", "study", "run", design_file, "--local"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "study",
+            "run",
+            str(Path(design_file).resolve()),
+            "--local",
+        ]
         subprocess.run([*cmd, "--out-dir", runs, "--format", fmt, "--out", str(path)], check=True, cwd=ROOT)
     print(
         f"{design_file}: wrote {md} and {md.with_suffix('.tex')} in {time.time() - t0:.0f} s", file=sys.stderr

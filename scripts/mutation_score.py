@@ -3,6 +3,11 @@ all, with the survivors listed. Equivalent mutants are the backticked names unde
 "## Equivalent" heading, each with its reason there.
 
     python3 scripts/mutation_score.py mutants/results.txt docs/mutation.md
+    python3 scripts/mutation_score.py docs/mutation-results.txt mutants/results.txt docs/mutation.md \
+        --merged docs/mutation-results.txt
+
+Several results files are merged in order: a later file's verdict on a mutant replaces an earlier
+one, except "not checked" (a run that did not reach it keeps the verdict of the run that did).
 """
 
 from __future__ import annotations
@@ -20,14 +25,32 @@ def equivalent(doc: str) -> set[str]:
     return set(re.findall(r"`([\w.ǁ]+__mutmut_\d+)`", part))
 
 
-def main(results_path: str, doc_path: str) -> int:
+def merge(paths: list[str]) -> dict[str, str]:
+    verdicts: dict[str, str] = {}
+    for path in paths:
+        for line in open(path, encoding="utf-8"):
+            if ": " in line:
+                name, status = (s.strip() for s in line.rsplit(": ", 1))
+                if status != "not checked" or name not in verdicts:
+                    verdicts[name] = status
+    return verdicts
+
+
+def main(*args: str) -> int:
+    args_, merged = list(args), None
+    if "--merged" in args_:
+        i = args_.index("--merged")
+        merged = args_[i + 1]
+        del args_[i : i + 2]
+    *results_paths, doc_path = args_
+    verdicts = merge(results_paths)
+    if merged:
+        with open(merged, "w", encoding="utf-8") as f:
+            f.writelines(f"    {name}: {status}\n" for name, status in verdicts.items())
     same = equivalent(open(doc_path, encoding="utf-8").read())
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors = []
-    for line in open(results_path, encoding="utf-8"):
-        if ": " not in line:
-            continue
-        name, status = (s.strip() for s in line.rsplit(": ", 1))
+    for name, status in verdicts.items():
         module = re.match(r"(.*?)\.x(?:ǁ|_)", name).group(1)  # worker.gat.panel.x_fn__mutmut_3 -> the module
         if status == "survived" and name in same:
             status = "equivalent"
@@ -37,6 +60,7 @@ def main(results_path: str, doc_path: str) -> int:
     total = Counter()
     print(
         f"{'module':34} {'killed':>7} {'survived':>9} {'equivalent':>11} {'no tests':>9} {'other':>6} {'score':>7}"
+        f" {'of all':>7}"
     )
     for module in sorted(by_module) + ["all"]:
         c = total if module == "all" else by_module[module]
@@ -46,11 +70,15 @@ def main(results_path: str, doc_path: str) -> int:
         other = sum(v for s, v in c.items() if s not in KILLED | {"survived", "equivalent", "no tests"})
         judged = killed + c["survived"] + c["no tests"]
         score = f"{100 * killed / judged:.1f}%" if judged else "-"
+        every = f"{100 * killed / (judged + other):.1f}%" if judged + other else "-"
         print(
             f"{module:34} {killed:7} {c['survived']:9} {c['equivalent']:11} {c['no tests']:9} {other:6} {score:>7}"
+            f" {every:>7}"
         )
     print("\nscore = killed / (killed + survived + no tests); equivalent ones (docs/mutation.md) left out;")
-    print("'other' = not checked, skipped or suspicious (not run to a verdict).")
+    print(
+        "'other' = not checked, skipped or suspicious (not run to a verdict); 'of all' counts them as not killed."
+    )
     if survivors:
         print(f"\n{len(survivors)} survivors (`mutmut show NAME` prints the change):")
         for name in survivors:
@@ -59,4 +87,4 @@ def main(results_path: str, doc_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*sys.argv[1:]))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from scipy import stats
 
@@ -203,4 +205,14 @@ def test_multitask_delta_m_against_the_single_task_models_computed_by_hand():
     assert rows["single[task=a]"]["Δm%"]["mean"] is None and rep["best"]["Δm%"] == ["great"]  # lower wins
     assert rep["columns"][-2:] == ["Δm%", "s/step"]
     md = to_markdown(rep)
-    assert "| great | 2 | 85.0 ± 0.0 [85.0, 85.0] | **0.2500 ± 0.0707 [-0.3853, 0.8853]** | **0.00 ± 14.14" in md
+    assert (
+        "| great | 2 | 85.0 ± 0.0 [85.0, 85.0] | **0.2500 ± 0.0707 [-0.3853, 0.8853]** | **0.00 ± 14.14" in md
+    )
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml")))
+def test_each_committed_study_is_a_valid_design_with_its_notes(path):
+    """The benchmarks run these files: a broken one would fail only after hours of training."""
+    design = StudyDesign.model_validate(yaml.safe_load(path.read_text()))
+    assert design.name == path.stem and design.notes and f"studies/{path.name}" in design.notes
+    expand(design)  # every run config of it validates (methods, knobs, dataset)
