@@ -344,7 +344,7 @@ def _digits(column: str) -> int:
 def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
     d = row["cells"][c]
     if d["mean"] is None:
-        return "–"
+        return "--" if latex else "–"
     k, digits = _scale(c), _digits(c)
     pm = r" $\pm$ " if latex else " ± "
     text = f"{k * d['mean']:.{digits}f}" + (f"{pm}{k * d['std']:.{digits}f}" if d["std"] is not None else "")
@@ -411,14 +411,15 @@ def to_markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "<": r"$<$", ">": r"$>$", "Δ": r"$\Delta$", "λ": r"$\lambda$", "±": r"$\pm$", "✗": r"$\times$",
+        "–": "--"}  # fmt: skip
+
+
 def _tex(s: str) -> str:
-    return (
-        s.replace("\\", r"\textbackslash{}")
-        .replace("_", r"\_")
-        .replace("%", r"\%")
-        .replace("&", r"\&")
-        .replace("#", r"\#")
-    )
+    """Text for pdfLaTeX: its special characters escaped, the report's symbols in math mode."""
+    return "".join(_TEX.get(ch, ch) for ch in s)
 
 
 def to_latex(rep: dict) -> str:
@@ -439,7 +440,7 @@ def to_latex(rep: dict) -> str:
         r"\bottomrule",
         r"\end{tabular}",
         rf"\caption{{{_tex(rep['study'])}: {_tex(rep['scenario'])} on {_tex(str(rep['dataset'].get('name')))}. "
-        + _tex(_legend(rep)).replace("±", r"$\pm$").replace("✗", r"$\times$")
+        + _tex(_legend(rep))
         + "}",
         r"\end{table}",
     ]

@@ -216,3 +216,14 @@ def test_each_committed_study_is_a_valid_design_with_its_notes(path):
     design = StudyDesign.model_validate(yaml.safe_load(path.read_text()))
     assert design.name == path.stem and design.notes and f"studies/{path.name}" in design.notes
     expand(design)  # every run config of it validates (methods, knobs, dataset)
+
+
+def test_the_latex_export_is_plain_ascii_for_pdflatex():
+    """Labels with λ, Δm%, missing cells and the legend's symbols all become LaTeX commands."""
+    rep = report(StudyDesign.model_validate({**MT, "methods": [*MT["methods"][:2], {"method": "great", "label": "great λ=1"}]}), [
+        _mt("single[task=a]", 0, 0.8, 9.0), _mt("single[task=b]", 0, 0.1, 0.2), _mt("equal", 0, 0.85, 0.25),
+        _mt("great λ=1", 0, 0.8, 0.3)])  # fmt: skip
+    tex = to_latex(rep)
+    assert tex.isascii(), [ch for ch in tex if not ch.isascii()]
+    assert r"great $\lambda$=1 & 1 &" in tex and r"$\Delta$m\%" in tex and " & -- & " in tex
+    assert r"p $<$ 0.05" in tex

@@ -172,6 +172,8 @@ def test_every_eps_gets_autoattack_when_the_spec_says_so(digits, digits_model, m
     assert {("autoattack", 0.3), ("apgd_t", 0.3), ("apgd_dlr", 0.3), ("pgd_l2", 0.3)} <= pairs
     assert ("autoattack", 0.0) not in pairs  # nothing to attack at radius 0
     assert not {e for a, e in pairs if a == "pgd_l2"} - {0.3}
+    for row in r["rows"]:  # the budget each row reports, AutoAttack's and APGD's included
+        assert (row["steps"], row["restarts"]) == SHOWN[row["attack"]], row
 
 
 def test_the_surrogate_is_an_independent_model_trained_for_its_epochs(digits, digits_model):

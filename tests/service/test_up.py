@@ -33,12 +33,14 @@ def gatlab_up(cwd, port: int) -> tuple[subprocess.Popen, str]:
         start_new_session=True,
     )
     line = up.stdout.readline()
-    for _ in range(100):
+    deadline = time.monotonic() + 120  # a bound for a hang, not a speed test: a loaded machine is slow
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
                 break
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     return up, line
 
 
