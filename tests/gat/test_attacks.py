@@ -227,3 +227,51 @@ def test_a_panel_larger_than_one_attack_batch_runs_its_targeted_attacks(digits, 
     assert (digits_model(batched).argmax(1) == t).float().mean() > 0.5
     r = run_panel(digits_model, digits, CONFIG, panel="quick", n=300)  # 300 > 256: two batches
     assert r["n"] == 300 and {"pgd_target_ll", "pgd_target_random"} <= {row["attack"] for row in r["rows"]}
+
+
+def test_l2_random_start_is_uniform_in_the_ball_for_any_batch():
+    from worker.gat.attacks.pgd import _random_start
+
+    x = torch.full((2000, 1, 8, 8), 0.5)
+    torch.manual_seed(0)
+    r = _random_start(x, 0.5, "l2").flatten(1).norm(dim=1)
+    assert (r <= 0.5 + 1e-6).all()
+    # uniform in the 64-dimensional ball: P(radius <= 0.5 q) = q^64, so the median is 0.5 * 0.5^(1/64)
+    assert r.median().item() == pytest.approx(0.5 * 0.5 ** (1 / 64), abs=0.003)
+    one = _random_start(x[:1], 0.5, "l2")  # a batch of one example
+    assert one.shape == (1, 1, 8, 8) and one.norm() <= 0.5 + 1e-6
+
+
+def test_targeted_margin_pgd_reaches_its_targets(digits, digits_model):
+    x, y = _batch(digits, 32)
+    t = (y + 1) % 10
+    torch.manual_seed(0)
+    adv = pgd(digits_model, x, y, eps=0.3, steps=20, loss="margin", target=t)
+    check_ball(adv, x, 0.3, "linf")
+    assert _acc(digits_model, adv, t) > 0.8
+
+
+def test_the_registered_attacks_are_the_ones_their_names_say(digits, digits_model):
+    """pgd_margin is PGD on the margin loss (not cross entropy); ifgsm is the paper's iterative FGSM,
+    steps of 1.25 eps / steps from x with no random start."""
+    x, y = _batch(digits, 32)
+    torch.manual_seed(0)
+    margin = pgd(digits_model, x, y, eps=0.05, steps=5, loss="margin")
+    torch.manual_seed(0)
+    ce = pgd(digits_model, x, y, eps=0.05, steps=5)
+    assert torch.equal(ATTACKS["pgd_margin"][1](digits_model, x, y, eps=0.05, seed=0, steps=5), margin)
+    assert not torch.equal(margin, ce)
+    ifgsm = ATTACKS["ifgsm"][1](digits_model, x, y, eps=0.05, steps=4)
+    assert torch.equal(
+        ifgsm, pgd(digits_model, x, y, eps=0.05, steps=4, step_size=0.05 * 1.25 / 4, random_start=False)
+    )
+
+
+def test_apgd_t_targets_only_the_classes_a_model_has():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    x = torch.rand(16, 1, 8, 8)
+    y = model(x).argmax(1)
+    adv = ATTACKS["apgd_t"][1](model, x, y, eps=0.1, seed=0, steps=3)  # 4 target classes, not 9
+    check_ball(adv, x, 0.1, "linf")
+    assert _acc(model, adv, y) < 1.0

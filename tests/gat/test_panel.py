@@ -13,6 +13,7 @@ import torch
 
 from worker.gat import data as gdata
 from worker.gat import panel as P
+from worker.gat.attacks.reference import fab_min_norm
 from worker.gat.stats import wilson
 
 CONFIG = {
@@ -70,6 +71,7 @@ def test_a_tiny_panel_end_to_end(digits, digits_model, monkeypatch):
     _the_worst_case_is_below_every_linf_attack_at_its_radius(tiny)
     _fab_rows_and_norms_agree_per_example(tiny, digits, digits_model)
     _the_gallery_shows_the_first_six_examples_under_pgd(tiny, digits, digits_model)
+    _rows_are_their_attacks_at_the_budget_they_report(tiny, digits, digits_model)
 
 
 def _subset(digits, n, seed):
@@ -162,6 +164,36 @@ def _the_gallery_shows_the_first_six_examples_under_pgd(tiny, digits, digits_mod
         assert g["pred_clean"] == digits_model(clean).argmax(1).tolist()
         assert g["pred_adv"] == digits_model(adv).argmax(1).tolist()
     assert g["pred_adv"] != g["pred_clean"]  # three steps at 0.1 fool this model on some of the six
+
+
+def _rows_are_their_attacks_at_the_budget_they_report(tiny, digits, digits_model):
+    """Rerun a few attacks here with the seed and budget each row reports: the same accuracy."""
+    _, x, y = _subset(digits, 24, seed=1)
+    acc = {(r["attack"], r["eps"]): r["accuracy"] for r in tiny["rows"]}
+    again = {  # row -> (attack, eps, seed, knobs): pgd_strong draws its restarts from the next seed
+        ("pgd_strong", 0.05): ("pgd", 0.05, 2, {"steps": 6, "restarts": 2}),
+        ("pgd_l2", 0.5): ("pgd_l2", 0.5, 1, {"steps": 3, "restarts": 1}),
+        ("noise", 0.2): ("noise", 0.2, 1, {"draws": 3}),
+        ("ifgsm", 0.05): ("ifgsm", 0.05, 1, {"steps": 3}),
+    }
+    for row, (attack, e, seed, knobs) in again.items():
+        adv = P._attack(attack, digits_model, x, y, eps=e, seed=seed, **knobs)
+        assert acc[row] == int(_clean(digits_model, adv, y).sum()) / 24, row
+    norms = fab_min_norm(digits_model, x, y, seed=1, steps=5)
+    assert tiny["min_norm"]["norms"] == [
+        None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()
+    ]
+
+
+def test_a_randomised_model_is_not_deterministic(digits, digits_model):
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return digits_model((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+    x, y = digits.test.images()[:16], digits.test.y[:16]
+    noisy = P._Panel(Noisy(), x, y, 0, TINY, digits_model)
+    assert not noisy.deterministic["same"] and noisy.deterministic["max_logit_change"] > 0.01
+    assert P._Panel(digits_model, x, y, 0, TINY, digits_model).deterministic["same"]
 
 
 def test_every_eps_gets_autoattack_when_the_spec_says_so(digits, digits_model, monkeypatch):
