@@ -12,6 +12,7 @@ one, except "not checked" (a run that did not reach it keeps the verdict of the 
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections import Counter, defaultdict
@@ -36,12 +37,33 @@ def merge(paths: list[str]) -> dict[str, str]:
     return verdicts
 
 
+def print_sample(path: str, verdicts: dict[str, str], same: set[str]) -> None:
+    """The kill rate of a random sample of mutants with its 95 % Wilson interval: an estimate for the
+    population it was drawn from (docs/mutation.md says which), never a verdict on the rest."""
+    names = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    got = Counter("equivalent" if n in same else verdicts.get(n, "not checked") for n in names)
+    k = sum(got[s] for s in KILLED)
+    n = k + got["survived"] + got["no tests"]
+    print(f"\nsample {path}: {len(names)} mutants, {dict(sorted(got.items()))}")
+    if not n:
+        return
+    z, p = 1.96, k / n if n else 0.0
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
+    print(
+        f"  killed {k} of {n} judged = {100 * p:.1f}% [95 % Wilson {100 * (centre - half):.1f}, {100 * (centre + half):.1f}]"
+    )
+
+
 def main(*args: str) -> int:
-    args_, merged = list(args), None
-    if "--merged" in args_:
-        i = args_.index("--merged")
-        merged = args_[i + 1]
-        del args_[i : i + 2]
+    args_, merged, sample = list(args), None, None
+    for flag in ("--merged", "--sample"):
+        if flag in args_:
+            i = args_.index(flag)
+            merged, sample = (args_[i + 1], sample) if flag == "--merged" else (merged, args_[i + 1])
+            del args_[i : i + 2]
     *results_paths, doc_path = args_
     verdicts = merge(results_paths)
     if merged:
@@ -79,6 +101,8 @@ def main(*args: str) -> int:
     print(
         "'other' = not checked, skipped or suspicious (not run to a verdict); 'of all' counts them as not killed."
     )
+    if sample:
+        print_sample(sample, verdicts, same)
     if survivors:
         print(f"\n{len(survivors)} survivors (`mutmut show NAME` prints the change):")
         for name in survivors:
