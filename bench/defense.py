@@ -59,7 +59,7 @@ def main() -> None:
     md = study.run(args.design, out_dir=args.out_dir, docs=args.docs)
     design = StudyDesign.model_validate(yaml.safe_load(Path(args.design).read_text()))
     out = md.with_name(f"{design.name}-per-seed.md")
-    out.write_text("\n".join(per_seed(design, Path(args.out_dir or f"runs/study-{design.name}"))) + "\n")
+    out.write_text("\n".join(per_seed(design, study.runs_dir(args.design, args.out_dir))) + "\n")
     print(f"wrote {out}")
 
 

@@ -57,8 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     study.run(args.design, out_dir=args.out_dir, docs=args.docs)
     design = yaml.safe_load(Path(args.design).read_text())
-    runs = Path(args.out_dir or f"runs/study-{design['name']}")
-    first = runs / run_dir_name(
+    first = study.runs_dir(args.design, args.out_dir) / run_dir_name(
         design["methods"][0].get("label") or design["methods"][0]["method"], design["seeds"][0]
     )
     teacher = load_model(first / "teacher")

@@ -21,10 +21,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def runs_dir(design_file: str, out_dir: str | None = None) -> Path:
+    """Where a study's run directories go: `out_dir`, else runs/study-NAME (as `gatlab study run`)."""
+    return Path(out_dir or f"runs/study-{yaml.safe_load(Path(design_file).read_text())['name']}").resolve()
+
+
 def run(design_file: str, *, out_dir: str | None = None, docs: str = "docs/results") -> Path:
     """Train what is missing, write docs/results/NAME.md and NAME.tex; returns the Markdown file."""
     name = yaml.safe_load(Path(design_file).read_text())["name"]
-    runs = str(Path(out_dir or f"runs/study-{name}").resolve())  # the command runs in the repository
+    runs = str(runs_dir(design_file, out_dir))  # absolute: the command runs in the repository
     md = (Path(docs) / f"{name}.md").resolve()
     md.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
