@@ -154,3 +154,12 @@ def test_label_free_gradients_ignore_the_label(grad_of, synthetic):
     assert torch.allclose(_seen_by_aux(free, x, y), _seen_by_aux(free, x, other), atol=1e-6)
     labelled = make("defense", "great", model, **kw)
     assert not torch.allclose(_seen_by_aux(labelled, x, y), _seen_by_aux(labelled, x, other), atol=1e-3)
+
+
+def test_an_unknown_method_is_refused_with_every_method_the_core_has():
+    with pytest.raises(ValueError) as e:
+        make("defense", "magic", torch.nn.Linear(2, 2))
+    assert str(e.value) == "method: unknown defense:magic (allowed: {})".format(
+        ", ".join(f"{s}:{m}" for s, m in registry())
+    )
+    assert "defense:great" in str(e.value) and "multitask:gradnorm" in str(e.value)
