@@ -16,6 +16,7 @@ from worker.gat import data as gdata
 from worker.gat import panel as P
 from worker.gat.attacks import ATTACKS, pgd, pick_target
 from worker.gat.attacks.reference import fab_min_norm
+from worker.gat.probe import gradient_probe
 from worker.gat.stats import wilson
 
 CONFIG = {
@@ -97,7 +98,8 @@ def _the_panel_attacks_its_recorded_subset_and_reports_its_budget(tiny, digits, 
     assert (tiny["std_eps"], tiny["std_eps_l2"]) == (0.1, 0.5)
     assert tiny["spec"] == asdict(TINY)
     assert tiny["deterministic"] == {"max_logit_change": 0.0, "same": True}
-    assert tiny["probe"]["n_test"] == len(digits.test)
+    assert tiny["probe"] == gradient_probe(digits_model, digits, device=torch.device("cpu"), seed=1)
+    assert tiny["checks"] == P.sanity_checks(tiny)  # the checks of the rows shown
 
 
 def _each_attack_runs_at_its_radii_with_its_budget(tiny):
