@@ -107,9 +107,10 @@ def run_dir_name(label: str, seed: int) -> str:
 # ---- the report ---------------------------------------------------------------------------------
 
 LOWER_IS_BETTER = ("loss", "mse", "s/step", "Δm%")
-# Diagnostics with no better direction for every method: the probe reads how much the gradients
-# tell (GREAT aims at chance; a robust model's gradients may tell more), so no best is marked.
-UNRANKED = ("probe",)
+# Diagnostics with no better direction for every method, so no best is marked: the probe reads how
+# much the gradients tell (GREAT aims at chance; a robust model's gradients may tell more); the
+# distillation teacher's own accuracy is the reference every student is read against.
+UNRANKED = ("probe", "test teacher_acc")
 
 
 def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float | None) -> dict[str, float]:

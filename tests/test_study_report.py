@@ -154,6 +154,10 @@ def test_a_row_with_no_panel_shows_no_verdict_and_the_probe_is_not_ranked():
     rep = report(design, recs)
     assert [row["checked"] for row in rep["rows"]] == [False, False]
     assert "probe" in rep["columns"] and "probe" not in rep["best"]
+    for r in recs:  # a distillation teacher's accuracy: the reference, never a best
+        r["metrics"]["test teacher_acc"] = 0.98 if r["label"] == "erm" else 0.97
+    with_teacher = report(design, recs)
+    assert "test teacher_acc" in with_teacher["columns"] and "test teacher_acc" not in with_teacher["best"]
     md = to_markdown(rep)
     assert "| erm | 3 | 20.0 ± 10.0 [-4.8, 44.8] | 90.0 ± 0.0 [90.0, 90.0] | **0.1000" in md
     assert md.count("[0.1000, 0.1000]** | – |") == 2 and "| ok |" not in md

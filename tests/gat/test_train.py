@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -161,6 +163,8 @@ def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, metho
         assert (out / "eval.json").exists() and resumed["eval"]["rows"] == whole["eval"]["rows"]
     if scenario == "distill":
         assert resumed["test"]["agreement"] == whole["test"]["agreement"]
+        teacher = json.loads((tmp_path / "whole" / "teacher" / "summary.json").read_text())
+        assert whole["test"]["teacher_acc"] == teacher["test"]["acc"]  # the teacher's own test accuracy
 
 
 def test_a_run_handed_back_mid_epoch_resumes_exactly(tmp_path):
