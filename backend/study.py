@@ -365,7 +365,9 @@ def _legend(rep: dict) -> str:
         f"Mean ± std [95 % t interval of the mean] over seeds ({', '.join(map(str, rep['seeds']))});"
         " accuracies in %, s/step in seconds;"
         + (" Δm% against the single-task arms (lower is better);" if "Δm%" in cols else "")
-        + f" best per column in bold{' (the probe is not ranked)' if 'probe' in cols else ''};"
+        + " best per column in bold"
+        + "".join(f"; {c} is not ranked" for c in UNRANKED if c in cols)
+        + ";"
         f" * = paired t-test against {rep['baseline']} over the seeds both have,"
         " p < 0.05 (never from fewer than 2 seeds); a row with a failed sanity check is marked ✗"
         " (– where no panel ran)."
