@@ -111,6 +111,7 @@ LOWER_IS_BETTER = ("loss", "mse", "s/step", "Δm%")
 # much the gradients tell (GREAT aims at chance; a robust model's gradients may tell more); the
 # distillation teacher's own accuracy is the reference every student is read against.
 UNRANKED = ("probe", "test teacher_acc")
+REFERENCE = ("test teacher_acc",)  # the same for every arm of a seed: never tested against the baseline
 
 
 def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float | None) -> dict[str, float]:
@@ -239,7 +240,8 @@ def _row(design: StudyDesign, label: str, by_arm: dict[str, list[dict]], columns
             for r in by_arm[design.baseline]
             if r["status"] == "succeeded" and c in r["metrics"]
         }
-        cells[c]["vs_baseline"] = None if label == design.baseline else _paired(per_seed, base)
+        compared = label != design.baseline and c not in REFERENCE
+        cells[c]["vs_baseline"] = _paired(per_seed, base) if compared else None
     eps = sorted({float(e) for r in done for e in r.get("curve", {})})
     curve = [
         {"eps": e, **_describe([r["curve"][str(e)] for r in done if str(e) in r.get("curve", {})])}
@@ -304,7 +306,7 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
     columns = (
         [c for c in columns if c.startswith("test ")]
         + [c for c in columns if not c.startswith("test ") and c not in UNRANKED + ("Δm%", "s/step")]
-        + [c for c in ("Δm%", *UNRANKED, "s/step") if c in columns]
+        + [c for c in ("Δm%", *UNRANKED, "s/step") if c in columns and not c.startswith("test ")]
     )
     total = len(labels) * len(design.seeds)
     counts: dict[str, int] = {}

@@ -158,9 +158,11 @@ def test_a_row_with_no_panel_shows_no_verdict_and_the_probe_is_not_ranked():
         r["metrics"]["test teacher_acc"] = 0.98 if r["label"] == "erm" else 0.97
     with_teacher = report(design, recs)
     assert "test teacher_acc" in with_teacher["columns"] and "test teacher_acc" not in with_teacher["best"]
-    assert "best per column in bold; probe is not ranked; test teacher_acc is not ranked;" in to_markdown(
-        with_teacher
-    )
+    md = to_markdown(with_teacher)
+    assert "best per column in bold; probe is not ranked; test teacher_acc is not ranked;" in md
+    assert with_teacher["columns"].count("test teacher_acc") == 1  # among the test columns, once
+    assert "| great | test teacher_acc |" not in md  # a reference, not tested against the baseline
+    assert all(row["cells"]["test teacher_acc"]["vs_baseline"] is None for row in with_teacher["rows"])
     md = to_markdown(rep)
     assert "| erm | 3 | 20.0 ± 10.0 [-4.8, 44.8] | 90.0 ± 0.0 [90.0, 90.0] | **0.1000" in md
     assert md.count("[0.1000, 0.1000]** | – |") == 2 and "| ok |" not in md
