@@ -404,7 +404,8 @@ def finish(loop: Loop) -> dict:
     log.info("finished: %s", ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     if loop.teacher is not None:
         test["agreement"] = agreement(s.model, loop.teacher, s.data.test, s.device)
-        test["teacher_acc"] = agreement(loop.teacher, None, s.data.test, s.device)
+        with torch.no_grad():
+            test["teacher_acc"] = evaluate(loop.teacher, s.data.test, s.device)["acc"]
     game = game_probe(loop)
     if game:
         test["probe"], test["probe_chance"] = game["accuracy"], game["chance"]
@@ -516,16 +517,11 @@ def prepare_teacher(
 
 
 @torch.no_grad()
-def agreement(
-    student: nn.Module, teacher: nn.Module | None, split: gdata.Split, device: torch.device
-) -> float:
-    """How often the student predicts the teacher's class (with no teacher: the label, its accuracy)."""
+def agreement(student: nn.Module, teacher: nn.Module, split: gdata.Split, device: torch.device) -> float:
     student.eval()
     same = sum(
-        (student(x.to(device)).argmax(1) == (teacher(x.to(device)).argmax(1) if teacher else y.to(device)))
-        .sum()
-        .item()
-        for _, x, y in gdata.batches(split, 512, shuffle=False)
+        (student(x.to(device)).argmax(1) == teacher(x.to(device)).argmax(1)).sum().item()
+        for _, x, _ in gdata.batches(split, 512, shuffle=False)
     )
     return same / max(1, len(split))
 
