@@ -14,11 +14,11 @@ import json
 import math
 import re
 import statistics
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from backend.run_config import NO_NUL, parse_run_config
+from backend.run_config import NO_NUL, EvalConfig, parse_run_config
 
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+=,\- λ]{1,60}$")]
 
@@ -46,6 +46,11 @@ class StudyDesign(BaseModel):
     methods: list[Arm] = Field(min_length=1, max_length=50)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(min_length=1, max_length=100)
     baseline: str = Field(description="The label of the arm every other arm is tested against.")
+    split: Literal["test", "val"] = Field(
+        "test",
+        description="The split the report reads: `val` for a tuning study, whose choice must never see"
+        " the test split (its report shows the final models' validation figures and nothing else).",
+    )
     notes: Annotated[str, StringConstraints(pattern=NO_NUL, max_length=2000)] = ""
 
     @model_validator(mode="after")
@@ -61,6 +66,10 @@ class StudyDesign(BaseModel):
             raise ValueError(f"baseline: {self.baseline!r} is none of the arms ({', '.join(labels)})")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: each seed once")
+        if self.split == "val" and self.eval.get("panel", EvalConfig.model_fields["panel"].default) != "none":
+            raise ValueError(
+                "eval.panel: a study read on the validation split runs no panel (it attacks the test split)"
+            )
         return self
 
 
@@ -115,13 +124,13 @@ REFERENCE = ("test teacher_acc",)  # the same for every arm of a seed: never tes
 
 
 def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float | None) -> dict[str, float]:
-    """One succeeded run's figures: its test metrics, every L-inf attack at the panel's standard
-    eps (and L2 PGD at its standard L2 eps), the game's fresh probe, seconds per step."""
+    """One succeeded run's figures: its test and final validation metrics, every L-inf attack at the
+    panel's standard eps (and L2 PGD at its standard L2 eps), the game's fresh probe, seconds per step."""
     out: dict[str, float] = {}
-    test = (summary or {}).get("test", {})
-    for k, v in test.items():
-        if not k.startswith("probe") and k != "loss" and isinstance(v, int | float):
-            out[f"test {k}"] = float(v)
+    for split in ("test", "val"):
+        for k, v in (summary or {}).get(split, {}).items():
+            if not k.startswith("probe") and k != "loss" and isinstance(v, int | float):
+                out[f"{split} {k}"] = float(v)
     if ev and ev.get("summary"):
         std, std2 = ev["summary"]["std_eps"], ev["summary"].get("std_eps_l2")
         for r in ev["rows"]:
@@ -271,7 +280,7 @@ def with_delta_m(design: StudyDesign, records: list[dict]) -> list[dict]:
     }
     if design.scenario != "multitask" or not task_of:
         return records
-    own = lambda r, c: c == "s/step" or c.startswith(f"test {task_of[r['label']]}/")  # noqa: E731
+    own = lambda r, c: c == "s/step" or c.startswith(f"{design.split} {task_of[r['label']]}/")  # noqa: E731
     records = [
         {**r, "metrics": {c: v for c, v in r["metrics"].items() if own(r, c)}} if r["label"] in task_of else r
         for r in records
@@ -294,19 +303,30 @@ def with_delta_m(design: StudyDesign, records: list[dict]) -> list[dict]:
     return out
 
 
+def on_split(design: StudyDesign, records: list[dict]) -> list[dict]:
+    """Each record's metrics of the design's split: a test study never shows validation figures; a
+    validation (tuning) study shows its validation figures and step cost, nothing measured on test."""
+    other = "val " if design.split == "test" else "test "
+    keep = lambda c: (
+        not c.startswith(other) and (design.split == "test" or c.startswith("val ") or c == "s/step")
+    )  # noqa: E731
+    return [{**r, "metrics": {c: v for c, v in r.get("metrics", {}).items() if keep(c)}} for r in records]
+
+
 def report(design: StudyDesign, records: list[dict]) -> dict:
     """The study's table from its runs. A record: {"label", "seed", "status", "run_id", "metrics"
     (run_metrics of a succeeded run), "checked", "failed_checks", "curve" ({eps: worst-case accuracy})}."""
-    records = with_delta_m(design, records)
+    records = with_delta_m(design, on_split(design, records))
+    prefix = f"{design.split} "
     labels = [label for label, _ in arm_params(design)]
     by_arm = {label: [r for r in records if r["label"] == label] for label in labels}
     columns: list[str] = []
     for r in sorted(records, key=lambda r: (labels.index(r["label"]), r["seed"])):
         columns += [c for c in r.get("metrics", {}) if c not in columns]
     columns = (
-        [c for c in columns if c.startswith("test ")]
-        + [c for c in columns if not c.startswith("test ") and c not in UNRANKED + ("Δm%", "s/step")]
-        + [c for c in ("Δm%", *UNRANKED, "s/step") if c in columns and not c.startswith("test ")]
+        [c for c in columns if c.startswith(prefix)]
+        + [c for c in columns if not c.startswith(prefix) and c not in UNRANKED + ("Δm%", "s/step")]
+        + [c for c in ("Δm%", *UNRANKED, "s/step") if c in columns and not c.startswith(prefix)]
     )
     total = len(labels) * len(design.seeds)
     counts: dict[str, int] = {}
@@ -324,6 +344,7 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
         "scenario": design.scenario,
         "dataset": design.dataset,
         "baseline": design.baseline,
+        "split": design.split,
         "seeds": design.seeds,
         "progress": {"total": total, **{k: counts[k] for k in sorted(counts)}},
         "columns": columns,
@@ -365,7 +386,12 @@ def _legend(rep: dict) -> str:
     cols = rep["columns"]
     return (
         f"Mean ± std [95 % t interval of the mean] over seeds ({', '.join(map(str, rep['seeds']))});"
-        " accuracies in %, s/step in seconds;"
+        + (
+            " the final models on the validation split (a tuning study: nothing here is read on test);"
+            if rep.get("split") == "val"
+            else ""
+        )
+        + " accuracies in %, s/step in seconds;"
         + (" Δm% against the single-task arms (lower is better);" if "Δm%" in cols else "")
         + " best per column in bold"
         + "".join(f"; {c} is not ranked" for c in UNRANKED if c in cols)

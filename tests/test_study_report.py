@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 from scipy import stats
 
-from backend.study import StudyDesign, expand, report, to_csv, to_json, to_latex, to_markdown
+from backend.study import StudyDesign, expand, report, run_metrics, to_csv, to_json, to_latex, to_markdown
 
 DESIGN = {
     "name": "s",
@@ -169,6 +169,39 @@ def test_a_row_with_no_panel_shows_no_verdict_and_the_probe_is_not_ranked():
     assert "\n\nWhy this study.\n\n" in md  # the design's notes under the legend
     recs[0]["checked"] = True  # one run of erm ran its panel and passed every check
     assert "[0.1000, 0.1000]** | ok |" in to_markdown(report(design, recs))
+
+
+def test_a_validation_study_reads_the_validation_split_and_nothing_measured_on_test():
+    """A tuning study (split: val) chooses knobs: its report must never show a figure of the test
+    split (test metrics, the panel's attacks, the probe), and a test study never shows validation."""
+    summary = {"test": {"acc": 0.9, "loss": 0.3}, "val": {"acc": 0.8, "loss": 0.4, "pgd": 0.2}}
+    ev = {
+        "summary": {"std_eps": 0.1},
+        "rows": [{"attack": "pgd", "norm": "linf", "eps": 0.1, "accuracy": 0.1}],
+    }
+    metrics = run_metrics({**summary, "game": {"accuracy": 0.99}}, ev, 0.01)
+    assert metrics == {
+        "test acc": 0.9,
+        "val acc": 0.8,
+        "val pgd": 0.2,
+        "pgd": 0.1,
+        "probe": 0.99,
+        "s/step": 0.01,
+    }
+    recs = [
+        {"label": label, "seed": seed, "status": "succeeded", "run_id": None, "curve": {}, "metrics": metrics}
+        for label in ("erm", "great[lam=0.1]", "great[lam=1.0]") for seed in (0, 1)
+    ]  # fmt: skip
+    tuning = {**DESIGN, "seeds": [0, 1], "split": "val", "eval": {"panel": "none"}}
+    rep = report(StudyDesign.model_validate(tuning), recs)
+    assert rep["columns"] == ["val acc", "val pgd", "s/step"] and rep["split"] == "val"
+    assert "on the validation split (a tuning study: nothing here is read on test)" in to_markdown(rep)
+    plain = report(StudyDesign.model_validate({**DESIGN, "seeds": [0, 1]}), recs)
+    assert plain["columns"] == ["test acc", "pgd", "probe", "s/step"]
+    assert "validation" not in to_markdown(plain)
+    for panel in ({}, {"panel": "quick"}):  # the panel attacks the test split: refused, not wasted
+        with pytest.raises(ValidationError, match="eval.panel: a study read on the validation split"):
+            StudyDesign.model_validate({**tuning, "eval": panel})
 
 
 MT = {

@@ -34,7 +34,7 @@ export async function studyPage(id) {
   const load = async () => [await api(`/api/studies/${id}`), await api(`/api/studies/${id}/report`)];
   let [study, rep] = await load();
   app.replaceChildren(h(`<section class="study"><h1>Study ${esc(study.name)}</h1>
-    <p class="muted">${esc(study.design.scenario)} on ${esc(study.design.dataset?.name)}; baseline <b>${esc(study.design.baseline)}</b>; seeds ${esc(study.design.seeds.join(", "))}</p>
+    <p class="muted">${esc(study.design.scenario)} on ${esc(study.design.dataset?.name)}; baseline <b>${esc(study.design.baseline)}</b>; seeds ${esc(study.design.seeds.join(", "))}${study.design.split === "val" ? "; <b>read on the validation split</b> (a tuning study: nothing in its report is measured on test)" : ""}</p>
     <div class="toolbar"><span id="progress"></span>
       <button id="retry">Retry failed</button><button id="extend">Add a seed</button>
       <a href="/api/studies/${id}/report?format=md" download>Markdown</a> <a href="/api/studies/${id}/report?format=latex" download>LaTeX</a>

@@ -226,7 +226,9 @@ def test_every_defense_run_scores_its_game_with_a_fresh_probe_even_without_a_pan
     assert logged == {"test/probe": game["accuracy"], "test/probe_chance": game["chance"]}
 
 
-def test_robust_validation_accuracy_is_logged_every_epoch_and_changes_nothing_else(tmp_path):
+def test_robust_validation_accuracy_is_logged_every_epoch_kept_in_the_summary_and_changes_nothing_else(
+    tmp_path,
+):
     """val/pgd (what the tuning search scores) is PGD at the standard radius on the validation split,
     and asking for it leaves training as it was: the same weights as a run without it."""
     from worker.gat import data as gdata
@@ -259,3 +261,7 @@ def test_robust_validation_accuracy_is_logged_every_epoch_and_changes_nothing_el
         robust[-1]["val/pgd"] == pytest.approx(want.item())
         and robust[-1]["val/pgd"] < robust[-1]["val/acc"]  # it bites
     )
+    for steps, (out, logged) in runs.items():  # the summary's val (a tuning study's report): the last epoch's
+        final = json.loads((out / "summary.json").read_text())["val"]
+        assert final == {k.removeprefix("val/"): v for k, v in logged[-1].items() if k.startswith("val/")}
+        assert set(final) == ({"acc", "loss", "pgd"} if steps else {"acc", "loss"}), final

@@ -377,13 +377,20 @@ def robust_accuracy(
     return correct / max(1, len(split))
 
 
-def end_epoch(loop: Loop, epoch: int) -> None:
-    """Validation (with its robust accuracy when asked), the epoch's record, and a checkpoint."""
+def validate(loop: Loop) -> dict:
+    """The model's figures on the validation split (none without one): accuracy and loss, and the
+    accuracy under PGD when `train.val_pgd_steps` asks. Deterministic: the same model, the same figures."""
     val = loop.evaluate(loop.s.data.val) if len(loop.s.data.val) else {}
     steps = loop.s.config["train"].get("val_pgd_steps", 0)
     if val and steps and not loop.multitask:
         eps = standard_eps(loop.s.config)[0]
         val["pgd"] = robust_accuracy(loop.s.model, loop.s.data.val, loop.s.device, eps=eps, steps=steps)
+    return val
+
+
+def end_epoch(loop: Loop, epoch: int) -> None:
+    """Validation, the epoch's record, and a checkpoint."""
+    val = validate(loop)
     log.info(
         "epoch %d/%d (step %d): %s",
         epoch + 1,
@@ -406,6 +413,7 @@ def finish(loop: Loop) -> dict:
         test["agreement"] = agreement(s.model, loop.teacher, s.data.test, s.device)
         with torch.no_grad():
             test["teacher_acc"] = evaluate(loop.teacher, s.data.test, s.device)["acc"]
+    val = validate(loop)  # the final model's, as the last epoch logged it (a tuning study reads these)
     game = game_probe(loop)
     if game:
         test["probe"], test["probe_chance"] = game["accuracy"], game["chance"]
@@ -424,6 +432,7 @@ def finish(loop: Loop) -> dict:
     summary = {
         "steps": loop.step,
         "test": test,
+        "val": val,
         "data": s.data.info,
         "device": str(s.device),
         "seconds_per_step": seconds_per_step,
