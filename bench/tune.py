@@ -63,10 +63,13 @@ def choose(design: StudyDesign, rep: dict) -> list[dict]:
     over seeds (the larger of the two), since a win inside the seeds' spread is noise."""
     score_cols, clean_cols = score_columns(design.scenario, rep["columns"])
     rows = {r["label"]: r for r in rep["rows"]}
-    grids = {arm.method for arm in design.methods if arm.grid}
+    knobs: dict[str, set] = {}  # per tuned method, the knobs its trials vary (not the fixed `params`)
+    for arm in design.methods:
+        if arm.grid:
+            knobs.setdefault(arm.method, set()).update(arm.grid)
     trials: dict[str, list[tuple]] = {}
     for label, spec in arm_params(design):
-        if spec["method"] in grids:
+        if spec["method"] in knobs:
             row = rows[label]
             trials.setdefault(spec["method"], []).append(
                 (label, spec["params"], per_seed(row, clean_cols), per_seed(row, score_cols))
@@ -74,7 +77,7 @@ def choose(design: StudyDesign, rep: dict) -> list[dict]:
     out = []
     for method, scored in trials.items():
         fields = PARAMS[(design.scenario, method)].model_fields
-        default = next((t for t in scored if all(v == fields[k].default for k, v in t[1].items())), None)
+        default = next((t for t in scored if all(t[1][k] == fields[k].default for k in knobs[method])), None)
         top_clean = max(statistics.mean(t[2]) for t in scored)
         eligible = [t for t in scored if statistics.mean(t[2]) >= top_clean - COLLAPSE]
         best = max(eligible, key=lambda t: statistics.mean(t[3]))

@@ -79,6 +79,7 @@ export async function launchPage() {
       <h2>Study</h2><p class="muted">Compare methods: this form's data, model, schedule and panel for every method ticked (the one above with its knobs, the others at their defaults), over the seeds above (default 0), reported against a baseline.</p>
       <div id="study-methods" class="checks"></div>
       <label class="field"><span>baseline</span><select id="study-baseline"></select></label>
+      <label class="field"><span>read on</span><select id="study-split"><option value="test">the test split (a comparison)</option><option value="val">the validation split (a tuning study: no panel)</option></select></label>
       <label class="field"><span>study name</span><input id="study-name" placeholder="letters, digits, . _ -"></label>
       <div class="toolbar"><button type="button" id="launch-study">Launch study</button><span id="study-result" class="error"></span></div>
     </form>
@@ -162,6 +163,7 @@ export async function launchPage() {
       name: form.querySelector("#study-name").value, scenario: c.scenario, dataset: c.dataset, model: c.model, train, eval: c.eval,
       methods: picked.map((name) => ({ method: name, ...(name === c.method ? { params: c.params } : {}) })),
       seeds: seeds.length ? seeds : [0], baseline: form.querySelector("#study-baseline").value,
+      split: form.querySelector("#study-split").value,
     };
     try {
       const out = await api("/api/studies", { method: "POST", body: design });

@@ -73,5 +73,20 @@ def test_a_study_is_launched_from_the_form(lab):
             ("erm", None),
             ("great", 0.5),
         ]
-        assert study["progress"] == {"total": 4, "queued": 4}
+        assert study["progress"] == {"total": 4, "queued": 4} and d["split"] == "test"
+        page.goto(f"{lab.base}/#/launch")  # a tuning study: read on validation, so it runs no panel
+        page.wait_for_selector('#app[data-ready="launch"]', timeout=30_000)
+        page.select_option('[data-path="scenario"]', "defense")
+        page.select_option('[data-path="eval.panel"]', "quick")
+        page.select_option("#study-split", "val")
+        page.fill("#study-name", "tuning-from-the-form")
+        page.click("#launch-study")
+        page.wait_for_selector("#study-result:has-text('eval.panel')", timeout=10_000)
+        page.select_option('[data-path="eval.panel"]', "none")
+        page.click("#launch-study")
+        page.wait_for_url("**/#/study/*")
+        page.wait_for_selector('#app[data-ready="study"]', timeout=30_000)
+        assert "read on the validation split" in page.inner_text("section.study")
+        study = lab.http.get(f"/api/studies/{page.url.rsplit('/', 1)[1]}").json()
+        assert (study["design"]["split"], study["design"]["eval"]["panel"]) == ("val", "none")
         assert [e for e in page.errors if "422" not in e] == []
