@@ -109,7 +109,7 @@ def write(path: Path, designs: list[StudyDesign], reports: list[dict], how: str)
     lines = [
         "# Tuning: the same budget for every method, scored on validation, as studies",
         "",
-        f"Command: `{' '.join(['python -m bench.tune', *sys.argv[1:]])}`  ",
+        f"Command: `{' '.join(['python', '-m', 'bench.tune', *sys.argv[1:]])}`  ",
         f"{how}. The designs: `studies/<name>.yaml`; their reports, every trial with mean ± std [95 %"
         f" interval] over seeds, paired against the plain baseline: {names} beside this file. Scores,"
         " the final models' validation figures: defense, PGD-20 accuracy at the standard ε (`val pgd`);"
