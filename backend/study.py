@@ -306,10 +306,12 @@ def with_delta_m(design: StudyDesign, records: list[dict]) -> list[dict]:
 def on_split(design: StudyDesign, records: list[dict]) -> list[dict]:
     """Each record's metrics of the design's split: a test study never shows validation figures; a
     validation (tuning) study shows its validation figures and step cost, nothing measured on test."""
-    other = "val " if design.split == "test" else "test "
-    keep = lambda c: (
-        not c.startswith(other) and (design.split == "test" or c.startswith("val ") or c == "s/step")
-    )  # noqa: E731
+
+    def keep(column: str) -> bool:
+        if design.split == "val":
+            return column.startswith("val ") or column == "s/step"
+        return not column.startswith("val ")
+
     return [{**r, "metrics": {c: v for c, v in r.get("metrics", {}).items() if keep(c)}} for r in records]
 
 
