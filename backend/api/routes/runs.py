@@ -14,7 +14,7 @@ from fastapi import Path as FPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend import crud, uploads
@@ -126,6 +126,10 @@ def _check_quota(s: Session, user: User | None, new: int) -> None:
     if user is None:
         return
     cap = get_settings().max_queued_per_user
+    # Count-then-insert holds only under a per-user lock: a no-op UPDATE of the user's row takes
+    # PostgreSQL's row lock (SQLite's write lock) until this request commits, so two submissions of
+    # one user are counted one after the other (READ COMMITTED: the second sees the first's runs).
+    s.execute(update(User).where(User.id == user.id).values(disabled=User.disabled))
     queued = s.scalar(
         select(func.count()).select_from(Run).where(Run.owner_id == user.id, Run.status == "queued")
     )
