@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,16 @@ class Settings(BaseSettings):
     # Host names this server answers to (DNS rebinding): comma-separated, `*` for any. Default: the
     # loopback names with auth off (embedded mode), any name with auth on (set it on a lab server).
     allowed_hosts: str = Field("", validation_alias="GATLAB_ALLOWED_HOSTS")
+    # Who may evaluate a TorchScript model (a program: it runs in a sandbox, worker/gat/sandbox.py):
+    # none, admins or all. Default: admins with auth on, all with it off. Safetensors weights of the
+    # lab's architectures are data, open to every user.
+    torchscript: Literal["", "none", "admins", "all"] = Field("", validation_alias="GATLAB_TORCHSCRIPT")
+    # How a model from elsewhere is run: in bubblewrap's namespaces (bwrap), or, on a single-user
+    # machine without bubblewrap, in a plain child process (none; still killed on cancel and limits).
+    sandbox: Literal["bwrap", "none"] = Field("bwrap", validation_alias="GATLAB_SANDBOX")
+    # Every job's wall-clock limit (training, a panel, an evaluation), and an evaluated model's memory.
+    job_time_limit_s: float = Field(3 * 24 * 3600, gt=0, validation_alias="GATLAB_JOB_TIME_LIMIT_S")
+    eval_memory_mb: int = Field(16384, ge=256, validation_alias="GATLAB_EVAL_MEMORY_MB")
 
     @property
     def db_url(self) -> str:
@@ -63,6 +74,15 @@ class Settings(BaseSettings):
             if names.strip() == "*"
             else frozenset(n.strip().lower() for n in names.split(",") if n.strip())
         )
+
+    @property
+    def torchscript_policy(self) -> str:
+        return self.torchscript or ("admins" if self.auth else "all")
+
+    def may_run_torchscript(self, is_admin: bool | None) -> bool:
+        """`is_admin` None: no user (auth off)."""
+        policy = self.torchscript_policy
+        return policy == "all" or (policy == "admins" and (is_admin is None or is_admin))
 
     @property
     def data_path(self) -> Path | None:

@@ -31,6 +31,13 @@ def upload_path(name: str) -> Path:
     return uploads_path() / name
 
 
+def is_torchscript(eval_cfg: dict) -> bool:
+    """Whether a config's model from elsewhere is TorchScript (a program) rather than safetensors
+    weights: the worker reads a file as safetensors exactly when its name ends so."""
+    name = eval_cfg.get("model_upload") or eval_cfg.get("model_path")
+    return name is not None and not str(name).endswith(".safetensors")
+
+
 def model_format(body: bytes) -> str:
     """'torchscript' or 'safetensors', read from the bytes; ValueError saying why it is neither."""
     if body[:4] == b"PK\x03\x04":

@@ -126,7 +126,7 @@ def eval_model(args) -> int:
     rec = JsonlRecorder(out, resume_step=10**12, progress_bar=False)
     try:
         device = pick_device(config["train"].get("device", "auto"))
-        result = job.evaluate_model(Path(args.model), config, rec, device=device, out_dir=out)
+        result = job.evaluate_file(Path(args.model), config, rec, device=device, out_dir=out)
     except (FileNotFoundError, CheckpointError, DataError) as e:
         raise CliError(str(e)) from e
     finally:

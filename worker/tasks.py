@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from backend import crud, series, uploads
 from backend.config import get_settings
 from backend.db import session_scope
-from backend.models import Artifact, Run, now
+from backend.models import Artifact, Run, User, now
 from backend.queue import ALIVE_EVERY_S, TRAIN_TASK, alive_file, make_celery
 from backend.run_config import PATH_FIELDS
 from worker.gat import job
@@ -114,15 +114,24 @@ class Heartbeat(threading.Thread):
 
     CANCEL_POLL_S = 0.25
 
-    def __init__(self, fence: Fence, period_s: float):
+    def __init__(self, fence: Fence, period_s: float, time_limit_s: float = float("inf")):
         super().__init__(name=f"heartbeat-{fence.run_id}", daemon=True)
-        self.fence, self.period_s = fence, period_s
+        self.fence, self.period_s, self.time_limit_s = fence, period_s, time_limit_s
         self.cancel = self.superseded = False
         self.done = threading.Event()
+        self.started = time.monotonic()
+
+    def time_left(self) -> float:
+        return self.time_limit_s - (time.monotonic() - self.started)
+
+    @property
+    def timed_out(self) -> bool:
+        """The job's wall-clock limit (GATLAB_JOB_TIME_LIMIT_S, per attempt) has passed."""
+        return self.time_left() <= 0
 
     @property
     def stop(self) -> bool:
-        return self.cancel or self.superseded
+        return self.cancel or self.superseded or self.timed_out
 
     def run(self) -> None:
         last = 0.0
@@ -162,6 +171,7 @@ def _claim(run_id: int) -> dict | None:
             run.status, run.finished_at = "cancelled", now()
             return None
         first = run.started_at is None
+        owner = s.get(User, run.owner_id) if run.owner_id is not None else None
         run.status, run.worker_host, run.heartbeat_at = "running", _me(), now()
         run.started_at = run.started_at or now()
         run.attempt += 1
@@ -172,6 +182,10 @@ def _claim(run_id: int) -> dict | None:
             "parent_id": run.parent_id,
             "attempt": run.attempt,
             "first": first,
+            # Who may evaluate TorchScript is checked again here, at use: a lab's rule may change.
+            "torchscript_ok": settings.may_run_torchscript(
+                bool(owner and owner.is_admin) if settings.auth else None
+            ),
         }
 
 
@@ -266,7 +280,7 @@ def train_run(run_id: int) -> None:
         return
     settings = get_settings()
     fence = Fence(run_id, job_info["attempt"])
-    beat = Heartbeat(fence, settings.heartbeat_s)
+    beat = Heartbeat(fence, settings.heartbeat_s, settings.job_time_limit_s)
     beat.start()
     run_dir = settings.runs_path / str(run_id)
     if job_info["first"]:
@@ -303,6 +317,9 @@ def _attempt(
     except Stopped:
         if beat.superseded:
             raise crud.Superseded(f"run {run_id}: attempt {fence.attempt} was superseded") from None
+        if beat.timed_out and not beat.cancel:
+            limit = f"{beat.time_limit_s:.0f} s (GATLAB_JOB_TIME_LIMIT_S)"
+            return "failed", {"error": f"TimeLimit: the job ran past its time limit of {limit}"}
         return "cancelled", {}
     except crud.Superseded:
         raise
@@ -323,7 +340,24 @@ def _run_job(
     if job_info["kind"] == "eval" and job_info["parent_id"] is None:  # a model from elsewhere
         upload = config["eval"].get("model_upload")
         model_file = uploads.upload_path(upload) if upload else Path(config["eval"]["model_path"])
-        result = job.evaluate_model(model_file, config, rec, device=device, out_dir=run_dir)
+        torchscript = uploads.is_torchscript(config["eval"])
+        if torchscript and not job_info["torchscript_ok"]:
+            raise PermissionError(
+                f"this lab lets {settings.torchscript_policy} evaluate TorchScript models"
+                " (GATLAB_TORCHSCRIPT); upload safetensors weights of a lab architecture instead"
+            )
+        result = job.evaluate_model(
+            model_file,
+            config,
+            rec,
+            device=device,
+            out_dir=run_dir,
+            isolate=torchscript and settings.sandbox == "bwrap",
+            time_limit_s=beat.time_left(),
+            memory_bytes=settings.eval_memory_mb << 20,
+            should_stop=lambda: beat.stop,
+            scratch=settings.runs_path.parent / "scratch",
+        )
         return "succeeded", {"summary": {"panel": result["panel"], "model": model_file.name}}
     if job_info["kind"] == "eval":
         parent = job_info["parent_id"]

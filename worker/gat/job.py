@@ -13,10 +13,10 @@ from safetensors.torch import load_file as load_safetensors_file
 from torch import nn
 
 from . import data as gdata
-from . import models
+from . import models, sandbox
 from .panel import run_panel
 from .recorder import Recorder
-from .train import CheckpointError, load_model, pick_device, train
+from .train import CheckpointError, Stopped, load_model, pick_device, train
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,10 @@ def load_external(
         with torch.no_grad():
             out = model.eval()(x)
     except RuntimeError as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
+        why = lines[0][:300] + (f" ... {lines[-1][:300]}" if len(lines) > 1 else "")  # TorchScript: the cause last
         raise CheckpointError(
-            f"{path}: the model fails on images of shape {tuple(x.shape[1:])} from this dataset:"
-            f" {str(e).splitlines()[0][:300]}"
+            f"{path}: the model fails on images of shape {tuple(x.shape[1:])} from this dataset: {why}"
         ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -147,9 +148,43 @@ def load_safetensors(path: Path, data: gdata.Data, device: torch.device, model_c
 
 
 def evaluate_model(
+    model_file: Path,
+    config: dict,
+    recorder: Recorder,
+    *,
+    device: torch.device,
+    out_dir: Path,
+    isolate: bool,
+    time_limit_s: float,
+    memory_bytes: int,
+    should_stop: Callable[[], bool],
+    scratch: Path | None = None,
+) -> dict:
+    """The panel on a model from elsewhere (TorchScript or safetensors, see `load_external`), in a
+    child process (`sandbox`: with `isolate`, in bubblewrap's namespaces); cancel (`should_stop`)
+    and the time limit kill it. The lab's workers evaluate every model from elsewhere this way."""
+    data = gdata.load(config["dataset"])
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        result, images = sandbox.evaluate(
+            model_file, config, data, device=device, isolate=isolate, time_limit_s=time_limit_s,
+            memory_bytes=memory_bytes, should_stop=should_stop, scratch=scratch,
+        )  # fmt: skip
+    except InterruptedError:
+        raise Stopped() from None
+    except sandbox.SandboxError as e:
+        raise CheckpointError(f"{model_file.name}: {e}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gallery.json").write_text(json.dumps(images))
+    recorder.evaluation(result)
+    return result
+
+
+def evaluate_file(
     model_file: Path, config: dict, recorder: Recorder, *, device: torch.device, out_dir: Path
 ) -> dict:
-    """The panel on a model from elsewhere (TorchScript or safetensors, see `load_external`)."""
+    """The panel on a model file in this process: `gatlab eval --model` on a user's own machine."""
     data = gdata.load(config["dataset"])
     model = load_external(model_file, data, device, config.get("model"))
     return evaluate(model, config, recorder, device=device, out_dir=out_dir, data=data)
