@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Every job's wall-clock limit (training, a panel, an evaluation), and an evaluated model's memory.
     job_time_limit_s: float = Field(3 * 24 * 3600, gt=0, validation_alias="GATLAB_JOB_TIME_LIMIT_S")
     eval_memory_mb: int = Field(16384, ge=256, validation_alias="GATLAB_EVAL_MEMORY_MB")
+    # Uploaded models: each user's allowance, and how long one no run references is kept.
+    max_upload_mb_per_user: int = Field(2048, ge=1, validation_alias="GATLAB_MAX_UPLOAD_MB_PER_USER")
+    upload_keep_s: float = Field(24 * 3600, ge=0, validation_alias="GATLAB_UPLOAD_KEEP_S")
 
     @property
     def db_url(self) -> str:

@@ -208,3 +208,17 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(String(32))  # checkpoint | model | file
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Upload(Base):
+    """A model file a user uploaded (POST /api/models): the file is kept once per content, named by
+    its SHA-256 (`name`), and counted against each uploader's quota; one no run references is removed
+    after GATLAB_UPLOAD_KEEP_S (backend.uploads.prune)."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (UniqueConstraint("name", "owner_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -116,10 +116,10 @@ class Stack:
         self.http = httpx.Client(base_url=self.base, timeout=30)
         self.token: str | None = None
 
-    def _spawn(self, *args, log: str) -> subprocess.Popen:
+    def _spawn(self, *args, log: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         out = open(self.home / log, "ab")
         return subprocess.Popen(
-            [sys.executable, *args],
+            [*prefix, sys.executable, *args],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -152,6 +152,7 @@ class Stack:
             "--port",
             str(self.port),
             log="api.log",
+            prefix=tuple(self.env.get("GATLAB_API_PREFIX", "").split()),  # e.g. a resource limit
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

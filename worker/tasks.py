@@ -435,12 +435,22 @@ def requeue_stale() -> int:
     return len(resend)
 
 
+def prune_uploads() -> int:
+    """Uploaded models no run references, older than GATLAB_UPLOAD_KEEP_S, are removed."""
+    with session_scope() as s:
+        gone = uploads.prune(s, keep_s=get_settings().upload_keep_s)
+    for name in gone:
+        log.info("upload %s: no run uses it; removed", name)
+    return len(gone)
+
+
 def _reaper() -> None:
     period = max(1.0, get_settings().stale_after_s / 2)
     while True:
         try:
             requeue_stale()
             send_unsent()
+            prune_uploads()
         except Exception:  # noqa: BLE001 - the reaper must outlive a database or broker hiccup
             log.exception("reaper failed")
         time.sleep(period)

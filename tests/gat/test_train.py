@@ -265,3 +265,21 @@ def test_robust_validation_accuracy_is_logged_every_epoch_kept_in_the_summary_an
         final = json.loads((out / "summary.json").read_text())["val"]
         assert final == {k.removeprefix("val/"): v for k, v in logged[-1].items() if k.startswith("val/")}
         assert set(final) == ({"acc", "loss", "pgd"} if steps else {"acc", "loss"}), final
+
+
+def test_a_checkpoint_the_disk_refuses_is_a_clear_error_and_leaves_no_partial_file(tmp_path):
+    """Issue 27, finding 8: a full disk failed a run with torch's "unexpected pos 64 vs 0" and left
+    checkpoint.tmp. Here the writer runs under a file size limit of 4 KiB (the same refusal)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys, torch; from pathlib import Path; from worker.gat.train import _save_atomic\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n    _save_atomic({'w': torch.ones(10_000)}, Path(sys.argv[1]) / 'checkpoint.pt')\n"
+        "except OSError as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("StorageError could not write checkpoint.pt"), out
+    assert "MiB free" in out.stdout and "retry it once space is freed" in out.stdout
+    assert list(tmp_path.iterdir()) == []

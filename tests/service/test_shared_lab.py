@@ -4,6 +4,7 @@ processes (API, workers) on both databases where the behaviour differs."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -63,3 +64,113 @@ def test_the_queue_cap_holds_under_concurrent_submissions(shared):
     accepted = [a for a in answers if a.status_code == 201]
     assert {a.status_code for a in answers} <= {201, 429} and len(accepted) == 3, [a.text for a in answers]
     assert _queued(shared, "eve") == 12
+
+
+OCTET = {"content-type": "application/octet-stream"}
+
+
+def _scripted(tmp_path, model) -> bytes:
+    from tests.gat import payloads
+
+    return payloads.save(model, tmp_path / "model.pt").read_bytes()
+
+
+@pytest.fixture
+def lab(tmp_path, pg_database):
+    """PostgreSQL + Redis, sign-in on (TorchScript: admins only, the default), a small upload allowance."""
+    s = make_stack(
+        tmp_path, "lab", pg_database, GATLAB_MAX_UPLOAD_MB_PER_USER="1", GATLAB_UPLOAD_KEEP_S="2"
+    )
+    yield s
+    s.stop()
+
+
+def test_torchscript_is_for_admins_by_default_and_runs_in_the_sandbox_where_cancel_works(lab, tmp_path):
+    """Findings 1 and 5: an ordinary user's TorchScript is refused at upload and at evaluation; an
+    admin's model that never returns is evaluated in the sandbox, and cancel stops it at once."""
+    from tests.gat import payloads
+
+    mallory = member(lab, "mallory")
+    forever = _scripted(tmp_path, payloads.Forever())
+    r = mallory.post("/api/models", content=forever, headers=OCTET)
+    assert r.status_code == 403 and "GATLAB_TORCHSCRIPT" in r.json()["detail"][0]["msg"], r.text
+    name = lab.http.post("/api/models", content=forever, headers=OCTET).json()["upload"]  # the admin's
+    body = {"dataset": {"name": "digits"}, "eval": {"panel": "quick", "n": 20, "model_upload": name}}
+    r = mallory.post("/api/evaluations", json=body)
+    assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "eval", "model_upload"], r.text
+
+    lab.start_worker()
+    run_id = lab.http.post("/api/evaluations", json=body).json()["id"]
+    lab.wait_for(run_id, lambda r: r["status"] == "running", what="running")
+    time.sleep(3)  # in the model's endless loop
+    assert lab.http.post(f"/api/runs/{run_id}/cancel").status_code == 200
+    run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, timeout=20, what="cancelled")
+    assert run["status"] == "cancelled", run
+    # The worker is free again: the next job runs.
+    nxt = lab.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})})
+    assert lab.wait_for(nxt.json()["id"], lambda r: r["status"] in FINAL, what="finished")["status"] == "succeeded"
+
+
+def test_retrying_follows_the_owner_rules_and_works_for_an_uploaded_model(lab, tmp_path):
+    """Finding 7: retrying another user's panel job was a way round the owner-or-admin rule.
+    Finding 11: retrying an evaluation of an uploaded model was always a 422."""
+    import torch
+    from safetensors.torch import save_file
+
+    alice, bob = member(lab, "alice"), member(lab, "bob")
+    run_id = alice.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"})}).json()["id"]
+    lab.start_worker()
+    lab.wait_for(run_id, lambda r: r["status"] == "succeeded", what="succeeded")
+    job = alice.post(f"/api/runs/{run_id}/eval", json={"panel": "quick", "n": 10}).json()["id"]
+    r = bob.post(f"/api/runs/{job}/retry")
+    assert r.status_code == 403 and "belongs to another user" in r.json()["detail"], r.text
+    assert alice.post(f"/api/runs/{job}/retry").status_code == 201
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "m.safetensors")
+    name = bob.post("/api/models", content=(tmp_path / "m.safetensors").read_bytes(), headers=OCTET).json()["upload"]
+    body = {"dataset": {"name": "digits"}, "eval": {"panel": "quick", "n": 10, "model_upload": name}}
+    ev = bob.post("/api/evaluations", json=body).json()["id"]
+    again = bob.post(f"/api/runs/{ev}/retry")
+    assert again.status_code == 201 and again.json()["config"]["eval"]["model_upload"] == name, again.text
+
+
+def test_uploads_are_checked_whole_counted_per_user_and_removed_when_no_run_uses_them(lab):
+    """Finding 8: the safetensors check read only the header; uploads had no quota or cleanup."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    carol = member(lab, "carol")
+    junk = (2).to_bytes(8, "little") + b"{}" + bytes(range(256)) * 4  # the finding's fake
+    r = carol.post("/api/models", content=junk, headers=OCTET)
+    assert r.status_code == 422 and "safetensors" in r.json()["detail"][0]["msg"], r.text
+
+    def weights(seed: int) -> bytes:  # ~400 KiB each
+        return save({"w": np.random.default_rng(seed).random((100, 1000), dtype=np.float32)})
+
+    first = carol.post("/api/models", content=weights(0), headers=OCTET)
+    assert first.status_code == 201, first.text
+    assert carol.post("/api/models", content=weights(1), headers=OCTET).status_code == 201
+    over = carol.post("/api/models", content=weights(2), headers=OCTET)  # 1.2 MiB > 1 MiB
+    assert over.status_code == 413 and "GATLAB_MAX_UPLOAD_MB_PER_USER" in over.json()["detail"], over.text
+    kept = lab.home / ".gatlab" / "runs" / "uploads" / first.json()["upload"]
+    assert kept.exists()
+    time.sleep(2.5)  # past GATLAB_UPLOAD_KEEP_S: no run uses either upload
+    assert carol.post("/api/models", content=weights(2), headers=OCTET).status_code == 201
+    assert not kept.exists() and len(list(kept.parent.iterdir())) == 1
+
+
+def test_a_full_disk_is_a_507_and_leaves_no_partial_upload(tmp_path, pg_database):
+    """Finding 8: on a full disk an upload was a 500 and left a tmp*.part behind. The API runs under a
+    file size limit of 256 KiB (the same refusal, EFBIG instead of ENOSPC)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    s = make_stack(tmp_path, "lab", pg_database, GATLAB_API_PREFIX="prlimit --fsize=262144 --")
+    try:
+        body = save({"w": np.ones((100, 1000), dtype=np.float32)})  # 400 KiB
+        r = s.http.post("/api/models", content=body, headers=OCTET)
+        assert r.status_code == 507 and "nothing was kept" in r.json()["detail"], r.text
+        assert list((s.home / ".gatlab" / "runs" / "uploads").iterdir()) == []
+    finally:
+        s.stop()

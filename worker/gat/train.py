@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import pickle
 import platform
 import random
@@ -169,9 +170,25 @@ def evaluate(model: nn.Module, split: gdata.Split, device: torch.device, batch_s
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write, then rename: a reader sees the old file or the new one. A write the disk refuses (full,
+    over a quota or a file size limit) leaves nothing behind and says so plainly; torch's own
+    message is "[enforce fail at inline_container.cc] unexpected pos"."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise StorageError(
+            f"could not write {path.name} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); the disk"
+            f" holding the runs has {free >> 20} MiB free, or a file size limit was reached. The run keeps its"
+            " last checkpoint: retry it once space is freed"
+        ) from None
+
+
+class StorageError(OSError):
+    """A file of the run could not be written (disk full, quota, file size limit)."""
 
 
 @dataclass

@@ -121,6 +121,26 @@ def _limit_errors(cfg: dict) -> list[tuple[list[str], str]]:
     return errors
 
 
+def _check_torchscript(user: User | None, eval_cfg: dict, loc: list) -> None:
+    """TorchScript is a program: who may have one evaluated is the lab's rule (GATLAB_TORCHSCRIPT)."""
+    settings = get_settings()
+    if uploads.is_torchscript(eval_cfg) and not settings.may_run_torchscript(
+        user.is_admin if user is not None else None
+    ):
+        raise HTTPException(
+            403,
+            detail=[
+                {
+                    "loc": loc,
+                    "msg": f"this lab lets {settings.torchscript_policy} evaluate TorchScript models"
+                    " (GATLAB_TORCHSCRIPT); upload safetensors weights of a lab architecture instead"
+                    " (`gatlab export -o model.safetensors`)",
+                    "type": "permission",
+                }
+            ],
+        )
+
+
 def _check_quota(s: Session, user: User | None, new: int) -> None:
     """A per-user cap on queued runs, so one sweep cannot fill a shared server's queue."""
     if user is None:
@@ -220,10 +240,38 @@ async def upload_model(request: Request, user: CurrentUser) -> dict:
     body = await request.body()
     if not body:
         raise unprocessable((["body"], "empty: send the model file itself as the request body"))
+    return await run_in_threadpool(_store_upload, body, user)
+
+
+def _store_upload(body: bytes, user: User | None) -> dict:
+    """Check the file, the lab's TorchScript rule and the uploader's quota (under the user's lock),
+    keep it, and record it against the uploader; a full disk is a 507 with nothing partial left."""
+    settings = get_settings()
     try:
-        return await run_in_threadpool(uploads.store, body)
+        fmt = uploads.model_format(body)
     except ValueError as e:
         raise unprocessable((["body"], str(e))) from None
+    if fmt == "torchscript":
+        _check_torchscript(user, {"model_upload": "upload.pt"}, ["body"])
+    owner = user.id if user is not None else None
+    with session_scope() as s:
+        if user is not None:
+            s.execute(update(User).where(User.id == user.id).values(disabled=User.disabled))
+        uploads.prune(s, keep_s=settings.upload_keep_s, owner_id=owner, everyone=False)
+        cap, used = settings.max_upload_mb_per_user << 20, uploads.used_bytes(s, owner)
+        if user is not None and used + len(body) > cap:
+            raise HTTPException(
+                413,
+                detail=f"{user.name} has {used >> 20} MiB of uploaded models; this one ({len(body) >> 20} MiB)"
+                f" would pass the allowance of {cap >> 20} MiB per user (GATLAB_MAX_UPLOAD_MB_PER_USER)."
+                " Uploads no run uses are removed after GATLAB_UPLOAD_KEEP_S; delete runs you no longer need",
+            )
+        try:
+            out = uploads.store(body)
+        except uploads.StorageFull as e:
+            raise HTTPException(507, detail=f"{e.strerror}; nothing was kept. Ask the lab's admin to free disk space") from None
+        uploads.record(s, name=out["upload"], size=len(body), owner_id=owner)
+    return out
 
 
 @router.post("/evaluations", status_code=201, response_model=RunOut)
@@ -239,6 +287,7 @@ def create_evaluation(body: EvaluationCreate, user: CurrentUser, s: SessionDep) 
     if body.model is not None:
         raw["model"] = body.model
     config = _validated(raw, prefix="body", evaluation=True)
+    _check_torchscript(user, config["eval"], ["body", "eval", "model_upload" if body.eval.get("model_upload") else "model_path"])
     _check_quota(s, user, 1)
     run = crud.create_run(
         s, config=config, experiment=body.experiment, tags=body.tags, kind="eval", owner=user
@@ -337,9 +386,18 @@ def cancel_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
 
 @router.post("/runs/{run_id}/retry", status_code=201, response_model=RunOut)
 def retry_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
-    """A new run with the same config, owned by whoever retries it (the original is kept as it is)."""
-    evaluation = run.config["eval"].get("model_path") is not None
+    """A new run with the same config, owned by whoever retries it (the original is kept as it is).
+    A panel job on a run is queued again only by that run's owner or an admin, as `POST /runs/{id}/eval`."""
+    if run.parent_id is not None:
+        parent = s.get(Run, run.parent_id)
+        if parent is None:
+            raise HTTPException(409, detail=f"run {run.id} is a panel job on run {run.parent_id}, which is gone")
+        check_owner(parent, user, "evaluate")
+    eval_cfg = run.config["eval"]
+    evaluation = run.kind == "eval" and run.parent_id is None  # a model from elsewhere: a file or an upload
     config = _validated(run.config, evaluation=evaluation)  # today's limits apply to yesterday's config
+    if evaluation:
+        _check_torchscript(user, eval_cfg, ["eval", "model_upload" if eval_cfg.get("model_upload") else "model_path"])
     _check_quota(s, user, 1)
     new = crud.create_run(s, config=config, tags=run.tags, kind=run.kind, parent_id=run.parent_id, owner=user)
     new.experiment_id, new.method = run.experiment_id, run.method
