@@ -174,3 +174,29 @@ def test_a_full_disk_is_a_507_and_leaves_no_partial_upload(tmp_path, pg_database
         assert list((s.home / ".gatlab" / "runs" / "uploads").iterdir()) == []
     finally:
         s.stop()
+
+
+def test_another_users_run_named_into_a_study_never_enters_its_report(lab):
+    """Finding 3: user B posting a run named `<A's study>/erm/seed=0` in A's experiment replaced A's
+    baseline in A's report. Only the study owner's runs count; an admin's retry acts for the owner."""
+    alice, bob = member(lab, "alice"), member(lab, "bob")
+    design = {
+        "name": "alices-study", "scenario": "defense", "dataset": {"name": "digits"},
+        "model": {"arch": "cnn", "width": 4}, "train": {"epochs": 1}, "eval": {"panel": "none"},
+        "methods": [{"method": "erm"}], "seeds": [0], "baseline": "erm",
+    }  # fmt: skip
+    study = alice.post("/api/studies", json=design).json()
+    lab.start_worker()
+    own = study["runs"][0]["id"]
+    lab.wait_for(own, lambda r: r["status"] == "succeeded", what="succeeded")
+    before = alice.get(f"/api/studies/{study['id']}/report", params={"format": "csv"}).text
+
+    poison = tiny_config(name="alices-study/erm/seed=0", method="erm", eval={"panel": "none"})
+    r = bob.post("/api/runs", json={"config": poison, "experiment": "alices-study"})
+    assert r.status_code == 201
+    view = alice.get(f"/api/studies/{study['id']}").json()
+    assert [(x["id"], x["status"]) for x in view["runs"]] == [(own, "succeeded")]
+    assert alice.get(f"/api/studies/{study['id']}/report", params={"format": "csv"}).text == before
+    extended = lab.http.post(f"/api/studies/{study['id']}/extend", json={"seeds": [1]}).json()  # the admin
+    added = [x["id"] for x in extended["runs"] if x["key"].endswith("seed=1")][0]
+    assert added is not None and lab.http.get(f"/api/runs/{added}").json()["owner"] == "alice"

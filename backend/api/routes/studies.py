@@ -24,7 +24,7 @@ from backend.api.routes.runs import (
     _validated,
     eval_results,
 )
-from backend.models import EvalResult, EvalSummary, Experiment, Run, SanityCheck
+from backend.models import EvalResult, EvalSummary, Experiment, Run, SanityCheck, User
 from backend.run_config import NO_NUL, config_errors
 from backend.study import EXPORTS, StudyDesign, expand, record, report
 
@@ -52,8 +52,10 @@ def _study(s: Session, study_id: int) -> Experiment:
 
 
 def _latest_runs(s: Session, exp: Experiment) -> dict[str, Run]:
-    """The study's runs by key (config name): the newest run of each key."""
-    runs = s.scalars(select(Run).where(Run.experiment_id == exp.id).order_by(Run.id)).all()
+    """The study's runs by key (config name): the newest run of each key, of the study's owner only
+    (anyone may name a run into any experiment; only the study's own runs make its report)."""
+    owner = Run.owner_id.is_(None) if exp.owner_id is None else Run.owner_id == exp.owner_id
+    runs = s.scalars(select(Run).where(Run.experiment_id == exp.id, owner).order_by(Run.id)).all()
     return {r.config.get("name"): r for r in runs}
 
 
@@ -66,8 +68,9 @@ def _sync(s: Session, exp: Experiment, user, design: StudyDesign) -> list[Run]:
         if key not in have or have[key].status not in ACTIVE:
             todo.append(_validated(cfg))
             _check_references(s, todo[-1])
-    _check_quota(s, user, len(todo))
-    runs = [crud.create_run(s, config=c, experiment=exp.name, tags=["study"], owner=user) for c in todo]
+    owner = s.get(User, exp.owner_id) if exp.owner_id is not None else None  # an admin acts for the owner
+    _check_quota(s, owner, len(todo))
+    runs = [crud.create_run(s, config=c, experiment=exp.name, tags=["study"], owner=owner) for c in todo]
     _commit_and_enqueue(s, runs)
     return runs
 
