@@ -8,6 +8,7 @@ byte-identical for the same runs (sorted, fixed formatting, no clocks)."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import itertools
 import json
@@ -410,22 +411,41 @@ def _checks(row: dict) -> str:
     return "✗ " + ", ".join(row["failed_checks"]) if row["failed_checks"] else "ok"
 
 
+def csv_cell(value):
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is prefixed with
+    an apostrophe (OWASP's advice); numbers are left as they are."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def md_text(text: str) -> str:
+    """Text into Markdown as text: HTML escaped, so nothing a user wrote renders as markup."""
+    return html.escape(text, quote=False)
+
+
+def md_cell(text: str) -> str:
+    """A Markdown table cell: escaped, its pipes kept inside the cell, on one line."""
+    return md_text(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def to_markdown(rep: dict) -> str:
-    head = ["method", "seeds", *rep["columns"], "checks"]
+    head = ["method", "seeds", *(md_cell(c) for c in rep["columns"]), "checks"]
+    notes = rep["design"].get("notes", "").strip()
     lines = [
-        f"# Study {rep['study']}: {rep['scenario']} on {rep['dataset'].get('name')}",
+        f"# Study {md_text(rep['study'])}: {rep['scenario']} on {md_text(str(rep['dataset'].get('name')))}",
         "",
         _legend(rep),
         "",
-        *([rep["design"]["notes"].strip(), ""] if rep["design"].get("notes", "").strip() else []),
-        "| " + " | ".join(head) + " |",
+        *([md_text(notes), ""] if notes else []),
+        _md_row(head),
         "|" + "---|" * len(head),
     ]
     for row in rep["rows"]:
         cells = [_cell(rep, row, c) for c in rep["columns"]]
-        lines.append(
-            f"| {row['label']} | {len(row['seeds_done'])} | " + " | ".join(cells) + f" | {_checks(row)} |"
-        )
+        lines.append(_md_row([md_cell(row["label"]), str(len(row["seeds_done"])), *cells, md_cell(_checks(row))]))
     lines += [
         "",
         "## Against the baseline (paired over seeds)",
@@ -438,9 +458,8 @@ def to_markdown(rep: dict) -> str:
             vs = row["cells"][c]["vs_baseline"]
             if vs:
                 p = "no spread" if vs["p"] is None else f"{vs['p']:.3g}"
-                lines.append(
-                    f"| {row['label']} | {c} | {vs['pairs']} | {_scale(c) * vs['diff']:+.{max(2, _digits(c))}f} | {p} |"
-                )
+                diff = f"{_scale(c) * vs['diff']:+.{max(2, _digits(c))}f}"
+                lines.append(_md_row([md_cell(row["label"]), md_cell(c), str(vs["pairs"]), diff, p]))
     return "\n".join(lines) + "\n"
 
 
@@ -462,13 +481,13 @@ def to_latex(rep: dict) -> str:
         r"\centering",
         r"\begin{tabular}{l" + "r" * (len(cols) + 1) + "}",
         r"\toprule",
-        "Method & Seeds & " + " & ".join(_tex(c) for c in cols) + r" \\",
+        " & ".join(["Method", "Seeds", *(_tex(c) for c in cols)]) + r" \\",
         r"\midrule",
     ]
     for row in rep["rows"]:
         mark = r" $\times$" if row["failed_checks"] else ""
         cells = [_cell(rep, row, c, latex=True) for c in cols]
-        lines.append(f"{_tex(row['label'])}{mark} & {len(row['seeds_done'])} & " + " & ".join(cells) + r" \\")
+        lines.append(" & ".join([f"{_tex(row['label'])}{mark}", str(len(row["seeds_done"])), *cells]) + r" \\")
     lines += [
         r"\bottomrule",
         r"\end{tabular}",
@@ -504,10 +523,10 @@ def to_csv(rep: dict) -> str:
             fmt = lambda v: "" if v is None else repr(float(v))  # noqa: E731
             w.writerow(
                 [
-                    row["label"], c, d["n"], fmt(d["mean"]), fmt(d["std"]),
+                    csv_cell(row["label"]), csv_cell(c), d["n"], fmt(d["mean"]), fmt(d["std"]),
                     fmt(d["ci"][0] if d["ci"] else None), fmt(d["ci"][1] if d["ci"] else None),
                     int(row["label"] in rep["best"].get(c, [])), vs["pairs"] if vs else "",
-                    fmt(vs["p"]) if vs else "", ";".join(row["failed_checks"]),
+                    fmt(vs["p"]) if vs else "", csv_cell(";".join(row["failed_checks"])),
                 ]
             )  # fmt: skip
     return buf.getvalue()

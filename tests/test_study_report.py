@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from pathlib import Path
@@ -269,3 +270,54 @@ def test_the_latex_export_is_plain_ascii_for_pdflatex():
     assert tex.isascii(), [ch for ch in tex if not ch.isascii()]
     assert r"great $\lambda$=1 & 1 &" in tex and r"$\Delta$m\%" in tex and " & -- & " in tex
     assert r"p $<$ 0.05" in tex
+
+
+def _cells(line: str) -> int:
+    """Cells of a Markdown table row: pipes not escaped with a backslash."""
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+
+def _tables_well_formed(md: str) -> bool:
+    """Every row of each Markdown table has as many cells as its header."""
+    tables = [[r for r in block.splitlines() if r.startswith("|")] for block in md.split("\n\n")]
+    return all(len({_cells(r) for r in t}) == 1 for t in tables if t)
+
+
+def test_exports_are_safe_and_well_formed_with_hostile_text_and_no_metric_column_yet():
+    """Issue 27, findings 9, 10 and 12: labels starting with '=' went into CSVs as formulas; notes and
+    labels went into Markdown raw (HTML, and '|' added columns); with no metric column yet (no run
+    finished) the Markdown rows had more cells than the header and LaTeX declared too few columns."""
+    design = StudyDesign.model_validate(
+        {
+            **DESIGN,
+            "methods": [{"method": "erm", "label": "=1+2"}, {"method": "great", "label": "-cmd"}],
+            "baseline": "=1+2",
+            "notes": "<script>alert(1)</script> | a | b",
+        }
+    )
+    queued = [
+        {"label": label, "seed": seed, "status": "queued", "run_id": None, "metrics": {}}
+        for _, label, seed, _ in expand(design)
+    ]
+    for records in (queued, []):
+        rep = report(design, records)
+        assert rep["columns"] == []
+        md = to_markdown(rep)
+        assert "<script>" not in md and "&lt;script&gt;" in md
+        assert _tables_well_formed(md) and "| method | seeds | checks |" in md, md
+        tex = to_latex(rep)
+        spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)
+        rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+        assert {line.count("&") + 1 for line in rows} == {len(spec)}, (spec, rows)
+    finished = [
+        {**r, "status": "succeeded", "run_id": i, "metrics": {"test acc": 0.9}, "checked": False, "failed_checks": []}
+        for i, r in enumerate(queued)
+    ]
+    rep = report(design, finished)
+    for line in to_csv(rep).splitlines()[1:]:
+        assert line.startswith("'=1+2,") or line.startswith("'-cmd,"), line
+    assert _tables_well_formed(to_markdown(rep))
+    from backend.study import csv_cell
+
+    assert csv_cell("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")" and csv_cell("@SUM(A1)")[0] == "'"
+    assert csv_cell(-0.5) == -0.5 and csv_cell("erm") == "erm"  # the leaderboard's cells go through it too

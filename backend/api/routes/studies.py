@@ -26,7 +26,7 @@ from backend.api.routes.runs import (
 )
 from backend.models import EvalResult, EvalSummary, Experiment, Run, SanityCheck, User
 from backend.run_config import NO_NUL, config_errors
-from backend.study import EXPORTS, StudyDesign, expand, record, report
+from backend.study import EXPORTS, StudyDesign, csv_cell, expand, record, report
 
 router = APIRouter(prefix="/api", tags=["studies"], dependencies=[Depends(require_user)])
 ACTIVE = ("queued", "running", "succeeded")
@@ -280,7 +280,7 @@ def leaderboard(
     w.writerow(LEADERBOARD_COLUMNS)
     for e in entries:
         w.writerow(
-            [";".join(map(str, e[c])) if isinstance(e[c], list) else e[c] for c in LEADERBOARD_COLUMNS]
+            [csv_cell(";".join(map(str, e[c])) if isinstance(e[c], list) else e[c]) for c in LEADERBOARD_COLUMNS]
         )
     disposition = {"Content-Disposition": 'attachment; filename="gatlab-leaderboard.csv"'}
     return Response(buf.getvalue(), media_type="text/csv", headers=disposition)
