@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, ge=1024, validation_alias="GATLAB_MAX_REQUEST_BYTES")
     session_hours: float = Field(24 * 14, gt=0, validation_alias="GATLAB_SESSION_HOURS")
     cookie_secure: bool = Field(False, validation_alias="GATLAB_COOKIE_SECURE")  # true behind HTTPS
-    # Failed sign-ins allowed in 15 minutes, per user name and per client address (then 429).
+    # Failed sign-ins allowed in 15 minutes, per user name from one client address, and per client
+    # address (then 429): failures from elsewhere never lock a user out of their own machine.
     max_failed_sign_ins_user: int = Field(10, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_USER")
     max_failed_sign_ins_address: int = Field(
         50, ge=1, validation_alias="GATLAB_MAX_FAILED_SIGNINS_PER_ADDRESS"

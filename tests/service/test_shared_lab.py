@@ -200,3 +200,18 @@ def test_another_users_run_named_into_a_study_never_enters_its_report(lab):
     extended = lab.http.post(f"/api/studies/{study['id']}/extend", json={"seeds": [1]}).json()  # the admin
     added = [x["id"] for x in extended["runs"] if x["key"].endswith("seed=1")][0]
     assert added is not None and lab.http.get(f"/api/runs/{added}").json()["owner"] == "alice"
+
+
+def test_wrong_passwords_from_elsewhere_never_lock_a_user_out(lab):
+    """Finding 13: anyone could lock a user out of password sign-in for 15 minutes with 10 wrong
+    passwords. The per-account limit now counts per account and address."""
+    lab.cli("users", "create", "frank", "--password-stdin", stdin="frank-password\n")
+
+    def login(password: str, source: str) -> int:
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(base_url=lab.base, transport=transport, timeout=30) as c:
+            return c.post("/api/auth/login", json={"username": "frank", "password": password}).status_code
+
+    assert [login("wrong", "127.0.0.2") for _ in range(11)][-2:] == [401, 429]  # the attacker is stopped
+    assert login("frank-password", "127.0.0.2") == 429  # from there, the right password waits too
+    assert login("frank-password", "127.0.0.3") == 200  # frank, on his own machine, signs in

@@ -54,9 +54,9 @@ def token_out(t: ApiToken) -> dict:
 
 
 class FailedSignIns:
-    """Failed sign-ins in a sliding window, per user name and per client address (this API
-    process's memory: the lab server runs one). Past a key's limit, sign-in is a 429 until the
-    oldest failure leaves the window, right password or not."""
+    """Failed sign-ins in a sliding window, per user name and client address together, and per client
+    address (this API process's memory: the lab server runs one). Past a key's limit, sign-in is a
+    429 until the oldest failure leaves the window, right password or not."""
 
     def __init__(self, window_s: float = 900.0):
         self.window_s, self.fails, self.lock = window_s, defaultdict(deque), threading.Lock()
@@ -112,7 +112,9 @@ def login(body: Login, request: Request, response: Response, s: SessionDep) -> d
             raise HTTPException(401, detail="invalid or revoked token", headers=BEARER)
         user, token = found
     elif body.username and body.password:
-        keys = (f"user:{body.username}", f"address:{address}")
+        # The per-account limit counts per account *and* address: failures from elsewhere never lock
+        # a user out of signing in from their own machine (the per-address limit still holds).
+        keys = (f"user:{body.username}@{address}", f"address:{address}")
         FAILED_SIGN_INS.check(*keys)
         user = s.scalar(select(User).where(User.name == body.username))
         ok = auth.verify_password(
