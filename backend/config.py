@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = 2.0  # the worker writes a heartbeat at most this often
     stale_after_s: float = 60.0  # a running run silent this long is requeued
     max_retries: int = 2  # requeues of a stale run before it is marked failed
+    # A run queued this long after it was sent, with no worker holding it, is sent again (its message
+    # may be lost: a Redis restarted without persistence). A duplicate message is a no-op.
+    resend_after_s: float = 6 * 3600
     visibility_timeout_s: int = 7 * 24 * 3600  # Redis redelivery: longer than the longest run
     queue: str = "gpu"
 

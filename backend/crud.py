@@ -220,6 +220,15 @@ def unsent_runs(s: Session, *, older_than_s: float) -> list[int]:
     )
 
 
+def lost_runs(s: Session, *, older_than_s: float) -> list[int]:
+    """Queued, sent to the broker longer ago than `older_than_s`, and held by no worker: their message
+    may be lost (a Redis restarted without persistence). Sending one again is harmless."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    return list(
+        s.scalars(select(Run.id).where(Run.status == "queued", Run.enqueued_at < cutoff).order_by(Run.id))
+    )
+
+
 def request_cancel(s: Session, *, run: Run) -> None:
     if run.status == "queued":
         run.status, run.finished_at = "cancelled", now()

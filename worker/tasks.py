@@ -415,6 +415,17 @@ def send_unsent(older_than_s: float = 30.0) -> int:
     return len(ids)
 
 
+def resend_lost() -> int:
+    """The sweeper, again: runs queued long after they were sent, held by no worker, are sent again
+    (each at most once per RESEND_AFTER_S: sending records the time)."""
+    with session_scope() as s:
+        ids = crud.lost_runs(s, older_than_s=get_settings().resend_after_s)
+    for run_id in ids:
+        log.warning("run %s has waited in the queue since it was sent, unclaimed; sending it again", run_id)
+    _send(ids)
+    return len(ids)
+
+
 def requeue_stale() -> int:
     """Runs whose heartbeat stopped: requeue within the retry budget, else mark failed."""
     settings = get_settings()
@@ -450,6 +461,7 @@ def _reaper() -> None:
         try:
             requeue_stale()
             send_unsent()
+            resend_lost()
             prune_uploads()
         except Exception:  # noqa: BLE001 - the reaper must outlive a database or broker hiccup
             log.exception("reaper failed")

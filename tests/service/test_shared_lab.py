@@ -215,3 +215,22 @@ def test_wrong_passwords_from_elsewhere_never_lock_a_user_out(lab):
     assert [login("wrong", "127.0.0.2") for _ in range(11)][-2:] == [401, 429]  # the attacker is stopped
     assert login("frank-password", "127.0.0.2") == 429  # from there, the right password waits too
     assert login("frank-password", "127.0.0.3") == 200  # frank, on his own machine, signs in
+
+
+def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, pg_database):
+    """Finding 6: runs whose queue messages were lost (Redis restarted without persistence) stayed
+    queued forever and counted against the cap. The queue is emptied under a queued run here."""
+    import subprocess
+
+    s = make_stack(tmp_path, "lab", pg_database, RESEND_AFTER_S="4")
+    try:
+        run_id = s.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})}).json()["id"]
+        cli = lambda *a: subprocess.run(["redis-cli", "-u", s.env["REDIS_URL"], *a], capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+        assert cli("LLEN", s.env["QUEUE"]) == "1"
+        cli("DEL", s.env["QUEUE"])  # the message is gone, the run is still queued
+        s.start_worker()
+        run = s.wait_for(run_id, lambda x: x["status"] in FINAL, timeout=120, what="sent again and finished")
+        assert run["status"] == "succeeded", run
+        assert f"run {run_id} has waited in the queue since it was sent" in (s.home / "worker.log").read_text()
+    finally:
+        s.stop()
