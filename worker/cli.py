@@ -242,15 +242,16 @@ def cmd_study(args) -> int:
 
 def cmd_worker(args) -> int:
     """One Celery worker process (one per GPU): solo pool, one task at a time."""
-    from worker.tasks import app  # here, not at the top: importing it configures Celery and the database
+    from worker.tasks import app, ping_queue  # here, not at the top: importing it configures Celery and the database
 
+    name = args.name or f"gatlab-{os.getpid()}"
     app.worker_main(
         [
             "worker",
             "--pool=solo",
             "--concurrency=1",
-            f"--queues={app.conf.task_default_queue}",
-            f"--hostname={args.name or f'gatlab-{os.getpid()}'}@%h",
+            f"--queues={app.conf.task_default_queue},{ping_queue(name)}",
+            f"--hostname={name}@%h",
             f"--loglevel={args.loglevel}",
             "--without-gossip",
             "--without-mingle",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
 from sqlalchemy.orm import Session
 
 from backend import crud, series, uploads
@@ -479,9 +479,63 @@ def _alive(path: Path) -> None:
         time.sleep(ALIVE_EVERY_S)
 
 
+# The consumer's own check: a broker stall during an ack (Redis paused while a run finished) left
+# the worker alive, heartbeating, and never consuming again. While idle, the worker sends itself a
+# ping through the broker on a queue of its own; one not consumed within PING_TIMEOUT_S means the
+# consumer is stuck, and the process exits (non-zero) so that its supervisor restarts it (compose's
+# `restart: unless-stopped`); its liveness file goes stale with it (`gatlab health --worker` fails).
+PING_TASK, PING_EVERY_S, PING_TIMEOUT_S = "gatlab.ping", 5.0, 30.0
+_consumer = {"busy": False, "pong": time.monotonic()}
+
+
+def ping_queue(name: str) -> str:
+    return f"{get_settings().queue}.ping.{name}.{socket.gethostname()}"
+
+
+@app.task(name=PING_TASK, ignore_result=True)
+def ping() -> None:
+    _consumer["pong"] = time.monotonic()
+
+
+@task_prerun.connect
+def _busy(sender=None, **_) -> None:
+    _consumer["busy"] = sender is not None and sender.name == TRAIN_TASK
+
+
+@task_postrun.connect
+def _idle(**_) -> None:
+    _consumer["busy"], _consumer["pong"] = False, time.monotonic()
+
+
+def _watch_consumer(queue: str, exit=os._exit) -> None:
+    sent = None
+    while True:
+        time.sleep(PING_EVERY_S)
+        if _consumer["busy"]:
+            sent = None
+            continue
+        if sent is not None and _consumer["pong"] < sent:
+            if time.monotonic() - sent > PING_TIMEOUT_S:
+                log.critical(
+                    "this worker has stopped consuming from the broker: its ping of %.0f s ago is still"
+                    " queued; exiting so that it is restarted",
+                    time.monotonic() - sent,
+                )
+                logging.shutdown()
+                exit(75)
+            continue
+        try:
+            app.send_task(PING_TASK, queue=queue, expires=PING_TIMEOUT_S)
+            sent = time.monotonic()
+        except Exception:  # noqa: BLE001 - a broker that is down: Celery reconnects; ping again later
+            log.warning("could not ping this worker through the broker", exc_info=True)
+
+
 @worker_ready.connect
 def _start_background_threads(sender=None, **_) -> None:
     threading.Thread(target=_reaper, name="gatlab-reaper", daemon=True).start()
     name = sender.hostname.split("@")[0]  # `gatlab worker --name NAME` runs as NAME@host
+    if get_settings().broker.startswith("redis"):
+        threading.Thread(target=_watch_consumer, args=(ping_queue(name),), name="gatlab-ping", daemon=True).start()
     alive = alive_file(get_settings(), name)
     threading.Thread(target=_alive, args=(alive,), name="gatlab-alive", daemon=True).start()

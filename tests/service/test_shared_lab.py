@@ -234,3 +234,41 @@ def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, pg_database):
         assert f"run {run_id} has waited in the queue since it was sent" in (s.home / "worker.log").read_text()
     finally:
         s.stop()
+
+
+def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, pg_database):
+    """Finding 4: Redis paused 14 s while a run finished ("Couldn't ack … TimeoutError") left the
+    worker healthy-looking and never consuming again. Its own ping through the broker now finds it
+    stuck: it exits non-zero (compose restarts it) and a restarted worker takes the next run."""
+    import os
+    import signal
+    import subprocess
+
+    from bench._common import free_port
+
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        s = Stack.create(tmp_path, pg_database, f"redis://127.0.0.1:{port}/0", HEARTBEAT_S="0.5", STALE_AFTER_S="6")
+        try:
+            w = s.start_worker()
+            cfg = tiny_config(eval={"panel": "none"}, train={"epochs": 3})
+            first = s.http.post("/api/runs", json={"config": cfg}).json()["id"]
+            s.wait_for(first, lambda r: r["status"] == "running" and r["step"] >= 40, what="near its end")
+            os.kill(redis.pid, signal.SIGSTOP)  # the broker stalls while the run finishes and acks
+            time.sleep(14)
+            os.kill(redis.pid, signal.SIGCONT)
+            second = s.http.post("/api/runs", json={"config": cfg}).json()["id"]
+            assert w.wait(timeout=120) == 75
+            assert "this worker has stopped consuming from the broker" in (s.home / "worker.log").read_text()
+            s.start_worker()  # what compose's restart policy does
+            assert s.wait_for(second, lambda r: r["status"] in FINAL, what="finished")["status"] == "succeeded"
+        finally:
+            s.stop()
+    finally:
+        redis.kill()
+        redis.wait()
