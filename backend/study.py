@@ -445,7 +445,9 @@ def to_markdown(rep: dict) -> str:
     ]
     for row in rep["rows"]:
         cells = [_cell(rep, row, c) for c in rep["columns"]]
-        lines.append(_md_row([md_cell(row["label"]), str(len(row["seeds_done"])), *cells, md_cell(_checks(row))]))
+        lines.append(
+            _md_row([md_cell(row["label"]), str(len(row["seeds_done"])), *cells, md_cell(_checks(row))])
+        )
     lines += [
         "",
         "## Against the baseline (paired over seeds)",
@@ -487,7 +489,9 @@ def to_latex(rep: dict) -> str:
     for row in rep["rows"]:
         mark = r" $\times$" if row["failed_checks"] else ""
         cells = [_cell(rep, row, c, latex=True) for c in cols]
-        lines.append(" & ".join([f"{_tex(row['label'])}{mark}", str(len(row["seeds_done"])), *cells]) + r" \\")
+        lines.append(
+            " & ".join([f"{_tex(row['label'])}{mark}", str(len(row["seeds_done"])), *cells]) + r" \\"
+        )
     lines += [
         r"\bottomrule",
         r"\end{tabular}",

@@ -75,7 +75,9 @@ def model_format(body: bytes) -> str:
         except ValueError:
             pass
     if not isinstance(header, dict):
-        raise ValueError("neither TorchScript (a zip archive, as `gatlab export` writes) nor safetensors weights")
+        raise ValueError(
+            "neither TorchScript (a zip archive, as `gatlab export` writes) nor safetensors weights"
+        )
     try:
         tensors = safetensors.deserialize(body)
     except safetensors.SafetensorError as e:

@@ -310,7 +310,14 @@ def test_exports_are_safe_and_well_formed_with_hostile_text_and_no_metric_column
         rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
         assert {line.count("&") + 1 for line in rows} == {len(spec)}, (spec, rows)
     finished = [
-        {**r, "status": "succeeded", "run_id": i, "metrics": {"test acc": 0.9}, "checked": False, "failed_checks": []}
+        {
+            **r,
+            "status": "succeeded",
+            "run_id": i,
+            "metrics": {"test acc": 0.9},
+            "checked": False,
+            "failed_checks": [],
+        }
         for i, r in enumerate(queued)
     ]
     rep = report(design, finished)
@@ -319,5 +326,5 @@ def test_exports_are_safe_and_well_formed_with_hostile_text_and_no_metric_column
     assert _tables_well_formed(to_markdown(rep))
     from backend.study import csv_cell
 
-    assert csv_cell("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")" and csv_cell("@SUM(A1)")[0] == "'"
+    assert csv_cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")' and csv_cell("@SUM(A1)")[0] == "'"
     assert csv_cell(-0.5) == -0.5 and csv_cell("erm") == "erm"  # the leaderboard's cells go through it too

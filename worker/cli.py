@@ -242,7 +242,10 @@ def cmd_study(args) -> int:
 
 def cmd_worker(args) -> int:
     """One Celery worker process (one per GPU): solo pool, one task at a time."""
-    from worker.tasks import app, ping_queue  # here, not at the top: importing it configures Celery and the database
+    from worker.tasks import (
+        app,
+        ping_queue,
+    )  # here, not at the top: importing it configures Celery and the database
 
     name = args.name or f"gatlab-{os.getpid()}"
     app.worker_main(

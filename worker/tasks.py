@@ -338,27 +338,7 @@ def _run_job(
         s.get(Run, run_id).device = str(device)
     _in_data_root(config, settings.data_path)
     if job_info["kind"] == "eval" and job_info["parent_id"] is None:  # a model from elsewhere
-        upload = config["eval"].get("model_upload")
-        model_file = uploads.upload_path(upload) if upload else Path(config["eval"]["model_path"])
-        torchscript = uploads.is_torchscript(config["eval"])
-        if torchscript and not job_info["torchscript_ok"]:
-            raise PermissionError(
-                f"this lab lets {settings.torchscript_policy} evaluate TorchScript models"
-                " (GATLAB_TORCHSCRIPT); upload safetensors weights of a lab architecture instead"
-            )
-        result = job.evaluate_model(
-            model_file,
-            config,
-            rec,
-            device=device,
-            out_dir=run_dir,
-            isolate=torchscript and settings.sandbox == "bwrap",
-            time_limit_s=beat.time_left(),
-            memory_bytes=settings.eval_memory_mb << 20,
-            should_stop=lambda: beat.stop,
-            scratch=settings.runs_path.parent / "scratch",
-        )
-        return "succeeded", {"summary": {"panel": result["panel"], "model": model_file.name}}
+        return _evaluate_external(job_info, beat, rec, run_dir, device)
     if job_info["kind"] == "eval":
         parent = job_info["parent_id"]
         recorder = DbRecorder(parent, fence, job_id=run_id)
@@ -385,6 +365,34 @@ def _run_job(
     )
     summary.pop("eval", None)
     return "succeeded", {"summary": summary, "eta_s": 0.0}
+
+
+def _evaluate_external(
+    job_info: dict, beat: Heartbeat, rec: DbRecorder, run_dir: Path, device
+) -> tuple[str, dict]:
+    """The panel on an uploaded or data-root model, in a child process (a sandbox for TorchScript)."""
+    settings, config = get_settings(), job_info["config"]
+    upload = config["eval"].get("model_upload")
+    model_file = uploads.upload_path(upload) if upload else Path(config["eval"]["model_path"])
+    torchscript = uploads.is_torchscript(config["eval"])
+    if torchscript and not job_info["torchscript_ok"]:
+        raise PermissionError(
+            f"this lab lets {settings.torchscript_policy} evaluate TorchScript models"
+            " (GATLAB_TORCHSCRIPT); upload safetensors weights of a lab architecture instead"
+        )
+    result = job.evaluate_model(
+        model_file,
+        config,
+        rec,
+        device=device,
+        out_dir=run_dir,
+        isolate=torchscript and settings.sandbox == "bwrap",
+        time_limit_s=beat.time_left(),
+        memory_bytes=settings.eval_memory_mb << 20,
+        should_stop=lambda: beat.stop,
+        scratch=settings.runs_path.parent / "scratch",
+    )
+    return "succeeded", {"summary": {"panel": result["panel"], "model": model_file.name}}
 
 
 def _hand_back(fence: Fence) -> None:
@@ -536,6 +544,8 @@ def _start_background_threads(sender=None, **_) -> None:
     threading.Thread(target=_reaper, name="gatlab-reaper", daemon=True).start()
     name = sender.hostname.split("@")[0]  # `gatlab worker --name NAME` runs as NAME@host
     if get_settings().broker.startswith("redis"):
-        threading.Thread(target=_watch_consumer, args=(ping_queue(name),), name="gatlab-ping", daemon=True).start()
+        threading.Thread(
+            target=_watch_consumer, args=(ping_queue(name),), name="gatlab-ping", daemon=True
+        ).start()
     alive = alive_file(get_settings(), name)
     threading.Thread(target=_alive, args=(alive,), name="gatlab-alive", daemon=True).start()

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from worker.gat import sandbox
 from backend.run_config import parse_run_config
+from worker.gat import sandbox
 
 from . import payloads
 from .conftest import fit_erm
@@ -97,7 +97,9 @@ def test_an_honest_model_is_judged_in_the_sandbox_as_in_the_worker(digits, tmp_p
             self.r = r
 
     keep = Keep()
-    here = evaluate(torch.jit.load(str(path)), export_config(CONFIG), keep, device=CPU, out_dir=tmp_path, data=digits)
+    here = evaluate(
+        torch.jit.load(str(path)), export_config(CONFIG), keep, device=CPU, out_dir=tmp_path, data=digits
+    )
     for key in ("rows", "checks", "clean_accuracy", "subset_hash", "n"):
         assert result[key] == here[key], key
     assert set(images) >= {"clean", "adv", "delta"}

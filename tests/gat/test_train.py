@@ -279,7 +279,9 @@ def test_a_checkpoint_the_disk_refuses_is_a_clear_error_and_leaves_no_partial_fi
         "try:\n    _save_atomic({'w': torch.ones(10_000)}, Path(sys.argv[1]) / 'checkpoint.pt')\n"
         "except OSError as e:\n    print(type(e).__name__, e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.startswith("StorageError could not write checkpoint.pt"), out
     assert "MiB free" in out.stdout and "retry it once space is freed" in out.stdout
     assert list(tmp_path.iterdir()) == []

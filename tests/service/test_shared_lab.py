@@ -78,9 +78,7 @@ def _scripted(tmp_path, model) -> bytes:
 @pytest.fixture
 def lab(tmp_path, pg_database):
     """PostgreSQL + Redis, sign-in on (TorchScript: admins only, the default), a small upload allowance."""
-    s = make_stack(
-        tmp_path, "lab", pg_database, GATLAB_MAX_UPLOAD_MB_PER_USER="1", GATLAB_UPLOAD_KEEP_S="2"
-    )
+    s = make_stack(tmp_path, "lab", pg_database, GATLAB_MAX_UPLOAD_MB_PER_USER="1", GATLAB_UPLOAD_KEEP_S="2")
     yield s
     s.stop()
 
@@ -107,8 +105,13 @@ def test_torchscript_is_for_admins_by_default_and_runs_in_the_sandbox_where_canc
     run = lab.wait_for(run_id, lambda r: r["status"] in FINAL, timeout=20, what="cancelled")
     assert run["status"] == "cancelled", run
     # The worker is free again: the next job runs.
-    nxt = lab.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})})
-    assert lab.wait_for(nxt.json()["id"], lambda r: r["status"] in FINAL, what="finished")["status"] == "succeeded"
+    nxt = lab.http.post(
+        "/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})}
+    )
+    assert (
+        lab.wait_for(nxt.json()["id"], lambda r: r["status"] in FINAL, what="finished")["status"]
+        == "succeeded"
+    )
 
 
 def test_retrying_follows_the_owner_rules_and_works_for_an_uploaded_model(lab, tmp_path):
@@ -128,7 +131,9 @@ def test_retrying_follows_the_owner_rules_and_works_for_an_uploaded_model(lab, t
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "m.safetensors")
-    name = bob.post("/api/models", content=(tmp_path / "m.safetensors").read_bytes(), headers=OCTET).json()["upload"]
+    name = bob.post("/api/models", content=(tmp_path / "m.safetensors").read_bytes(), headers=OCTET).json()[
+        "upload"
+    ]
     body = {"dataset": {"name": "digits"}, "eval": {"panel": "quick", "n": 10, "model_upload": name}}
     ev = bob.post("/api/evaluations", json=body).json()["id"]
     again = bob.post(f"/api/runs/{ev}/retry")
@@ -224,14 +229,20 @@ def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, pg_database):
 
     s = make_stack(tmp_path, "lab", pg_database, RESEND_AFTER_S="4")
     try:
-        run_id = s.http.post("/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})}).json()["id"]
-        cli = lambda *a: subprocess.run(["redis-cli", "-u", s.env["REDIS_URL"], *a], capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+        run_id = s.http.post(
+            "/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})}
+        ).json()["id"]
+        cli = lambda *a: subprocess.run(
+            ["redis-cli", "-u", s.env["REDIS_URL"], *a], capture_output=True, text=True, check=True
+        ).stdout.strip()  # noqa: E731
         assert cli("LLEN", s.env["QUEUE"]) == "1"
         cli("DEL", s.env["QUEUE"])  # the message is gone, the run is still queued
         s.start_worker()
         run = s.wait_for(run_id, lambda x: x["status"] in FINAL, timeout=120, what="sent again and finished")
         assert run["status"] == "succeeded", run
-        assert f"run {run_id} has waited in the queue since it was sent" in (s.home / "worker.log").read_text()
+        assert (
+            f"run {run_id} has waited in the queue since it was sent" in (s.home / "worker.log").read_text()
+        )
     finally:
         s.stop()
 
@@ -253,7 +264,9 @@ def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, pg_
     )
     try:
         time.sleep(0.5)
-        s = Stack.create(tmp_path, pg_database, f"redis://127.0.0.1:{port}/0", HEARTBEAT_S="0.5", STALE_AFTER_S="6")
+        s = Stack.create(
+            tmp_path, pg_database, f"redis://127.0.0.1:{port}/0", HEARTBEAT_S="0.5", STALE_AFTER_S="6"
+        )
         try:
             w = s.start_worker()
             cfg = tiny_config(eval={"panel": "none"}, train={"epochs": 3})
@@ -266,7 +279,9 @@ def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, pg_
             assert w.wait(timeout=120) == 75
             assert "this worker has stopped consuming from the broker" in (s.home / "worker.log").read_text()
             s.start_worker()  # what compose's restart policy does
-            assert s.wait_for(second, lambda r: r["status"] in FINAL, what="finished")["status"] == "succeeded"
+            assert (
+                s.wait_for(second, lambda r: r["status"] in FINAL, what="finished")["status"] == "succeeded"
+            )
         finally:
             s.stop()
     finally:

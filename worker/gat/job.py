@@ -75,7 +75,9 @@ def load_external(
             out = model.eval()(x)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
-        why = lines[0][:300] + (f" ... {lines[-1][:300]}" if len(lines) > 1 else "")  # TorchScript: the cause last
+        why = lines[0][:300] + (
+            f" ... {lines[-1][:300]}" if len(lines) > 1 else ""
+        )  # TorchScript: the cause last
         raise CheckpointError(
             f"{path}: the model fails on images of shape {tuple(x.shape[1:])} from this dataset: {why}"
         ) from None

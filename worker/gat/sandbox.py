@@ -104,10 +104,9 @@ def _binds(job_dir: Path, device: str) -> list[str]:
         if Path(f).exists():
             args += ["--ro-bind", f, f]
     mounted = [Path("/usr")]
-    import backend
     import worker
 
-    code = [Path(worker.__file__).parent, Path(backend.__file__).parent]
+    code = [Path(worker.__file__).parent]  # the core needs nothing of backend/
     for p in (Path(sys.base_prefix), Path(sys.prefix), *code):
         p = p.resolve()
         if not any(p.is_relative_to(m) for m in mounted):
@@ -208,31 +207,41 @@ def evaluate(
         tail: list[str] = []
         reader = threading.Thread(target=_copy_log, args=(proc.stderr, tail), daemon=True)
         reader.start()
-        deadline = time.monotonic() + time_limit_s
-        while proc.poll() is None:
-            if should_stop():
-                _kill(proc)
-                raise InterruptedError("stopped while the model was evaluated")
-            if time.monotonic() > deadline:
-                _kill(proc)
-                raise TimeLimit(
-                    f"the evaluation ran past its time limit of {time_limit_s:.0f} s"
-                    " (GATLAB_JOB_TIME_LIMIT_S) and was stopped"
-                )
-            time.sleep(0.2)
+        _wait(proc, should_stop, time_limit_s)
         reader.join(timeout=5)
-        answer = _read_json(job_dir / "out" / "answer.json", "answer")
-        if not isinstance(answer, dict) or "error" in answer or proc.returncode != 0:
-            why = answer.get("error") if isinstance(answer, dict) else None
-            if why is None and proc.returncode == -signal.SIGKILL:
-                why = "killed (out of memory?)"
-            raise SandboxError(why or f"the evaluation exited with {proc.returncode}: {' | '.join(tail[-3:])}")
-        result = answer.get("result")
-        if not isinstance(result, dict):
-            raise SandboxError("the evaluation's answer holds no result")
-        return result, _read_json(job_dir / "out" / "gallery.json", "gallery")
+        return _answer(job_dir, proc.returncode, tail)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _wait(proc: subprocess.Popen, should_stop: Callable[[], bool], time_limit_s: float) -> None:
+    """Until the child ends; killed on `should_stop()` (InterruptedError) or past the limit (TimeLimit)."""
+    deadline = time.monotonic() + time_limit_s
+    while proc.poll() is None:
+        if should_stop():
+            _kill(proc)
+            raise InterruptedError("stopped while the model was evaluated")
+        if time.monotonic() > deadline:
+            _kill(proc)
+            raise TimeLimit(
+                f"the evaluation ran past its time limit of {time_limit_s:.0f} s"
+                " (GATLAB_JOB_TIME_LIMIT_S) and was stopped"
+            )
+        time.sleep(0.2)
+
+
+def _answer(job_dir: Path, returncode: int, tail: list[str]) -> tuple[dict, dict]:
+    """The child's (result, gallery), or SandboxError with its reason."""
+    answer = _read_json(job_dir / "out" / "answer.json", "answer")
+    if not isinstance(answer, dict) or "error" in answer or returncode != 0:
+        why = answer.get("error") if isinstance(answer, dict) else None
+        if why is None and returncode == -signal.SIGKILL:
+            why = "killed (out of memory?)"
+        raise SandboxError(why or f"the evaluation exited with {returncode}: {' | '.join(tail[-3:])}")
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise SandboxError("the evaluation's answer holds no result")
+    return result, _read_json(job_dir / "out" / "gallery.json", "gallery")
 
 
 def _kill(proc: subprocess.Popen) -> None:

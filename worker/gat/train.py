@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import pickle
 import platform
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

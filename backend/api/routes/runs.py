@@ -269,7 +269,9 @@ def _store_upload(body: bytes, user: User | None) -> dict:
         try:
             out = uploads.store(body)
         except uploads.StorageFull as e:
-            raise HTTPException(507, detail=f"{e.strerror}; nothing was kept. Ask the lab's admin to free disk space") from None
+            raise HTTPException(
+                507, detail=f"{e.strerror}; nothing was kept. Ask the lab's admin to free disk space"
+            ) from None
         uploads.record(s, name=out["upload"], size=len(body), owner_id=owner)
     return out
 
@@ -287,7 +289,11 @@ def create_evaluation(body: EvaluationCreate, user: CurrentUser, s: SessionDep) 
     if body.model is not None:
         raw["model"] = body.model
     config = _validated(raw, prefix="body", evaluation=True)
-    _check_torchscript(user, config["eval"], ["body", "eval", "model_upload" if body.eval.get("model_upload") else "model_path"])
+    _check_torchscript(
+        user,
+        config["eval"],
+        ["body", "eval", "model_upload" if body.eval.get("model_upload") else "model_path"],
+    )
     _check_quota(s, user, 1)
     run = crud.create_run(
         s, config=config, experiment=body.experiment, tags=body.tags, kind="eval", owner=user
@@ -391,13 +397,17 @@ def retry_run(user: CurrentUser, run: RunDep, s: SessionDep) -> Run:
     if run.parent_id is not None:
         parent = s.get(Run, run.parent_id)
         if parent is None:
-            raise HTTPException(409, detail=f"run {run.id} is a panel job on run {run.parent_id}, which is gone")
+            raise HTTPException(
+                409, detail=f"run {run.id} is a panel job on run {run.parent_id}, which is gone"
+            )
         check_owner(parent, user, "evaluate")
     eval_cfg = run.config["eval"]
     evaluation = run.kind == "eval" and run.parent_id is None  # a model from elsewhere: a file or an upload
     config = _validated(run.config, evaluation=evaluation)  # today's limits apply to yesterday's config
     if evaluation:
-        _check_torchscript(user, eval_cfg, ["eval", "model_upload" if eval_cfg.get("model_upload") else "model_path"])
+        _check_torchscript(
+            user, eval_cfg, ["eval", "model_upload" if eval_cfg.get("model_upload") else "model_path"]
+        )
     _check_quota(s, user, 1)
     new = crud.create_run(s, config=config, tags=run.tags, kind=run.kind, parent_id=run.parent_id, owner=user)
     new.experiment_id, new.method = run.experiment_id, run.method

@@ -280,7 +280,10 @@ def leaderboard(
     w.writerow(LEADERBOARD_COLUMNS)
     for e in entries:
         w.writerow(
-            [csv_cell(";".join(map(str, e[c])) if isinstance(e[c], list) else e[c]) for c in LEADERBOARD_COLUMNS]
+            [
+                csv_cell(";".join(map(str, e[c])) if isinstance(e[c], list) else e[c])
+                for c in LEADERBOARD_COLUMNS
+            ]
         )
     disposition = {"Content-Disposition": 'attachment; filename="gatlab-leaderboard.csv"'}
     return Response(buf.getvalue(), media_type="text/csv", headers=disposition)
