@@ -88,13 +88,13 @@ def test_torchscript_is_for_admins_by_default_and_runs_in_the_sandbox_where_canc
     admin's model that never returns is evaluated in the sandbox, and cancel stops it at once."""
     from tests.gat import payloads
 
-    mallory = member(lab, "mallory")
+    trudy = member(lab, "trudy")  # user names are per database, which the service tests share
     forever = _scripted(tmp_path, payloads.Forever())
-    r = mallory.post("/api/models", content=forever, headers=OCTET)
+    r = trudy.post("/api/models", content=forever, headers=OCTET)
     assert r.status_code == 403 and "GATLAB_TORCHSCRIPT" in r.json()["detail"][0]["msg"], r.text
     name = lab.http.post("/api/models", content=forever, headers=OCTET).json()["upload"]  # the admin's
     body = {"dataset": {"name": "digits"}, "eval": {"panel": "quick", "n": 20, "model_upload": name}}
-    r = mallory.post("/api/evaluations", json=body)
+    r = trudy.post("/api/evaluations", json=body)
     assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "eval", "model_upload"], r.text
 
     lab.start_worker()
@@ -184,7 +184,7 @@ def test_a_full_disk_is_a_507_and_leaves_no_partial_upload(tmp_path, pg_database
 def test_another_users_run_named_into_a_study_never_enters_its_report(lab):
     """Finding 3: user B posting a run named `<A's study>/erm/seed=0` in A's experiment replaced A's
     baseline in A's report. Only the study owner's runs count; an admin's retry acts for the owner."""
-    alice, bob = member(lab, "alice"), member(lab, "bob")
+    alice, bob = member(lab, "amy"), member(lab, "ben")
     design = {
         "name": "alices-study", "scenario": "defense", "dataset": {"name": "digits"},
         "model": {"arch": "cnn", "width": 4}, "train": {"epochs": 1}, "eval": {"panel": "none"},
@@ -204,7 +204,7 @@ def test_another_users_run_named_into_a_study_never_enters_its_report(lab):
     assert alice.get(f"/api/studies/{study['id']}/report", params={"format": "csv"}).text == before
     extended = lab.http.post(f"/api/studies/{study['id']}/extend", json={"seeds": [1]}).json()  # the admin
     added = [x["id"] for x in extended["runs"] if x["key"].endswith("seed=1")][0]
-    assert added is not None and lab.http.get(f"/api/runs/{added}").json()["owner"] == "alice"
+    assert added is not None and lab.http.get(f"/api/runs/{added}").json()["owner"] == "amy"
 
 
 def test_wrong_passwords_from_elsewhere_never_lock_a_user_out(lab):
