@@ -209,12 +209,16 @@ def _me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _finish(fence: Fence, status: str, **fields) -> None:
+def _finish(fence: Fence, status: str, run_dir: Path | None = None, **fields) -> None:
+    """The final status, and the files of the run's directory as artifacts, in one fenced write:
+    whoever sees the status can download the run's log and model at once."""
     with fence.write() as s:
         run = s.get(Run, fence.run_id)
         run.status, run.finished_at, run.cancel_requested = status, now(), False
         for k, v in fields.items():
             setattr(run, k, v)
+        if run_dir is not None:
+            _register_artifacts(s, fence.run_id, run_dir)
 
 
 class OutsideDataRoot(ValueError):
@@ -251,26 +255,25 @@ def _run_log(path: Path) -> logging.Handler:
     return handler
 
 
-def _register_artifacts(run_id: int, out_dir: Path) -> None:
-    """After the run's final status: the files its directory holds."""
+def _register_artifacts(s, run_id: int, out_dir: Path) -> None:
+    """The files the run's directory holds, recorded in the session of its final status."""
     kinds = {"checkpoint.pt": "checkpoint", "model.pt": "model", "run.log": "log"}
-    with session_scope() as s:
-        for f in sorted(out_dir.iterdir()):
-            if not f.is_file():
-                continue
-            art = s.query(Artifact).filter_by(run_id=run_id, name=f.name).first()
-            if art is None:
-                s.add(
-                    Artifact(
-                        run_id=run_id,
-                        name=f.name,
-                        kind=kinds.get(f.name, "file"),
-                        path=str(f),
-                        size=f.stat().st_size,
-                    )
+    for f in sorted(out_dir.iterdir()):
+        if not f.is_file():
+            continue
+        art = s.query(Artifact).filter_by(run_id=run_id, name=f.name).first()
+        if art is None:
+            s.add(
+                Artifact(
+                    run_id=run_id,
+                    name=f.name,
+                    kind=kinds.get(f.name, "file"),
+                    path=str(f),
+                    size=f.stat().st_size,
                 )
-            else:
-                art.size = f.stat().st_size
+            )
+        else:
+            art.size = f.stat().st_size
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -294,8 +297,7 @@ def train_run(run_id: int) -> None:
         if status == "queued":
             _hand_back(fence)
             return
-        _finish(fence, status, **fields)
-        _register_artifacts(run_id, run_dir)
+        _finish(fence, status, run_dir, **fields)
     except crud.Superseded as e:  # a newer attempt owns the run: write nothing more
         log.warning("%s", e)
     finally:
