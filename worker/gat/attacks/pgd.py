@@ -42,10 +42,14 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
 
 
 def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """L-inf: uniform in the cube. L2: a uniform direction at a radius uniform in [0, eps] (as
+    torchattacks and advertorch draw it). Uniform in the ball's volume would put nearly every start
+    on the surface in 64+ dimensions (radius eps * U^(1/d)), which made PGD-L2 weaker than its
+    reference."""
     if norm == "linf":
         return (torch.rand_like(x) * 2 - 1) * eps
     d = torch.randn_like(x)
-    r = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) ** (1.0 / x[0].numel())
+    r = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device)
     return d / _flat_norm(d) * eps * r
 
 
@@ -64,14 +68,16 @@ def pgd(
     target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial images; over restarts each example keeps the first one that fools the model
-    (or reaches the target), else the one of highest loss."""
+    (or reaches the target), else the one of highest loss. An L2 attack's first try starts at the
+    clean image (stronger than any random start in high dimension), its later restarts at random."""
     if eps == 0:
         return x.clone()
     step_size = step_size if step_size is not None else 2.5 * eps / steps
     best, best_loss = x.clone(), torch.full((len(x),), float("-inf"), device=x.device)
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
-        delta = project(_random_start(x, eps, norm), x, eps, norm) if random_start else torch.zeros_like(x)
+    for k in range(restarts):
+        rand = random_start and not (norm == "l2" and k == 0)
+        delta = project(_random_start(x, eps, norm), x, eps, norm) if rand else torch.zeros_like(x)
         for _ in range(steps):
             delta.requires_grad_(True)
             per_example = _loss(model(x + delta), y, target, loss)
