@@ -171,6 +171,7 @@ def store_eval(s: Session, *, run_id: int, result: dict, job_id: int | None = No
                 panel=panel,
                 name=c["name"],
                 passed=c["passed"],
+                severity=c.get("severity", "masking"),
                 detail=c["detail"],
             )
         )

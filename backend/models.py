@@ -196,6 +196,9 @@ class SanityCheck(Base):
     panel: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(64))
     passed: Mapped[bool] = mapped_column(Boolean)
+    # "masking": the numbers may be inflated; "weaker_attack": one attack was weaker than another,
+    # which the worst case covers (worker/gat/panel.py says which check is which)
+    severity: Mapped[str] = mapped_column(String(16), default="masking", server_default="masking")
     detail: Mapped[str] = mapped_column(Text)
 
 

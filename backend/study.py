@@ -207,7 +207,10 @@ def record(
         rows = ev["rows"] if ev else []
         rec["metrics"] = run_metrics(summary, ev, (summary or {}).get("seconds_per_step"))
         rec["checked"] = bool(ev and ev.get("checks"))  # no panel ran: nothing passed or failed
-        rec["failed_checks"] = [c["name"] for c in ev["checks"] if not c["passed"]] if ev else []
+        failed = [c for c in ev["checks"] if not c["passed"]] if ev else []
+        masking = lambda c: c.get("severity", "masking") == "masking"  # noqa: E731
+        rec["failed_checks"] = [c["name"] for c in failed if masking(c)]  # masking suspected
+        rec["weaker_checks"] = [c["name"] for c in failed if not masking(c)]  # covered by the worst case
         rec["curve"] = {
             str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst_case" and r["norm"] == "linf"
         }
@@ -264,6 +267,7 @@ def _row(design: StudyDesign, label: str, by_arm: dict[str, list[dict]], columns
         "runs": sorted(r["run_id"] for r in by_arm[label] if r.get("run_id") is not None),
         "checked": any(r.get("checked", True) for r in done),
         "failed_checks": sorted({c for r in done for c in r.get("failed_checks", [])}),
+        "weaker_checks": sorted({c for r in done for c in r.get("weaker_checks", [])}),
         "cells": cells,
         "curve": curve,
     }
@@ -336,6 +340,8 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     rows = [_row(design, label, by_arm, columns) for label in labels]
+    for row in rows:
+        row["checks_text"] = _checks(row)
     best = {}
     for c in (c for c in columns if c not in UNRANKED):
         means = [(r["cells"][c]["mean"], r["label"]) for r in rows if r["cells"][c]["mean"] is not None]
@@ -406,9 +412,16 @@ def _legend(rep: dict) -> str:
 
 
 def _checks(row: dict) -> str:
+    """✗ masking suspected (the row's numbers may be inflated); △ one attack was weaker than another
+    (the worst case covers it); ok."""
     if not row.get("checked", True):
         return "–"
-    return "✗ " + ", ".join(row["failed_checks"]) if row["failed_checks"] else "ok"
+    out = []
+    if row["failed_checks"]:
+        out.append("✗ " + ", ".join(row["failed_checks"]))
+    if row.get("weaker_checks"):
+        out.append("△ " + ", ".join(row["weaker_checks"]))
+    return "; ".join(out) or "ok"
 
 
 def csv_cell(value):

@@ -20,7 +20,7 @@ function headline(ev, aux) {
       (chance ${pct(p.chance)})${aux != null ? `; in-loop A's last accuracy ${pct(aux)}` : ""}.
       <span class="muted">Near chance: the gradients hide the class; near 100%: they give it away.</span></li>` : ""}
     ${mn ? `<li>smallest L-inf perturbation that fools the model (FAB): median <b>${mn.median == null ? "not reached" : mn.median.toFixed(4)}</b>, ${esc(mn.found)}/${esc(mn.n)} fooled</li>` : ""}
-    ${(s.autoattack_warnings ?? []).map((w) => `<li class="alarm">AutoAttack warned: ${esc(w)}</li>`).join("")}
+    ${(s.autoattack_warnings ?? []).map((w) => `<li class="alarm">pyautoattack warned: ${esc(w)}</li>`).join("")}
   </ul>`;
 }
 
@@ -38,9 +38,12 @@ function robustness(el, ev, aux) {
   if (!linf.length) { el.innerHTML = '<p class="muted">No robustness panel yet.</p>'; return; }
   const panels = [...new Set(ev.rows.map((r) => r.panel))];
   const extra = (r) => (r.info?.target_success != null ? `target reached ${pct(r.info.target_success)} ${ci(r.info.target_ci)}` : "");
-  el.innerHTML = `<div class="badges">${ev.checks.map((c) => `<span class="badge ${c.passed ? "pass" : "fail"}" title="${esc(c.detail)}">${c.passed ? "✓" : "✗ FAILED"} ${esc(c.name)} <small>(${esc(c.panel)})</small></span>`).join("")}</div>
-    ${ev.all_passed === false ? '<p class="alarm">A sanity check failed: these robustness numbers may come from gradient masking. Do not trust them until it is explained.</p>' : ""}
-    ${ev.checks.filter((c) => !c.passed).map((c) => `<p class="failed-check"><b>${esc(c.name)}</b>: ${esc(c.detail)}</p>`).join("")}
+  const weaker = (c) => c.severity === "weaker_attack";
+  const badge = (c) => (c.passed ? ["pass", "✓"] : weaker(c) ? ["warn", "△ weaker attack"] : ["fail", "✗ FAILED"]);
+  el.innerHTML = `<div class="badges">${ev.checks.map((c) => `<span class="badge ${badge(c)[0]}" title="${esc(c.detail)}">${badge(c)[1]} ${esc(c.name)} <small>(${esc(c.panel)})</small></span>`).join("")}</div>
+    ${ev.masking_suspected ? '<p class="alarm">A masking check failed: these robustness numbers may come from gradient masking. Do not trust them until it is explained.</p>'
+      : ev.all_passed === false ? '<p class="notice">One attack was weaker than another (△): the worst case takes the stronger one, so the worst-case numbers stand; read the weaker attack\'s row with that in mind.</p>' : ""}
+    ${ev.checks.filter((c) => !c.passed).map((c) => `<p class="failed-check ${weaker(c) ? "weaker" : ""}"><b>${esc(c.name)}</b>${weaker(c) ? " (weaker attack, covered)" : " (masking suspected)"}: ${esc(c.detail)}</p>`).join("")}
     ${headline(ev, aux)}
     <div class="rob-chart"></div><div class="norm-chart"></div><details><summary>table (${panels.join(", ")}; 95% Wilson intervals)</summary><table class="small"><tr><th>panel</th><th>attack</th><th>norm</th><th>eps</th><th>steps</th><th>restarts</th><th>n</th><th>accuracy</th><th>95% CI</th><th></th></tr>
     ${ev.rows.map((r) => `<tr><td>${esc(r.panel)}</td><td>${esc(r.attack)}</td><td>${esc(r.norm)}</td><td>${r.eps.toFixed(4)}</td><td>${r.steps ?? ""}</td><td>${r.restarts ?? ""}</td><td>${r.n}</td><td>${pct(r.accuracy)}</td><td>${ci(r.ci)}</td><td>${extra(r)}</td></tr>`).join("")}</table></details>`;

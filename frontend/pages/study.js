@@ -30,6 +30,9 @@ function cell(rep, row, c) {
   return `<td title="${esc(tip)}" class="${best ? "best" : ""}">${best ? `<b>${esc(text)}</b>` : esc(text)}</td>`;
 }
 
+// The row's checks as the report writes them in every export: ✗ masking, △ weaker attack, ok, – (no panel).
+const checksText = (row) => (row.checks_text === "–" ? '<span class="muted" title="no panel ran">–</span>' : esc(row.checks_text));
+
 export async function studyPage(id) {
   const load = async () => [await api(`/api/studies/${id}`), await api(`/api/studies/${id}/report`)];
   let [study, rep] = await load();
@@ -40,7 +43,7 @@ export async function studyPage(id) {
       <a href="/api/studies/${id}/report?format=md" download>Markdown</a> <a href="/api/studies/${id}/report?format=latex" download>LaTeX</a>
       <a href="/api/studies/${id}/report?format=csv" download>CSV</a> <a href="/api/studies/${id}/report?format=json" download>JSON</a>
       <a id="compare-runs">compare the runs</a> <button id="print">Print</button></div>
-    <h2>Results</h2><p class="muted">Mean ± std over seeds (accuracies in %); bold: best per column; *: paired t-test against the baseline over the seeds both have, p &lt; 0.05 (never from one seed); ✗: a sanity check failed. Hover a cell for its interval and per-seed values.</p>
+    <h2>Results</h2><p class="muted">Mean ± std over seeds (accuracies in %); bold: best per column; *: paired t-test against the baseline over the seeds both have, p &lt; 0.05 (never from one seed); ✗: a masking check failed (the row's numbers may be inflated); △: one attack was weaker than another, which the worst case covers. Hover a cell for its interval and per-seed values.</p>
     <table id="report" class="small"></table>
     <div class="grid"><div id="eps-chart"></div><div id="train-chart"></div></div>
     <h2>Design</h2><p class="muted">Save it as <code>${esc(study.name)}.yaml</code> (JSON is YAML) to run it again anywhere.</p><pre id="design"></pre>
@@ -52,7 +55,7 @@ export async function studyPage(id) {
     app.querySelector("#report").innerHTML = head + rep.rows.map((row) => `<tr class="${row.failed_checks.length ? "flagged" : ""}" data-label="${esc(row.label)}">
       <td>${esc(row.label)}${row.baseline ? ' <span class="muted">(baseline)</span>' : ""}</td><td>${row.seeds_done.length}</td>
       ${rep.columns.map((c) => cell(rep, row, c)).join("")}
-      <td class="${row.failed_checks.length ? "bad" : ""}">${row.failed_checks.length ? `✗ ${esc(row.failed_checks.join(", "))}` : row.checked === false ? '<span class="muted" title="no panel ran">–</span>' : "ok"}</td></tr>`).join("");
+      <td class="${row.failed_checks.length ? "bad" : ""}">${checksText(row)}</td></tr>`).join("");
     const ids = study.runs.filter((r) => r.id && r.status === "succeeded").map((r) => r.id);
     app.querySelector("#compare-runs").href = `#/compare/${ids.join(",")}`;
   };

@@ -5,7 +5,16 @@ model passes them all. A check that no model can fail would be shown as a pass t
 import pytest
 import torch
 
-from worker.gat.panel import AA_WARNINGS, run_panel, sanity_checks
+from worker.gat.panel import (
+    AA_WARNINGS,
+    MASKING,
+    PANELS,
+    WEAKER,
+    _Panel,
+    autoattack_checks,
+    run_panel,
+    sanity_checks,
+)
 
 CONFIG = {
     "dataset": {"name": "digits"},
@@ -106,9 +115,25 @@ def honest(digits, digits_model):
     return run_panel(digits_model, digits, CONFIG, panel="quick", n=N)
 
 
-def test_a_plainly_trained_model_passes_every_check(honest):
+def test_a_plainly_trained_model_passes_every_masking_check(honest):
+    """No masking suspected. This small CNN's APGD-DLR meets 3 of 100 points with zero gradient
+    (all ReLUs off at its random start): a fact the panel reports, as covered by the worst case,
+    since neither Square nor transfer found more than the white-box attacks."""
     assert len(honest["checks"]) == 10
-    assert not _failed(honest), honest["checks"]
+    assert honest["masking_suspected"] is False
+    failed = {c["name"]: c["severity"] for c in honest["checks"] if not c["passed"]}
+    assert set(failed.values()) <= {WEAKER}, honest["checks"]
+
+
+def test_a_standalone_attacks_warning_is_kept_and_fails_its_check(digits, digits_model):
+    """pyautoattack's attacks used alone warn through `warnings.warn`, not its logger: the warning
+    reaches the panel's list and fails its check (it used to reach only the log)."""
+    x, y = digits.test.images()[:N], digits.test.y[:N]
+    p = _Panel(Quantised(digits_model), x, y, 0, PANELS["quick"], digits_model)
+    p.correct("apgd_dlr", eps=0.1, steps=5, restarts=1)
+    assert any("apgd_dlr: there are" in w and "zero gradient" in w for w in p.aa_warnings), p.aa_warnings
+    check = {c["name"]: c for c in autoattack_checks(p.aa_warnings)}["autoattack_no_zero_gradients"]
+    assert not check["passed"] and check["severity"] == MASKING
 
 
 VIOLATIONS = [
@@ -126,8 +151,14 @@ VIOLATIONS = [
 
 @pytest.mark.parametrize("wrap,flags", VIOLATIONS, ids=[w.__name__ for w, _ in VIOLATIONS])
 def test_each_check_fails_on_a_model_built_to_violate_it(wrap, flags, digits, digits_model, honest):
+    """...and is told apart by its severity: CE and margin PGD disagreeing is a weaker attack, which
+    the worst case covers (it takes both); the saturated model is still caught as masking, by the
+    large-eps and noise checks its CE gradients fail."""
     result = run_panel(wrap(digits_model), digits, CONFIG, panel="quick", n=N)
     assert flags <= _failed(result), result["checks"]
+    severity = {c["name"]: c["severity"] for c in result["checks"]}
+    assert {severity[f] for f in flags} == ({WEAKER} if wrap is Saturated else {MASKING})
+    assert result["masking_suspected"] is True
 
 
 def test_every_check_is_shown_failing_by_some_model(honest):

@@ -537,9 +537,15 @@ def eval_results(run: RunDep, s: SessionDep, job: JobQuery = None) -> dict:
             for r in rows
         ],
         "checks": [
-            {"panel": c.panel, "name": c.name, "passed": c.passed, "detail": c.detail} for c in checks
+            {"panel": c.panel, "name": c.name, "passed": c.passed, "severity": c.severity, "detail": c.detail}
+            for c in checks
         ],
         "all_passed": all(c.passed for c in checks) if checks else None,
+        # masking suspected: a failed check says the numbers may be inflated; a failed check of
+        # severity weaker_attack alone leaves the worst case standing
+        "masking_suspected": any(not c.passed and c.severity == "masking" for c in checks)
+        if checks
+        else None,
         "gallery": (_job_dir(run, job_id) / "gallery.json").is_file(),
     }
 

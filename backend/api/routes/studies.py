@@ -220,7 +220,10 @@ def _latest_rows(s: Session, q, norm: str, eps: float | None) -> list[tuple]:
         if want is not None and abs(row.eps - want) < 1e-9:
             failed = s.scalars(
                 select(SanityCheck.name).where(
-                    SanityCheck.run_id == run.id, SanityCheck.passed.is_(False), of_job(SanityCheck)
+                    SanityCheck.run_id == run.id,
+                    SanityCheck.passed.is_(False),
+                    SanityCheck.severity == "masking",
+                    of_job(SanityCheck),
                 )
             ).all()
             latest[run.id] = (row, run, summ, sorted(failed))
@@ -245,7 +248,8 @@ def leaderboard(
 ) -> Response:
     """Every run judged by `panel` (standard: AutoAttack on every example), ranked by AutoAttack
     accuracy at `eps` (default: the panel's standard radius) with its interval, then clean accuracy.
-    A run with a failed sanity check is flagged and ranked after every unflagged one, never above."""
+    A run with a failed masking check is flagged and ranked after every unflagged one, never above (a
+    check that only found one attack weaker than another leaves AutoAttack's number standing)."""
     q = (
         select(EvalResult, Run)
         .join(Run, Run.id == EvalResult.run_id)

@@ -7,6 +7,9 @@ targets) instead of nine.
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from pyautoattack import AutoAttack
@@ -93,6 +96,23 @@ class _Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@contextmanager
+def caught_warnings() -> Iterator[list[str]]:
+    """Every warning pyautoattack's own checks raise inside the block, by either of its two ways:
+    AutoAttack logs them, its attacks used alone call `warnings.warn` (which nothing caught before,
+    so a zero-gradient warning of a standalone APGD reached the log but never a check). The list
+    is filled when the block ends."""
+    logged = _Warnings()
+    AA_LOG.addHandler(logged)
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            yield logged.messages
+    finally:
+        AA_LOG.removeHandler(logged)
+    logged.messages += [str(w.message) for w in warned if "pyautoattack" in w.filename]
+
+
 def autoattack_with_warnings(model, x, y, *, eps, seed=0) -> tuple[torch.Tensor, list[str]]:
     """Standard AutoAttack, and the warnings its own checks raise (zero gradients, Square
     beating the gradient attacks, a randomised model)."""
@@ -101,13 +121,9 @@ def autoattack_with_warnings(model, x, y, *, eps, seed=0) -> tuple[torch.Tensor,
     k = _classes(model, x)
     aa.apgd_targeted.n_target_classes = min(9, k - 1)
     aa.fab.n_target_classes = min(9, k - 1)
-    caught = _Warnings()
-    AA_LOG.addHandler(caught)
-    try:
+    with caught_warnings() as caught:
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
-    finally:
-        AA_LOG.removeHandler(caught)
-    return x_adv.detach(), caught.messages
+    return x_adv.detach(), caught
 
 
 def autoattack(model, x, y, *, eps, seed=0, **_):
