@@ -163,3 +163,26 @@ def test_an_unknown_method_is_refused_with_every_method_the_core_has():
         ", ".join(f"{s}:{m}" for s, m in registry())
     )
     assert "defense:great" in str(e.value) and "multitask:gradnorm" in str(e.value)
+
+
+@pytest.mark.parametrize("method_name,loss_passes", [("fgsm_at", 1), ("pgd_at", 1), ("trades", 2)])
+def test_training_attacks_craft_in_eval_mode_and_never_move_batchnorm_statistics(
+    method_name, loss_passes, synthetic
+):
+    """One rule for every training attack: its examples are crafted in eval mode, so BatchNorm's
+    running statistics are updated only by the loss's own train-mode passes (one per batch the loss
+    sees: the adversarial batch, and for TRADES the clean one too), never by an attack step; the
+    model is back in train mode for the loss."""
+    model = small_cnn(synthetic).train()
+    method = make("defense", method_name, model, num_classes=4, input_shape=synthetic.input_shape, eps=0.1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    modes = []
+    model.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    x, y = synthetic.train.images()[:32], synthetic.train.y[:32]
+    before = [int(b.num_batches_tracked) for b in bns]
+    method.step(x, y, 0.5, 0)
+    assert [int(b.num_batches_tracked) - n for b, n in zip(bns, before, strict=True)] == [loss_passes] * len(
+        bns
+    )
+    assert modes.count(True) == loss_passes and modes[-loss_passes:] == [True] * loss_passes
+    assert model.training

@@ -3,9 +3,19 @@
 `pgd_at` (Madry et al. 2018), `trades` (Zhang et al. 2019) and `igr` (input-gradient
 regularisation by double backprop, Ross & Doshi-Velez 2018: the non-adversarial counterpart of
 GAT). `eps` left unset means the dataset's standard L-inf radius (filled in by the trainer).
+
+One rule for every training attack (FGSM-AT, PGD-AT, TRADES): the adversarial examples are crafted
+with the model in eval mode (`crafting`): BatchNorm normalises with its running statistics, which
+no attack step updates, and dropout is off; the loss on the crafted batch is then taken in train
+mode, as on a clean batch. (Madry et al.'s code crafts in train mode, TRADES' reference in eval
+mode; we had both. Eval mode is the attacker's view of the model, and keeps the running statistics
+a record of the training data only.)
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +24,17 @@ from torch import nn
 from ..adversary import logits_and_input_grad
 from ..attacks.pgd import pgd
 from . import Method
+
+
+@contextmanager
+def crafting(model: nn.Module) -> Iterator[None]:
+    """Eval mode while a training attack crafts its examples; the model's mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def erm(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None) -> Method:
@@ -28,7 +49,8 @@ def fgsm_at(
     model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None, alpha: float = 1.25
 ) -> Method:
     def step(x, y, progress, i):
-        x_adv = pgd(model, x, y, eps=eps, steps=1, step_size=alpha * eps, random_start=True)
+        with crafting(model):
+            x_adv = pgd(model, x, y, eps=eps, steps=1, step_size=alpha * eps, random_start=True)
         loss = F.cross_entropy(model(x_adv), y)
         return loss, {"loss": loss.detach()}
 
@@ -45,7 +67,8 @@ def pgd_at(
     step_mult: float = 2.5,
 ) -> Method:
     def step(x, y, progress, i):
-        x_adv = pgd(model, x, y, eps=eps, steps=steps, step_size=step_mult * eps / steps)
+        with crafting(model):
+            x_adv = pgd(model, x, y, eps=eps, steps=steps, step_size=step_mult * eps / steps)
         loss = F.cross_entropy(model(x_adv), y)
         return loss, {"loss": loss.detach()}
 
@@ -63,19 +86,16 @@ def trades(
     step_mult: float = 2.5,
 ) -> Method:
     def step(x, y, progress, i):
-        was_training = model.training
-        model.eval()  # as the reference code: generate the attack with frozen BN statistics
-        with torch.no_grad():
-            p_clean = model(x).softmax(1)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            kl = F.kl_div(model(x_adv).log_softmax(1), p_clean, reduction="sum")
-            (g,) = torch.autograd.grad(kl, x_adv)
-            x_adv = (x + (x_adv.detach() + step_mult * eps / steps * g.sign() - x).clamp(-eps, eps)).clamp(
-                0, 1
-            )
-        model.train(was_training)
+        with crafting(model):
+            with torch.no_grad():
+                p_clean = model(x).softmax(1)
+            x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                kl = F.kl_div(model(x_adv).log_softmax(1), p_clean, reduction="sum")
+                (g,) = torch.autograd.grad(kl, x_adv)
+                step = step_mult * eps / steps * g.sign()
+                x_adv = (x + (x_adv.detach() + step - x).clamp(-eps, eps)).clamp(0, 1)
         logits = model(x)
         ce = F.cross_entropy(logits, y)
         robust = F.kl_div(model(x_adv).log_softmax(1), logits.softmax(1), reduction="batchmean")
