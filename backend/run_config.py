@@ -325,7 +325,15 @@ class SoftTargetParams(TeacherKnobs):
 
 
 class JacobianParams(GradModeKnob, TeacherKnobs):
-    """Srinivas & Fleuret 2018: soft targets plus matching normalised input gradients of student and teacher."""
+    """Srinivas & Fleuret 2018: soft targets plus matching the normalised input Jacobians of the true
+    class's output activation, student against teacher."""
+
+    match: Literal["logit", "ce"] = Field(
+        "logit",
+        description="logit: the Jacobian of the true class's output activation, d z_y / dx (the"
+        " published method); ce: the input gradient of each network's cross entropy, J^T (p - e_y)"
+        " (a variant: each network's own softmax error enters the matched tensor).",
+    )
 
     beta: float = Field(
         1.0, ge=0, le=1e4, description="Weight of the L2 distance between normalised input gradients."

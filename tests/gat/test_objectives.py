@@ -205,17 +205,28 @@ def test_soft_targets_mix_ce_and_tau_squared_kl(batch):
     assert metrics["agreement"] == (zs.argmax(1) == zt.argmax(1)).float().mean()
 
 
-def test_jacobian_matching_adds_beta_times_the_normalised_gradient_distance(batch):
+def _logit_jacobian(model, x, y, create_graph):
+    """d z_y / dx per example: the input Jacobian row of the true class's output activation."""
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).gather(1, y[:, None]).sum(), x, create_graph=create_graph)
+    return g
+
+
+@pytest.mark.parametrize("match", ["logit", "ce", None])
+def test_jacobian_matching_adds_beta_times_the_normalised_jacobian_distance(match, batch):
+    """Srinivas & Fleuret match the Jacobians of the output activations, d z_y / dx (the default,
+    None); the `ce` variant matches each network's cross-entropy gradient J^T (p - e_y)."""
     d, x, y = batch
     model, teacher = _mlp(d, 0), _mlp(d, 1, width=16)
-    m = _distill(d, "jacobian_matching", model, teacher, beta=2.0, temperature=3.0, alpha=0.6)
-    total, metrics = m.step(x, y, 0.5, 0)
+    knobs = {"beta": 2.0, "temperature": 3.0, "alpha": 0.6, **({"match": match} if match else {})}
+    total, metrics = _distill(d, "jacobian_matching", model, teacher, **knobs).step(x, y, 0.5, 0)
     zs, zt = model(x), teacher(x)
-    a = F.normalize(_input_grad(model, x, y, create_graph=True).flatten(1), dim=1)
-    b = F.normalize(_input_grad(teacher, x, y, create_graph=False).flatten(1), dim=1)
-    match = (a - b).pow(2).sum(1).mean()
-    want = 0.4 * F.cross_entropy(zs, y) + 0.6 * _kd_ref(zs, zt, 3.0) + 2.0 * match
-    assert match > 1e-3 and torch.allclose(total, want, rtol=1e-5)
+    jac = _input_grad if match == "ce" else _logit_jacobian
+    a = F.normalize(jac(model, x, y, create_graph=True).flatten(1), dim=1)
+    b = F.normalize(jac(teacher, x, y, create_graph=False).flatten(1), dim=1)
+    match_l2 = (a - b).pow(2).sum(1).mean()
+    want = 0.4 * F.cross_entropy(zs, y) + 0.6 * _kd_ref(zs, zt, 3.0) + 2.0 * match_l2
+    assert match_l2 > 1e-3 and torch.allclose(total, want, rtol=1e-5)
     _close(_grads(total, model.parameters()), _grads(want, model.parameters()))
     assert torch.allclose(metrics["st_cos"], (a * b).sum(1).mean(), atol=1e-6)
     assert torch.allclose(metrics["st_l2"], (a - b).norm(dim=1).mean(), atol=1e-6)  # per example, then mean

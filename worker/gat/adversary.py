@@ -108,10 +108,14 @@ def _gradient_loss(logits: torch.Tensor, y: torch.Tensor, of: str) -> torch.Tens
 
     label: cross entropy with the true class (the tensor FGSM/PGD use; it carries y through
     J^T (p - e_y)); predicted: cross entropy with the predicted class (no label);
-    margin: the logit margin of the predicted class over the runner-up (no label, no softmax).
+    margin: the logit margin of the predicted class over the runner-up (no label, no softmax);
+    logit: the true class's logit z_y, whose input gradient is the row of the output activations'
+    Jacobian that Srinivas & Fleuret (2018) match (no softmax: the student's own error stays out).
     """
     if of == "label":
         return F.cross_entropy(logits, y, reduction="sum")
+    if of == "logit":
+        return logits.gather(1, y[:, None]).sum()
     top2 = logits.topk(2, dim=1).indices  # N x 2
     if of == "predicted":
         return F.cross_entropy(logits, top2[:, 0], reduction="sum")

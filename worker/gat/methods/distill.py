@@ -1,6 +1,7 @@
 """Knowledge distillation methods (DESIGN section 3.2), one registry signature with a fixed
 `teacher` (frozen, eval mode): `student` (cross entropy), `soft_targets` (Hinton, Vinyals & Dean
-2015), `jacobian_matching` (Srinivas & Fleuret 2018: L2 between normalised input gradients),
+2015), `jacobian_matching` (Srinivas & Fleuret 2018: L2 between the normalised input Jacobians of
+the true class's output activation, student against teacher),
 and GREAT (Sinha et al. 2018): a binary auxiliary network tells the teacher's gradient from the
 student's, and the student learns through the reversal layer to be mistaken for the teacher.
 """
@@ -103,23 +104,31 @@ def jacobian_matching(
     temperature: float = 4.0,
     alpha: float = 0.9,
     grad_mode: str = "eval",
+    match: str = "logit",
 ) -> Method:
     """Srinivas & Fleuret's objective: soft targets ((1 - alpha) CE + alpha tau^2 KL, as
-    `soft_targets`) plus beta times the squared distance of the normalised input gradients;
-    alpha = 0 is the gradient term on plain cross entropy alone."""
+    `soft_targets`) plus beta times the squared distance of the normalised input Jacobians; alpha = 0
+    is the gradient term on plain cross entropy alone. match logit (theirs, the default): the
+    Jacobian row of the true class's output activation, d z_y / dx, for student and teacher alike;
+    match ce (a variant): the input gradient of each one's cross entropy, J^T (p - e_y), which mixes
+    each network's own softmax error into the matched tensor."""
     _freeze(teacher)
+    of = {"logit": "logit", "ce": "label"}.get(match)
+    if of is None:
+        raise ValueError(f"match: unknown {match!r} (allowed: logit, ce)")
 
     def step(x, y, progress, i):
-        zs, ce, gs = _grads(model, x, y, wrt="input", create_graph=True, grad_mode=grad_mode)
-        zt, _, gt = _grads(teacher, x, y, wrt="input", create_graph=False)
+        zs, gs = logits_and_input_grad(model, x, y, grad_mode=grad_mode, grad_of=of, create_graph=True)
+        zt, gt = logits_and_input_grad(teacher, x, y, grad_mode="eval", grad_of=of)
+        ce = F.cross_entropy(zs, y, reduction="none")
         a, b = F.normalize(gs.flatten(1), dim=1), F.normalize(gt.detach().flatten(1), dim=1)
-        match = (a - b).pow(2).sum(1).mean()
+        match_l2 = (a - b).pow(2).sum(1).mean()
         kd = soft_target_loss(zs, zt.detach(), temperature)
         task = (1 - alpha) * ce.mean() + alpha * kd
-        return task + beta * match, {
+        return task + beta * match_l2, {
             "loss": ce.mean().detach(),
             "kd": kd.detach(),
-            "jacobian_l2": match.detach(),
+            "jacobian_l2": match_l2.detach(),
             "agreement": _agreement(zs.detach(), zt.detach()),
             **_grad_stats(gs, gt),
         }
