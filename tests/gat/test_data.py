@@ -93,3 +93,27 @@ def test_cifar100_with_coarse_labels_reads_the_python_pickles(tmp_path):
     assert set(data.tasks) == {"fine", "coarse"} and data.tasks["coarse"]["kind"] == "cls"
     with pytest.raises(DataError, match="download: true"):
         load({"name": "cifar100_coarse", "data_dir": str(tmp_path / "empty")})
+
+
+def _sources(split, h: int, w: int, shift: int) -> tuple[set, set]:
+    """The source ids of each pair's left and right image: source i is the constant image (i + 1)
+    / 4096, read at a corner only its own image covers (left: top left, right: bottom right)."""
+    left = (split.x[:, 0, 0, 0].double() * 4096).round().long() - 1
+    right = (split.x[:, 0, h + shift - 1, w + shift - 1].double() * 4096).round().long() - 1
+    return set(left.tolist()), set(right.tolist())
+
+
+def test_multidigits_pairs_are_built_within_each_split_so_no_test_digit_is_trained_on(tmp_path):
+    """The source images are split first and pairs drawn within each split: no test or validation
+    pair shares a source image, left or right, with a training pair (pairing all images first put
+    the left digit of 424 of 600 test pairs into training pairs too)."""
+    n, h = 1000, 14
+    x = ((np.arange(n) + 1) / 4096).astype(np.float32)[:, None, None] * np.ones((1, h, h), np.float32)
+    np.savez(tmp_path / "src.npz", x=x, y=np.arange(n) % 10)
+    d = load({"name": "multidigits", "path": str(tmp_path / "src.npz")})
+    shift = max(2, h * 2 // 7)
+    train = set().union(*_sources(d.train, h, h, shift))
+    for split in (d.test, d.val):
+        assert len(split) > 0
+        assert not set().union(*_sources(split, h, h, shift)) & train
+    assert (len(d.train), len(d.val), len(d.test)) == (2160, 240, 600)  # 3000 pairs, as before

@@ -87,6 +87,7 @@ STANDARD_EPS = {
 def load(cfg: dict) -> Data:
     """Load the dataset a run config's `dataset` section describes."""
     name = cfg["name"]
+    val = None  # given apart only where pairs are built within each split
     if name == "digits":
         x, y, extra, test = *_digits(), None
     elif name == "synthetic":
@@ -98,22 +99,18 @@ def load(cfg: dict) -> Data:
     elif name == "multidigits":  # from scikit-learn's digits, or from any MNIST-like .npz given as path
         x, y, _ = load_npz(cfg["path"]) if cfg.get("path") else _digits()
         shift = max(2, x.shape[-1] * 2 // 7) if cfg.get("path") else 4
-        x, y, extra, test = (
-            *_overlay(x, y, max(3000, len(y)), shift=shift, seed=cfg.get("split_seed", 0)),
-            None,
-        )
+        (x, y, extra), val, test = paired_splits(x, y, max(3000, len(y)), shift=shift, cfg=cfg)
     elif name == "cifar100_coarse":
         (x, y, extra), test = _cifar100_coarse(Path(cfg.get("data_dir", "data")), cfg.get("download", False))
     elif name == "multimnist":
         (x, y), (xt, yt) = _torchvision(
             "mnist", Path(cfg.get("data_dir", "data")), cfg.get("download", False)
         )
-        x, y, extra = _overlay(x, y, 60_000, shift=8, seed=cfg.get("split_seed", 0))
-        test = _overlay(xt, yt, 10_000, shift=8, seed=cfg.get("split_seed", 0) + 1)
+        (x, y, extra), val, test = paired_splits(x, y, 70_000, shift=8, cfg=cfg, test=(xt, yt, 10_000))
     else:
         (x, y), test = _torchvision(name, Path(cfg.get("data_dir", "data")), cfg.get("download", False))
         extra = {}
-    data = _split(name, x, y, extra, test, cfg)
+    data = _split(name, x, y, extra, test, cfg, val=val)
     data.tasks = _tasks(name, data)
     data.info["tasks"] = data.tasks
     return data
@@ -163,6 +160,30 @@ def _overlay(x: torch.Tensor, y: torch.Tensor, n: int, *, shift: int, seed: int)
     canvas[:, :, :h, :w] = x[i]
     canvas[:, :, shift:, shift:] = torch.maximum(canvas[:, :, shift:, shift:], x[j])
     return canvas, y[i], {"right": y[j]}
+
+
+def paired_splits(x, y, n: int, *, shift: int, cfg: dict, test: tuple | None = None):
+    """Pairs of `_overlay` built within each split of the source images, never across: the source
+    is split first into test (unless `test` = (images, labels, pairs) is given apart), validation
+    and training images, then each split's pairs are drawn from its own images only, so no test or
+    validation pair shares a digit image with a training pair. `n` pairs in all, shared by the
+    config's test_fraction and val_fraction. Returns (train, val, test), each (x, y, extra)."""
+    seed, tf, vf = cfg.get("split_seed", 0), cfg.get("test_fraction", 0.2), cfg.get("val_fraction", 0.1)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    if test is None:
+        k = max(1, int(round(len(y) * tf)))
+        n_test = max(1, int(round(n * tf)))
+        test = (x[perm[:k]], y[perm[:k]], n_test)
+        perm = perm[k:]
+    xt, yt, n_test = test
+    pairs_test = _overlay(xt, yt, n_test, shift=shift, seed=seed + 1)
+    k = int(round(len(perm) * vf))
+    n_rest = n - n_test
+    n_val = int(round(n_rest * vf)) if k else 0
+    val_src, train_src = perm[:k], perm[k:]
+    pairs_val = _overlay(x[val_src], y[val_src], n_val, shift=shift, seed=seed + 2)
+    pairs_train = _overlay(x[train_src], y[train_src], n_rest - n_val, shift=shift, seed=seed)
+    return pairs_train, pairs_val, pairs_test
 
 
 def _synthetic(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -301,7 +322,8 @@ def _cifar100_coarse(root: Path, download: bool):
     return out[0], out[1]
 
 
-def _split(name, x, y, extra, test, cfg) -> Data:
+def _split(name, x, y, extra, test, cfg, val: tuple | None = None) -> Data:
+    """Test (unless given), validation (unless given) and training splits of x, y and extra."""
     g = torch.Generator().manual_seed(cfg.get("split_seed", 0))
     perm = torch.randperm(len(y), generator=g)
     pool = Split(x, y, extra)
@@ -310,7 +332,7 @@ def _split(name, x, y, extra, test, cfg) -> Data:
         test_split, perm = pool.subset(perm[:n_test]), perm[n_test:]
     else:
         test_split = Split(*test) if len(test) == 3 else Split(test[0], test[1])
-    n_val = int(round(len(perm) * cfg.get("val_fraction", 0.1)))
+    n_val = 0 if val is not None else int(round(len(perm) * cfg.get("val_fraction", 0.1)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     n_train = max(1, int(round(len(train_idx) * cfg.get("fraction", 1.0))))
     train_idx = train_idx[:n_train]
@@ -319,16 +341,17 @@ def _split(name, x, y, extra, test, cfg) -> Data:
     imgs = train.images()
     mean = imgs.mean(dim=(0, 2, 3)).tolist()
     std = imgs.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    val_split = Split(*val) if val is not None else pool.subset(val_idx)
     info = {
         "n_train": len(train_idx),
-        "n_val": len(val_idx),
+        "n_val": len(val_split),
         "n_test": len(test_split),
         "train_hash": _hash(train_idx),
         "val_hash": _hash(val_idx),
         "input_shape": list(x.shape[1:]),
         "num_classes": num_classes,
     }
-    return Data(name, train, pool.subset(val_idx), test_split, num_classes, mean, std, info)
+    return Data(name, train, val_split, test_split, num_classes, mean, std, info)
 
 
 def _hash(idx: torch.Tensor) -> str:
