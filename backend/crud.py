@@ -129,6 +129,7 @@ SUMMARY_KEYS = (
     "min_norm",
     "deterministic",
     "autoattack_warnings",
+    "per_example",
     "spec",
     "seconds",
 )

@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from backend import stats
 from backend.run_config import NO_NUL, EvalConfig, parse_run_config
+from backend.stats import t_quantile_975, t_two_sided_p
 
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+=,\- λ]{1,60}$")]
 
@@ -148,60 +150,29 @@ def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float |
     return out
 
 
-# Student's t without scipy (the API image has no numpy): the regularised incomplete beta function
-# by its continued fraction (Numerical Recipes 6.4), checked against scipy in tests/test_study_report.py.
-_TINY = 1e-300
+def _sizes(summary: dict | None, ev: dict | None) -> dict:
+    """The radii and example counts behind a run's figures: the panel's standard eps and its n
+    examples, the test and validation splits' sizes."""
+    data = (summary or {}).get("data") or {}
+    panel = (ev or {}).get("summary") or {}
+    out = {"eps": panel.get("std_eps"), "eps_l2": panel.get("std_eps_l2"), "n_panel": panel.get("n"),
+           "n_test": data.get("n_test"), "n_val": data.get("n_val")}  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    h = d
-    for m in range(1, 400):
-        even = m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m))
-        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m))
-        for coef in (even, odd):
-            d = 1.0 + coef * d
-            d = 1.0 / (d if abs(d) > _TINY else _TINY)
-            c = 1.0 + coef / c
-            c = c if abs(c) > _TINY else _TINY
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    front = math.exp(
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def t_quantile_975(df: int) -> float:
-    """The 97.5 % quantile of Student's t (the half-width factor of a 95 % interval), by bisection."""
-    lo, hi = 0.0, 1e4
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 0.05 else (lo, mid)
-    return (lo + hi) / 2
+def _is_proportion(column: str) -> bool:
+    """A summary figure that is a share of the split's examples (accuracy, agreement, val PGD)."""
+    name = column.split(" ", 1)[-1]
+    return name.endswith(("acc", "agreement")) or name == "pgd"
 
 
 def record(
     label: str, seed: int, status: str, run_id: int | None, summary: dict | None, ev: dict | None
 ) -> dict:
-    """What the report reads of one run: a panel's view `ev` ({"summary": {"std_eps", ...}, "rows",
-    "checks"}, as the API and a run directory's eval.json both give it) and the run's summary."""
+    """What the report reads of one run: a panel's view `ev` ({"summary": {"std_eps", "n",
+    "per_example", ...}, "rows", "checks"}, as the API and a run directory's eval.json both give it)
+    and the run's summary. `examples`: per panel column, the examples it got right (a bit string,
+    the same examples for every run); `n`: per proportion column, its number of examples."""
     rec = {"label": label, "seed": seed, "status": status, "run_id": run_id, "metrics": {}}
     if status == "succeeded":
         rows = ev["rows"] if ev else []
@@ -214,47 +185,85 @@ def record(
         rec["curve"] = {
             str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst_case" and r["norm"] == "linf"
         }
+        rec["sizes"] = _sizes(summary, ev)
+        per_example = ((ev or {}).get("summary") or {}).get("per_example") or {}
+        rec["examples"] = {c: b for c, b in per_example.get("correct", {}).items() if c in rec["metrics"]}
+        rec["n"] = {
+            c: rec["sizes"].get("n_val" if c.startswith("val ") else "n_test")
+            for c in rec["metrics"]
+            if _is_proportion(c)
+        }
     return rec
 
 
 def _describe(values: list[float]) -> dict:
+    """Mean and spread over seeds; the t interval of the mean (for figures with no examples behind
+    them) only from 3 seeds on: from 2 it is wider than the figures' own range."""
     n = len(values)
     mean = statistics.fmean(values) if n else None
     std = statistics.stdev(values) if n > 1 else None
     ci = None
-    if n > 1:
+    if n > 2:
         half = t_quantile_975(n - 1) * std / math.sqrt(n)
         ci = [mean - half, mean + half]
-    return {"n": n, "mean": mean, "std": std, "ci": ci, "values": values}
+    return {"n": n, "mean": mean, "std": std, "ci": ci, "interval": "t over seeds" if ci else None,
+            "values": values}  # fmt: skip
 
 
-def _paired(arm: dict[int, float], base: dict[int, float]) -> dict | None:
+def _paired_t(arm: dict[int, float], base: dict[int, float]) -> dict | None:
     """A paired t-test over the seeds both arms have; None below 2 pairs (never a mark from one)."""
     seeds = sorted(set(arm) & set(base))
     if len(seeds) < 2:
         return None
     diffs = [arm[s] - base[s] for s in seeds]
     if max(diffs) - min(diffs) < 1e-9:  # the same difference every seed (to rounding): no spread to test
-        return {"pairs": len(seeds), "diff": diffs[0], "p": None}
+        return {"test": "paired t", "pairs": len(seeds), "diff": diffs[0], "p": None}
     t = statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
     p = t_two_sided_p(t, len(diffs) - 1)  # the paired t-test (scipy's ttest_rel)
-    return {"pairs": len(seeds), "diff": statistics.fmean(diffs), "p": p}
+    return {"test": "paired t", "pairs": len(seeds), "diff": statistics.fmean(diffs), "p": p}
+
+
+def _column(c: str, runs: list[dict], base_runs: list[dict], compared: bool) -> dict:
+    """One column of one arm: its values over seeds described, the interval that includes the
+    examples where they are known, and the test against the baseline (McNemar on the examples
+    where both have them, else the paired t-test over seeds)."""
+    per_seed = {r["seed"]: r for r in runs if c in r["metrics"]}
+    seeds = sorted(per_seed)
+    d = _describe([per_seed[s]["metrics"][c] for s in seeds])
+    masks = [per_seed[s].get("examples", {}).get(c) for s in seeds]
+    sizes = {len(m) for m in masks if m}
+    if seeds and all(masks) and len(sizes) == 1:
+        n = sizes.pop()
+        d.update(ci=stats.interval_from_examples([stats.bits_to_int(m) for m in masks], n),
+                 interval="bootstrap over seeds and examples", examples=n)  # fmt: skip
+    elif seeds and all(per_seed[s].get("n", {}).get(c) for s in seeds):
+        n = per_seed[seeds[0]]["n"][c]
+        d.update(ci=stats.interval_from_counts(d["values"], n), interval="bootstrap over seeds and examples",
+                 examples=n)  # fmt: skip
+    base = {r["seed"]: r for r in base_runs if c in r["metrics"]}
+    d["vs_baseline"] = None
+    if compared and d.get("examples") and all(base[s].get("examples", {}).get(c) for s in base):
+        arm_m = {s: stats.bits_to_int(per_seed[s]["examples"][c]) for s in seeds}
+        base_m = {s: stats.bits_to_int(base[s]["examples"][c]) for s in base}
+        d["vs_baseline"] = stats.mcnemar(arm_m, base_m, d["examples"])
+        if d["vs_baseline"]:
+            shared = sorted(set(arm_m) & set(base_m))
+            diffs = [per_seed[s]["metrics"][c] - base[s]["metrics"][c] for s in shared]
+            d["vs_baseline"]["diff"] = statistics.fmean(diffs)
+    elif compared:
+        d["vs_baseline"] = _paired_t({s: r["metrics"][c] for s, r in per_seed.items()},
+                                     {s: r["metrics"][c] for s, r in base.items()})  # fmt: skip
+    return d
 
 
 def _row(design: StudyDesign, label: str, by_arm: dict[str, list[dict]], columns: list[str]) -> dict:
-    """One arm's row: per column its values over seeds described, and the paired test against the baseline."""
+    """One arm's row: per column its values over seeds described, and the test against the baseline."""
     done = [r for r in by_arm[label] if r["status"] == "succeeded"]
-    cells = {}
-    for c in columns:
-        per_seed = {r["seed"]: r["metrics"][c] for r in done if c in r["metrics"]}
-        cells[c] = _describe([per_seed[s] for s in sorted(per_seed)])
-        base = {
-            r["seed"]: r["metrics"][c]
-            for r in by_arm[design.baseline]
-            if r["status"] == "succeeded" and c in r["metrics"]
-        }
-        compared = label != design.baseline and c not in REFERENCE
-        cells[c]["vs_baseline"] = _paired(per_seed, base) if compared else None
+    base_done = [r for r in by_arm[design.baseline] if r["status"] == "succeeded"]
+    cells = {
+        c: _column(c, done, base_done, compared=label != design.baseline and c not in REFERENCE)
+        for c in columns
+    }
     eps = sorted({float(e) for r in done for e in r.get("curve", {})})
     curve = [
         {"eps": e, **_describe([r["curve"][str(e)] for r in done if str(e) in r.get("curve", {})])}
@@ -340,15 +349,14 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     rows = [_row(design, label, by_arm, columns) for label in labels]
+    _adjust(rows, columns)
+    best = {c: _best(rows, c) for c in columns if c not in UNRANKED}
+    best = {c: labels for c, labels in best.items() if labels}
     for row in rows:
         row["checks_text"] = _checks(row)
-    best = {}
-    for c in (c for c in columns if c not in UNRANKED):
-        means = [(r["cells"][c]["mean"], r["label"]) for r in rows if r["cells"][c]["mean"] is not None]
-        if means:  # every arm that reaches the best mean (a tie marks them all)
-            top = min(means)[0] if c.endswith(LOWER_IS_BETTER) else max(means)[0]
-            best[c] = [label for mean, label in means if mean == top]
-    return {
+        for c in columns:
+            row["cells"][c]["text"] = cell_text(c, row["cells"][c])
+    rep = {
         "study": design.name,
         "scenario": design.scenario,
         "dataset": design.dataset,
@@ -359,8 +367,52 @@ def report(design: StudyDesign, records: list[dict]) -> dict:
         "columns": columns,
         "best": best,
         "rows": rows,
+        "sizes": _report_sizes(records),
+        "alpha": ALPHA,
         "design": design.model_dump(mode="json"),
     }
+    rep["legend"] = _legend(rep)  # the page shows the exports' own legend
+    return rep
+
+
+ALPHA = 0.05  # a star: Holm-adjusted p below this, over every test the report makes
+
+
+def _adjust(rows: list[dict], columns: list[str]) -> None:
+    """Holm's adjustment over the whole report's family of tests against the baseline."""
+    tests = [row["cells"][c]["vs_baseline"] for row in rows for c in columns]
+    tests = [t for t in tests if t and t.get("p") is not None]
+    for t, p in zip(tests, stats.holm([t["p"] for t in tests]), strict=True):
+        t["p_adjusted"], t["family"] = p, len(tests)
+
+
+def _best(rows: list[dict], c: str) -> list[str]:
+    """The best arm of a column, only where it is separable: its 95 % interval clear of every other
+    arm's. No interval anywhere (one seed, or two with no examples behind them), or an overlap: no best."""
+    cells = [(r["label"], r["cells"][c]) for r in rows if r["cells"][c]["mean"] is not None]
+    if len(cells) < 2 or any(d["ci"] is None for _, d in cells):
+        return []
+    lower = c.endswith(LOWER_IS_BETTER)
+    label, top = (min if lower else max)(cells, key=lambda x: x[1]["mean"])
+    others = [d for lab, d in cells if lab != label]
+    clear = (
+        all(top["ci"][1] < d["ci"][0] for d in others)
+        if lower
+        else all(top["ci"][0] > d["ci"][1] for d in others)
+    )
+    return [label] if clear else []
+
+
+def _report_sizes(records: list[dict]) -> dict:
+    """The radii and example counts the table's figures stand on, each with every value the runs
+    gave (one, unless the runs differ)."""
+    out: dict[str, list] = {}
+    for r in records:
+        for k, v in r.get("sizes", {}).items():
+            out.setdefault(k, [])
+            if v not in out[k]:
+                out[k].append(v)
+    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 # ---- exports ---------------------------------------------------------------------------------------
@@ -374,40 +426,73 @@ def _digits(column: str) -> int:
     return 2 if column == "Δm%" else 4 if column.endswith(LOWER_IS_BETTER) else 1
 
 
-def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
-    d = row["cells"][c]
+def _fmt(c: str, v: float) -> str:
+    """The one rounding rule of the page and every export: % with one decimal, seconds and losses
+    with four, Δm% with two."""
+    return f"{_scale(c) * v:.{_digits(c)}f}"
+
+
+def cell_text(c: str, d: dict) -> str:
+    """A cell as the page and every export show it: mean ± std [95 % interval], * where the test
+    against the baseline stays below ALPHA after Holm's adjustment."""
     if d["mean"] is None:
-        return "--" if latex else "–"
-    k, digits = _scale(c), _digits(c)
-    pm = r" $\pm$ " if latex else " ± "
-    text = f"{k * d['mean']:.{digits}f}" + (f"{pm}{k * d['std']:.{digits}f}" if d["std"] is not None else "")
+        return "–"
+    text = _fmt(c, d["mean"]) + (f" ± {_fmt(c, d['std'])}" if d["std"] is not None else "")
     if d["ci"] is not None:
-        text += f" [{k * d['ci'][0]:.{digits}f}, {k * d['ci'][1]:.{digits}f}]"
+        text += f" [{_fmt(c, d['ci'][0])}, {_fmt(c, d['ci'][1])}]"
     vs = d["vs_baseline"]
-    if vs and vs["p"] is not None and vs["p"] < 0.05:
+    if vs and vs.get("p_adjusted") is not None and vs["p_adjusted"] < ALPHA:
         text += "*"
+    return text
+
+
+def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
+    text = row["cells"][c].get("text") or cell_text(c, row["cells"][c])
+    if latex:
+        text = text.replace(" ± ", r" $\pm$ ").replace("–", "--")
     if row["label"] in rep["best"].get(c, []):
         text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
     return text
 
 
+def sizes_text(rep: dict) -> str:
+    """ε and n, stated on every table."""
+    z = rep.get("sizes", {})
+    one = lambda k: ", ".join(f"{v:g}" for v in z[k])  # noqa: E731
+    parts = []
+    if z.get("eps"):
+        parts.append(
+            f"attacks at L-inf ε = {one('eps')}" + (f" (L2 ε = {one('eps_l2')})" if z.get("eps_l2") else "")
+            + f" on n = {one('n_panel')} test examples per run, the same examples for every method and seed"
+        )  # fmt: skip
+    if z.get("n_test"):
+        parts.append(f"test figures on n = {one('n_test')} test examples")
+    if z.get("n_val"):
+        parts.append(f"validation figures on n = {one('n_val')} examples")
+    return "; ".join(parts) or "no run has finished yet"
+
+
 def _legend(rep: dict) -> str:
     cols = rep["columns"]
     return (
-        f"Mean ± std [95 % t interval of the mean] over seeds ({', '.join(map(str, rep['seeds']))});"
+        f"Mean ± std over seeds ({', '.join(map(str, rep['seeds']))}) [95 % interval of the mean: a"
+        " hierarchical bootstrap over seeds and examples for accuracies (the examples' uncertainty"
+        " included), a t interval over seeds, from 3 seeds on, for the rest];"
         + (
             " the final models on the validation split (a tuning study: nothing here is read on test);"
             if rep.get("split") == "val"
             else ""
         )
+        + f" {sizes_text(rep)};"
         + " accuracies in %, s/step in seconds;"
         + (" Δm% against the single-task arms (lower is better);" if "Δm%" in cols else "")
-        + " best per column in bold"
+        + " bold: the best of a column, only where its interval is clear of every other row's"
         + "".join(f"; {c} is not ranked" for c in UNRANKED if c in cols)
-        + ";"
-        f" * = paired t-test against {rep['baseline']} over the seeds both have,"
-        " p < 0.05 (never from fewer than 2 seeds); a row with a failed sanity check is marked ✗"
-        " (– where no panel ran)."
+        + f"; * = against {rep['baseline']}, p < {rep.get('alpha', ALPHA):g} after Holm's correction over all"
+        " the table's tests (McNemar on the same examples, summed over the seeds both have, for the"
+        " panel's attacks; a paired t-test over seeds, never from fewer than 2, for the rest); ✗ = a"
+        " masking check failed (the row's numbers may be inflated), △ = one attack was weaker than"
+        " another, which the worst case covers (– where no panel ran)."
     )
 
 
@@ -463,24 +548,29 @@ def to_markdown(rep: dict) -> str:
         )
     lines += [
         "",
-        "## Against the baseline (paired over seeds)",
+        "## Against the baseline",
         "",
-        "| method | metric | pairs | mean difference | p |",
-        "|---|---|---|---|---|",
+        f"Each test against {md_text(rep['baseline'])}; p adjusted by Holm over all the table's tests.",
+        "",
+        "| method | metric | test | seeds | discordant examples (b / c) | mean difference | p | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rep["rows"]:
         for c in rep["columns"]:
             vs = row["cells"][c]["vs_baseline"]
             if vs:
                 p = "no spread" if vs["p"] is None else f"{vs['p']:.3g}"
-                diff = f"{_scale(c) * vs['diff']:+.{max(2, _digits(c))}f}"
-                lines.append(_md_row([md_cell(row["label"]), md_cell(c), str(vs["pairs"]), diff, p]))
+                adj = "–" if vs.get("p_adjusted") is None else f"{vs['p_adjusted']:.3g}"
+                diff = "–" if vs.get("diff") is None else f"{_scale(c) * vs['diff']:+.{max(2, _digits(c))}f}"
+                bc = f"{vs['b']} / {vs['c']}" if "b" in vs else "–"
+                cells = [md_cell(row["label"]), md_cell(c), vs["test"], str(vs["pairs"]), bc, diff, p, adj]
+                lines.append(_md_row(cells))
     return "\n".join(lines) + "\n"
 
 
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "<": r"$<$", ">": r"$>$", "Δ": r"$\Delta$", "λ": r"$\lambda$", "±": r"$\pm$", "✗": r"$\times$",
+        "<": r"$<$", ">": r"$>$", "Δ": r"$\Delta$", "λ": r"$\lambda$", "±": r"$\pm$", "✗": r"$\times$", "△": r"$\triangle$",
         "–": "--"}  # fmt: skip
 
 
@@ -500,7 +590,9 @@ def to_latex(rep: dict) -> str:
         r"\midrule",
     ]
     for row in rep["rows"]:
-        mark = r" $\times$" if row["failed_checks"] else ""
+        mark = (r" $\times$" if row["failed_checks"] else "") + (
+            r" $\triangle$" if row.get("weaker_checks") else ""
+        )
         cells = [_cell(rep, row, c, latex=True) for c in cols]
         lines.append(
             " & ".join([f"{_tex(row['label'])}{mark}", str(len(row["seeds_done"])), *cells]) + r" \\"
@@ -529,9 +621,15 @@ def to_csv(rep: dict) -> str:
             "ci_low",
             "ci_high",
             "best",
+            "interval",
+            "examples",
+            "test",
             "pairs",
             "p_vs_baseline",
+            "p_holm",
+            "text",
             "failed_checks",
+            "weaker_checks",
         ]
     )
     for row in rep["rows"]:
@@ -542,8 +640,10 @@ def to_csv(rep: dict) -> str:
                 [
                     csv_cell(row["label"]), csv_cell(c), d["n"], fmt(d["mean"]), fmt(d["std"]),
                     fmt(d["ci"][0] if d["ci"] else None), fmt(d["ci"][1] if d["ci"] else None),
-                    int(row["label"] in rep["best"].get(c, [])), vs["pairs"] if vs else "",
-                    fmt(vs["p"]) if vs else "", csv_cell(";".join(row["failed_checks"])),
+                    int(row["label"] in rep["best"].get(c, [])), d.get("interval") or "", d.get("examples") or "",
+                    vs["test"] if vs else "", vs["pairs"] if vs else "", fmt(vs["p"]) if vs else "",
+                    fmt(vs.get("p_adjusted")) if vs else "", csv_cell(d.get("text", "")),
+                    csv_cell(";".join(row["failed_checks"])), csv_cell(";".join(row.get("weaker_checks", []))),
                 ]
             )  # fmt: skip
     return buf.getvalue()

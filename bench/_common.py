@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from backend.db import make_engine
 from backend.migrate import upgrade
-from backend.study import t_quantile_975
+from backend.stats import t_quantile_975
 
 PG = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -15,19 +15,18 @@ export async function studiesPage() {
       <td>${st.progress.total}</td><td>${esc(progressText(st.progress))}</td></tr>`).join("") || '<tr><td colspan="5" class="muted">No study yet.</td></tr>'}</table></section>`));
 }
 
-// A cell: mean ± std over seeds (accuracies in %), bold where best, * where the paired test against the
-// baseline has p < 0.05; the 95 % interval over seeds and the per-seed values in its tooltip.
+// A cell as the report's exports write it (the server's text: one rounding rule for page and files),
+// bold where the report found it separably best; its interval, test and per-seed values in its tooltip.
 function cell(rep, row, c) {
   const d = row.cells[c];
   if (d.mean == null) return "<td>–</td>";
   const k = /(loss|mse|s\/step|Δm%)$/.test(c) ? 1 : 100, dig = c === "Δm%" ? 2 : k === 1 ? 4 : 1;
   const f = (v) => (k * v).toFixed(dig);
-  let text = f(d.mean) + (d.std != null ? ` ± ${f(d.std)}` : "");
   const vs = d.vs_baseline;
-  if (vs?.p != null && vs.p < 0.05) text += "*";
-  const tip = `n=${d.n}${d.ci ? `; 95% CI over seeds [${f(d.ci[0])}, ${f(d.ci[1])}]` : ""}; per seed ${d.values.map(f).join(", ")}${vs ? `; vs baseline: ${vs.pairs} paired seeds, p ${vs.p == null ? "– (no spread)" : vs.p.toPrecision(3)}` : ""}`;
+  const test = vs ? `; vs baseline: ${vs.test}, ${vs.pairs} seeds${vs.b != null ? `, discordant ${vs.b} / ${vs.c}` : ""}, p ${vs.p == null ? "– (no spread)" : vs.p.toPrecision(3)}${vs.p_adjusted != null ? `, Holm ${vs.p_adjusted.toPrecision(3)}` : ""}` : "";
+  const tip = `n=${d.n} seeds${d.examples ? ` x ${d.examples} examples` : ""}${d.interval ? `; 95% interval: ${d.interval}` : ""}; per seed ${d.values.map(f).join(", ")}${test}`;
   const best = rep.best[c]?.includes(row.label);
-  return `<td title="${esc(tip)}" class="${best ? "best" : ""}">${best ? `<b>${esc(text)}</b>` : esc(text)}</td>`;
+  return `<td title="${esc(tip)}" class="${best ? "best" : ""}">${best ? `<b>${esc(d.text)}</b>` : esc(d.text)}</td>`;
 }
 
 // The row's checks as the report writes them in every export: ✗ masking, △ weaker attack, ok, – (no panel).
@@ -43,7 +42,7 @@ export async function studyPage(id) {
       <a href="/api/studies/${id}/report?format=md" download>Markdown</a> <a href="/api/studies/${id}/report?format=latex" download>LaTeX</a>
       <a href="/api/studies/${id}/report?format=csv" download>CSV</a> <a href="/api/studies/${id}/report?format=json" download>JSON</a>
       <a id="compare-runs">compare the runs</a> <button id="print">Print</button></div>
-    <h2>Results</h2><p class="muted">Mean ± std over seeds (accuracies in %); bold: best per column; *: paired t-test against the baseline over the seeds both have, p &lt; 0.05 (never from one seed); ✗: a masking check failed (the row's numbers may be inflated); △: one attack was weaker than another, which the worst case covers. Hover a cell for its interval and per-seed values.</p>
+    <h2>Results</h2><p class="muted" id="legend"></p><p class="muted">Hover a cell for its test and per-seed values.</p>
     <table id="report" class="small"></table>
     <div class="grid"><div id="eps-chart"></div><div id="train-chart"></div></div>
     <h2>Design</h2><p class="muted">Save it as <code>${esc(study.name)}.yaml</code> (JSON is YAML) to run it again anywhere.</p><pre id="design"></pre>
@@ -51,6 +50,7 @@ export async function studyPage(id) {
   const render = () => {
     const p = study.progress;
     app.querySelector("#progress").textContent = `${p.succeeded ?? 0} of ${p.total} done (${progressText(p)})${study.eta_s ? `, ETA ${fmtS(study.eta_s)}` : ""}`;
+    app.querySelector("#legend").textContent = rep.legend;
     const head = `<tr><th>method</th><th>seeds</th>${rep.columns.map((c) => `<th>${esc(c)}</th>`).join("")}<th>checks</th></tr>`;
     app.querySelector("#report").innerHTML = head + rep.rows.map((row) => `<tr class="${row.failed_checks.length ? "flagged" : ""}" data-label="${esc(row.label)}">
       <td>${esc(row.label)}${row.baseline ? ' <span class="muted">(baseline)</span>' : ""}</td><td>${row.seeds_done.length}</td>

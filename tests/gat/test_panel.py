@@ -249,7 +249,13 @@ def test_every_eps_gets_autoattack_when_the_spec_says_so(digits, digits_model, m
     assert {("autoattack", 0.3), ("apgd_t", 0.3), ("apgd_dlr", 0.3), ("pgd_l2", 0.3)} <= pairs
     assert [(e, s) for e, s, _ in seen] == [(0.2, 3), (0.3, 3)]  # the panel's seed
     assert all(w for _, _, w in seen)  # so the warnings of both radii must be kept, in order
-    assert r["autoattack_warnings"] == [f"eps {e:g}: {w}" for e, _, ws in seen for w in P._collapse(ws)]
+    own = [w for w in r["autoattack_warnings"] if ", autoattack: " in w]
+    assert own == [f"eps {e:g}, autoattack: {w}" for e, _, ws in seen for w in P._collapse(ws)]
+    # the standalone APGD-DLR's warnings (through warnings.warn) are kept too, per radius
+    assert {w.split(":")[0] for w in r["autoattack_warnings"] if "apgd_dlr: " in w} == {
+        "eps 0.2, apgd_dlr",
+        "eps 0.3, apgd_dlr",
+    }
     assert ("autoattack", 0.0) not in pairs  # nothing to attack at radius 0
     assert not {e for a, e in pairs if a == "pgd_l2"} - {0.3}
     for row in r["rows"]:  # the budget each row reports, AutoAttack's and APGD's included
@@ -460,16 +466,19 @@ def test_autoattack_checks_appear_with_autoattack_and_read_its_warnings():
     ws += ["eps 0.1: it seems that the model is randomised"]
     checks = {c["name"]: c for c in P.sanity_checks(_result(aa=ws))}
     zero = checks["autoattack_no_zero_gradients"]
-    assert not zero["passed"] and zero["detail"] == ws[0] + " (and 1 more such warnings)"
+    assert not zero["passed"] and zero["detail"].startswith(ws[0] + " (and 1 more such warnings)")
+    assert zero["severity"] == P.WEAKER  # the black-box attacks found no more: the worst case covers them
     assert checks["autoattack_square_adds_nothing"] == {
         "name": "autoattack_square_adds_nothing",
         "passed": True,
-        "detail": "AutoAttack raised no such warning",
+        "severity": P.MASKING,
+        "detail": "pyautoattack (AutoAttack, APGD-DLR, APGD-T, Square) raised no such warning",
     }
     other = checks["autoattack_no_other_warnings"]
     assert not other["passed"] and other["detail"] == ws[2]
-    one = {c["name"]: c for c in P.autoattack_checks([ws[0]])}
+    one = {c["name"]: c for c in P.autoattack_checks([ws[0]])}  # black box found more: masking
     assert one["autoattack_no_zero_gradients"]["detail"] == ws[0]
-    assert one["autoattack_no_other_warnings"]["detail"] == "AutoAttack raised no other warning"
+    assert one["autoattack_no_zero_gradients"]["severity"] == P.MASKING
+    assert one["autoattack_no_other_warnings"]["detail"] == "pyautoattack raised no other warning"
     two = P.autoattack_checks(["a", "b"])[2]
     assert two["detail"] == "a; b"

@@ -4,7 +4,6 @@ independently), the exports are stable, and extending or retrying never duplicat
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import pytest
@@ -32,9 +31,11 @@ def lab(tmp_path_factory, pg_database):
     s.stop()
 
 
-def _independent(lab, run_ids: list[int]) -> dict[str, list[float]]:
-    """Per metric, each run's own stored value, read from the runs' pages as a user would."""
+def _independent(lab, run_ids: list[int]) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Per metric, each run's own stored value, and per panel column the examples each run got
+    right, read from the runs' pages as a user would."""
     out: dict[str, list[float]] = {}
+    bits: dict[str, list[str]] = {}
     for rid in run_ids:
         run = lab.http.get(f"/api/runs/{rid}").json()
         ev = lab.http.get(f"/api/runs/{rid}/eval").json()
@@ -43,7 +44,9 @@ def _independent(lab, run_ids: list[int]) -> dict[str, list[float]]:
         vals |= {r["attack"]: r["accuracy"] for r in ev["rows"] if r["norm"] == "linf" and r["eps"] == std}
         for k, v in vals.items():
             out.setdefault(k, []).append(v)
-    return out
+        for k, b in ev["summary"]["per_example"]["correct"].items():
+            bits.setdefault(k, []).append(b)
+    return out, bits
 
 
 def test_a_study_runs_end_to_end_and_its_report_is_its_runs_own_numbers(lab):
@@ -82,26 +85,41 @@ def test_a_study_runs_end_to_end_and_its_report_is_its_runs_own_numbers(lab):
     ids = {r["label"]: r["id"] for r in view["runs"]}
     by_label = {lab_: [r["id"] for r in view["runs"] if r["label"] == lab_] for lab_ in ("erm", "great")}
     assert set(ids) == {"erm", "great"}
-    mine = {label: _independent(lab, run_ids) for label, run_ids in by_label.items()}
+    mine, bits = {}, {}
+    for label, run_ids in by_label.items():
+        mine[label], bits[label] = _independent(lab, run_ids)
     for row in rep["rows"]:
         assert row["seeds_done"] == [0, 1] and sorted(row["runs"]) == sorted(by_label[row["label"]])
         for metric in ("test acc", "pgd", "autoattack", "worst_case", "probe"):
             cell, vals = row["cells"][metric], mine[row["label"]][metric]
             assert cell["n"] == 2 and cell["mean"] == pytest.approx(statistics.fmean(vals))
             assert cell["std"] == pytest.approx(statistics.stdev(vals))
-            half = stats.t.ppf(0.975, 1) * statistics.stdev(vals) / math.sqrt(2)
-            assert cell["ci"] == pytest.approx([statistics.fmean(vals) - half, statistics.fmean(vals) + half])
+            if metric == "probe":  # no examples behind it, and no t interval from 2 seeds
+                assert cell["ci"] is None
+                continue
+            assert cell["interval"] == "bootstrap over seeds and examples"
+            assert cell["examples"] == (40 if metric != "test acc" else 359)
+            assert cell["ci"][0] <= cell["mean"] <= cell["ci"][1]
+            if metric != "test acc":  # the panel's examples: the run's own per-example results
+                assert [b.count("1") / 40 for b in bits[row["label"]][metric]] == pytest.approx(vals)
     for metric in ("test acc", "autoattack", "probe"):
-        means = {r["label"]: r["cells"][metric]["mean"] for r in rep["rows"]}
         if metric == "probe":  # a diagnostic with no better direction for every method: never ranked
             assert "probe" not in rep["best"]
-        else:
-            assert rep["best"][metric] == [k for k, v in means.items() if v == max(means.values())]
+        elif metric in rep["best"]:  # a best only where separable from the other row
+            top, other = sorted(rep["rows"], key=lambda r: -r["cells"][metric]["mean"])
+            assert rep["best"][metric] == [top["label"]]
+            assert top["cells"][metric]["ci"][0] > other["cells"][metric]["ci"][1]
         vs = rep["rows"][1]["cells"][metric]["vs_baseline"]
         diffs = [g - e for g, e in zip(mine["great"][metric], mine["erm"][metric], strict=True)]
         assert vs["pairs"] == 2 and vs["diff"] == pytest.approx(statistics.fmean(diffs))
-        if statistics.pstdev(diffs) > 0:
-            assert vs["p"] == pytest.approx(
+        if metric == "autoattack":  # McNemar on the same 40 examples, discordant pairs over both seeds
+            pairs = list(zip(bits["great"][metric], bits["erm"][metric], strict=True))
+            b = sum(x == "1" and y == "0" for g, e in pairs for x, y in zip(g, e, strict=True))
+            c = sum(x == "0" and y == "1" for g, e in pairs for x, y in zip(g, e, strict=True))
+            assert (vs["test"], vs["b"], vs["c"]) == ("mcnemar", b, c)
+            assert vs["p"] == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
+        elif statistics.pstdev(diffs) > 0:
+            assert vs["test"] == "paired t" and vs["p"] == pytest.approx(
                 stats.ttest_rel(mine["great"][metric], mine["erm"][metric]).pvalue
             )
         assert (
@@ -114,10 +132,13 @@ def test_a_study_runs_end_to_end_and_its_report_is_its_runs_own_numbers(lab):
         md.text == lab.http.get(f"/api/studies/{sid}/report", params={"format": "md"}).text
     )  # byte-identical
     assert "| method | seeds | test acc |" in md.text and "| great | 2 |" in md.text
+    assert "L-inf ε = 0.1 (L2 ε = 0.5) on n = 40 test examples per run" in md.text  # ε and n stated
     tex = lab.http.get(f"/api/studies/{sid}/report", params={"format": "latex"}).text
     assert r"\toprule" in tex and r"\bottomrule" in tex and "great & 2 &" in tex
     csv = lab.http.get(f"/api/studies/{sid}/report", params={"format": "csv"}).text.splitlines()
-    assert csv[0].startswith("method,metric,n,mean,std,ci_low,ci_high,best,pairs,p_vs_baseline")
+    assert csv[0].startswith(
+        "method,metric,n,mean,std,ci_low,ci_high,best,interval,examples,test,pairs,p_vs_baseline,p_holm"
+    )
     assert len(csv) == 1 + 2 * len(rep["columns"])
 
     # More seeds: only the new ones run; retry reruns only what failed or was cancelled.

@@ -168,6 +168,7 @@ def run_panel(
         "rows": p.rows + [p.worst_case(e) for e in eps],
         "deterministic": p.deterministic,
         "autoattack_warnings": p.aa_warnings,
+        "per_example": p.per_example(std_linf, std_l2),
         "min_norm": p.norms_summary,
         "probe": gradient_probe(model, data, device=device, seed=seed),
         "spec": asdict(spec),
@@ -300,13 +301,25 @@ class _Panel:
             "norms": [None if not torch.isfinite(v) else round(v.item(), 6) for v in norms],
         }
 
-    def worst_case(self, e: float) -> dict:
-        """Correct only if correct under every L-inf attack at `e` (the large-eps check excluded)."""
+    def _worst_mask(self, e: float) -> torch.Tensor:
         w = self.clean.clone()
         for (a, ee), m in self.masks.items():
             if ee == e and a not in ("pgd_l2", "pgd_large_eps"):
                 w &= m
-        return _row("worst_case", "linf", e, w)
+        return w
+
+    def worst_case(self, e: float) -> dict:
+        """Correct only if correct under every L-inf attack at `e` (the large-eps check excluded)."""
+        return _row("worst_case", "linf", e, self._worst_mask(e))
+
+    def per_example(self, std: float, std_l2: float) -> dict:
+        """Which examples each attack at the standard radii left correct ('1' at position i: example
+        i of the panel's subset): what a study's paired tests and intervals over examples read."""
+        bits = lambda m: "".join("1" if v else "0" for v in m.tolist())  # noqa: E731
+        at_std = {a: bits(m) for (a, e), m in self.masks.items() if e == std and a != "pgd_l2"}
+        at_std.update({a: bits(m) for (a, e), m in self.masks.items() if a == "pgd_l2" and e == std_l2})
+        return {"eps": std, "eps_l2": std_l2, "correct": {"clean": bits(self.clean), **at_std,
+                "worst_case": bits(self._worst_mask(std))}}  # fmt: skip
 
 
 def _collapse(warnings: list[str]) -> list[str]:
