@@ -67,9 +67,18 @@ def test_a_study_report_page_and_the_leaderboard(tmp_path):
                 for label in ("erm", "great"):
                     bold = page.locator(f'#report tr[data-label="{label}"] td:nth-child({col}) b').count()
                     assert bold == (label in labels), (metric, label)
-            aa = rep["rows"][1]["cells"]["autoattack"]
-            want = f"{100 * aa['mean']:.1f} ± {100 * aa['std']:.1f}"
-            expect(page.locator('#report tr[data-label="great"]')).to_contain_text(want)
+            for row in rep["rows"]:  # the exports' own cell text: one rounding rule for page and files
+                for c in rep["columns"]:
+                    col = rep["columns"].index(c) + 3
+                    cell = page.locator(f'#report tr[data-label="{row["label"]}"] td:nth-child({col})')
+                    assert cell.inner_text() == row["cells"][c]["text"], (row["label"], c)
+            md = lab.http.get(f"/api/studies/{study['id']}/report", params={"format": "md"}).text
+            great = next(line for line in md.splitlines() if line.startswith("| great | 2 |"))
+            assert all(f" {rep['rows'][1]['cells'][c]['text']} |" in great for c in rep["columns"])
+            expect(page.locator("#legend")).to_contain_text(
+                "L-inf ε = 0.1 (L2 ε = 0.5) on n = 30 test examples"
+            )
+            expect(page.locator("#legend")).to_contain_text("Holm")
             wait_until(page, "Number(document.querySelector('#eps-chart')?.dataset.points) > 0", timeout=30)
             wait_until(page, "Number(document.querySelector('#train-chart')?.dataset.points) > 0", timeout=30)
             assert page.get_attribute("#train-chart", "data-series") == "6"  # per method: mean, +std, -std
