@@ -465,7 +465,7 @@ def sizes_text(rep: dict) -> str:
             f"attacks at L-inf ε = {one('eps')}" + (f" (L2 ε = {one('eps_l2')})" if z.get("eps_l2") else "")
             + f" on n = {one('n_panel')} test examples per run, the same examples for every method and seed"
         )  # fmt: skip
-    if z.get("n_test"):
+    if z.get("n_test") and rep.get("split") != "val":  # a tuning study shows nothing read on test
         parts.append(f"test figures on n = {one('n_test')} test examples")
     if z.get("n_val"):
         parts.append(f"validation figures on n = {one('n_val')} examples")
@@ -552,7 +552,7 @@ def to_markdown(rep: dict) -> str:
         "",
         f"Each test against {md_text(rep['baseline'])}; p adjusted by Holm over all the table's tests.",
         "",
-        "| method | metric | test | seeds | discordant examples (b / c) | mean difference | p | p (Holm) |",
+        "| method | metric | comparison | seeds | discordant examples (b / c) | mean difference | p | p (Holm) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rep["rows"]:
