@@ -152,11 +152,12 @@ def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float |
 
 def _sizes(summary: dict | None, ev: dict | None) -> dict:
     """The radii and example counts behind a run's figures: the panel's standard eps and its n
-    examples, the test and validation splits' sizes."""
+    examples, the test and validation splits' sizes, the game's held-out gradients."""
     data = (summary or {}).get("data") or {}
     panel = (ev or {}).get("summary") or {}
+    game = (summary or {}).get("game") or {}
     out = {"eps": panel.get("std_eps"), "eps_l2": panel.get("std_eps_l2"), "n_panel": panel.get("n"),
-           "n_test": data.get("n_test"), "n_val": data.get("n_val")}  # fmt: skip
+           "n_test": data.get("n_test"), "n_val": data.get("n_val"), "n_probe": game.get("n_test")}  # fmt: skip
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -193,6 +194,8 @@ def record(
             for c in rec["metrics"]
             if _is_proportion(c)
         }
+        if "probe" in rec["metrics"]:  # a share of the game's own held-out gradients, not of the test split
+            rec["n"]["probe"] = ((summary or {}).get("game") or {}).get("n_test")
     return rec
 
 
@@ -469,6 +472,8 @@ def sizes_text(rep: dict) -> str:
         parts.append(f"test figures on n = {one('n_test')} test examples")
     if z.get("n_val"):
         parts.append(f"validation figures on n = {one('n_val')} examples")
+    if z.get("n_probe"):
+        parts.append(f"the probe on n = {one('n_probe')} held-out gradients")
     return "; ".join(parts) or "no run has finished yet"
 
 

@@ -12,7 +12,18 @@ import yaml
 from pydantic import ValidationError
 from scipy import stats
 
-from backend.study import StudyDesign, expand, report, run_metrics, to_csv, to_json, to_latex, to_markdown
+from backend.stats import t_quantile_975
+from backend.study import (
+    StudyDesign,
+    expand,
+    record,
+    report,
+    run_metrics,
+    to_csv,
+    to_json,
+    to_latex,
+    to_markdown,
+)
 
 DESIGN = {
     "name": "s",
@@ -318,3 +329,22 @@ def test_exports_are_safe_and_well_formed_with_hostile_text_and_no_metric_column
 
     assert csv_cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")' and csv_cell("@SUM(A1)")[0] == "'"
     assert csv_cell(-0.5) == -0.5 and csv_cell("erm") == "erm"  # the leaderboard's cells go through it too
+
+
+def test_the_probe_is_a_share_of_its_own_held_out_gradients_and_its_interval_stays_in_0_100():
+    """The probe's accuracy is a proportion of the game's n held-out gradients: its interval is the
+    binomial one on that n (a t interval over 3 seeds near 100 % passes 100 %), and the legend says n."""
+    recs = [
+        record(label, seed, "succeeded", seed,
+               {"test": {"acc": 0.9}, "data": {"n_test": 360}, "game": {"accuracy": acc, "n_test": 200}}, None)
+        for label in ("erm", "great[lam=0.1]", "great[lam=1.0]") for seed, acc in enumerate((0.995, 1.0, 0.96))
+    ]  # fmt: skip
+    assert recs[0]["n"]["probe"] == 200
+    rep = report(StudyDesign.model_validate(DESIGN), recs)
+    probe = next(r for r in rep["rows"] if r["label"] == "erm")["cells"]["probe"]
+    lo, hi = probe["ci"]
+    assert probe["examples"] == 200 and probe["interval"].startswith("bootstrap")
+    assert 0.9 < lo < probe["mean"] < hi <= 1.0
+    t_hi = probe["mean"] + t_quantile_975(2) * probe["std"] / 3**0.5
+    assert t_hi > 1.0  # what the t interval gave: past 100 %
+    assert "the probe on n = 200 held-out gradients" in to_markdown(rep)
