@@ -104,12 +104,18 @@ def test_a_masked_model_brought_from_elsewhere_is_flagged_on_its_run_page(tmp_pa
             "all_passed"
         ] is False
         assert ev["summary"]["probe"]["accuracy"] < ev["summary"]["probe"]["chance"] + 0.1  # zero gradients
+        zero = next(c for c in ev["checks"] if c["name"] == "autoattack_no_zero_gradients")
+        assert "zero gradient" in zero["detail"] and zero["severity"] == "masking"  # pyautoattack's own words
+        assert ev["masking_suspected"] is True
         with browser_page(lab) as page:
             page.goto(f"{lab.base}/#/run/{run['id']}")
             page.wait_for_selector('#app[data-ready="run"]', timeout=30_000)
             page.wait_for_selector("#robust .headline", timeout=30_000)
             expect(page.locator("#robust .badge.fail", has_text="white_box_beats_black_box")).to_have_count(1)
             expect(page.locator("#robust .alarm").first).to_be_visible()
+            warned = page.locator("#robust .failed-check", has_text="autoattack_no_zero_gradients")
+            expect(warned).to_contain_text("zero gradient")  # the library's warning, shown as a failed check
+            expect(warned).to_contain_text("masking suspected")
             expect(page.locator("#robust .headline .probe")).to_contain_text("gradient probe")
             expect(page.locator("#robust .headline")).to_contain_text("of 60 test examples")
             fooled = ev["summary"]["min_norm"]["norms"]
