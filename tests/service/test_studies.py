@@ -94,10 +94,13 @@ def test_a_study_runs_end_to_end_and_its_report_is_its_runs_own_numbers(lab):
             cell, vals = row["cells"][metric], mine[row["label"]][metric]
             assert cell["n"] == 2 and cell["mean"] == pytest.approx(statistics.fmean(vals))
             assert cell["std"] == pytest.approx(statistics.stdev(vals))
-            if metric == "probe":  # no examples behind it, and no t interval from 2 seeds
-                assert cell["ci"] is None
-                continue
             assert cell["interval"] == "bootstrap over seeds and examples"
+            if metric == "probe":  # a share of the game's own held-out gradients: binomial on their n
+                n_probe = {
+                    lab.http.get(f"/api/runs/{i}").json()["summary"]["game"]["n_test"] for i in row["runs"]
+                }
+                assert [cell["examples"]] == list(n_probe) and 0 <= cell["ci"][0] <= cell["ci"][1] <= 1
+                continue
             assert cell["examples"] == (40 if metric != "test acc" else 359)
             assert cell["ci"][0] <= cell["mean"] <= cell["ci"][1]
             if metric != "test acc":  # the panel's examples: the run's own per-example results
