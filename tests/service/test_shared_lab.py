@@ -222,12 +222,12 @@ def test_wrong_passwords_from_elsewhere_never_lock_a_user_out(lab):
     assert login("frank-password", "127.0.0.3") == 200  # frank, on his own machine, signs in
 
 
-def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, pg_database):
+def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, empty_pg_database):
     """Finding 6: runs whose queue messages were lost (Redis restarted without persistence) stayed
     queued forever and counted against the cap. The queue is emptied under a queued run here."""
     import subprocess
 
-    s = make_stack(tmp_path, "lab", pg_database, RESEND_AFTER_S="4")
+    s = make_stack(tmp_path, "lab", empty_pg_database, RESEND_AFTER_S="4")  # its own: no other test's runs
     try:
         run_id = s.http.post(
             "/api/runs", json={"config": tiny_config(eval={"panel": "none"}, train={"epochs": 1})}
@@ -247,7 +247,7 @@ def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, pg_database):
         s.stop()
 
 
-def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, pg_database):
+def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, empty_pg_database):
     """Finding 4: Redis paused 14 s while a run finished ("Couldn't ack … TimeoutError") left the
     worker healthy-looking and never consuming again. Its own ping through the broker now finds it
     stuck: it exits non-zero (compose restarts it) and a restarted worker takes the next run."""
@@ -265,7 +265,7 @@ def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, pg_
     try:
         time.sleep(0.5)
         s = Stack.create(
-            tmp_path, pg_database, f"redis://127.0.0.1:{port}/0", HEARTBEAT_S="0.5", STALE_AFTER_S="6"
+            tmp_path, empty_pg_database, f"redis://127.0.0.1:{port}/0", HEARTBEAT_S="0.5", STALE_AFTER_S="6"
         )
         try:
             w = s.start_worker()
@@ -273,8 +273,11 @@ def test_a_worker_stuck_after_a_broker_stall_exits_to_be_restarted(tmp_path, pg_
             first = s.http.post("/api/runs", json={"config": cfg}).json()["id"]
             s.wait_for(first, lambda r: r["status"] == "running" and r["step"] >= 40, what="near its end")
             os.kill(redis.pid, signal.SIGSTOP)  # the broker stalls while the run finishes and acks
-            time.sleep(14)
-            os.kill(redis.pid, signal.SIGCONT)
+            try:  # however slow the machine, the ack falls inside the stall: the run ends first
+                s.wait_for(first, lambda r: r["status"] in FINAL, what="finished during the stall")
+                time.sleep(14)
+            finally:
+                os.kill(redis.pid, signal.SIGCONT)
             second = s.http.post("/api/runs", json={"config": cfg}).json()["id"]
             assert w.wait(timeout=120) == 75
             assert "this worker has stopped consuming from the broker" in (s.home / "worker.log").read_text()
