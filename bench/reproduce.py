@@ -149,13 +149,17 @@ def main() -> None:
         f" {'cuda' if torch.cuda.is_available() else f'{torch.get_num_threads()} CPU threads'}.\n"
     )
     print(
-        "| method | clean | AutoAttack (mean ± std over seeds) | AutoAttack per seed [95 % CI] | failed checks | verdict |"
+        "| method | clean | AutoAttack (mean ± std over seeds) | AutoAttack per seed [95 % CI]"
+        " | failed checks (✗ masking, △ weaker attack) | verdict |"
     )
     print("|---|---|---|---|---|---|")
     for method, results in rows:
         aa = [autoattack(r) for r in results]
         per_seed = "; ".join(f"{100 * a:.1f} [{100 * c[0]:.1f}, {100 * c[1]:.1f}]" for a, c, _ in aa)
-        failed = sorted({c["name"] for r in results for c in r["checks"] if not c["passed"]})
+        failed = sorted(  # ✗ masking suspected; △ one attack weaker than another, the worst case covers it
+            {("△ " if c.get("severity") == "weaker_attack" else "✗ ") + c["name"]
+             for r in results for c in r["checks"] if not c["passed"]}
+        )  # fmt: skip
         print(
             f"| {method} | {spread([r['clean_accuracy'] for r in results], 100)} | {spread([a for a, _, _ in aa], 100)}"
             f" | {per_seed} | {', '.join(failed) or 'none'} | {verdict(args, method, [a for a, _, _ in aa])} |"

@@ -56,6 +56,8 @@ def test_a_result_table_benchmark_runs_at_toy_size_with_spreads_over_seeds(bench
     assert table and " ± " in table[0], out.stdout
     if bench == "reproduce":  # the verdict against the published anchor is printed, whatever it is
         assert "no published anchor" in table[0] and "AutoAttack per seed [95 % CI]" in out.stdout
+        checks = table[0].split(" | ")[4]  # each failed check says whether it suspects masking
+        assert checks == "none" or all(c[:1] in "✗△" for c in checks.split(", ")), checks
 
 
 def test_the_tuning_benchmark_runs_its_three_validation_studies_on_a_lab_at_toy_size(tmp_path):
