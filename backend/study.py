@@ -161,10 +161,15 @@ def _sizes(summary: dict | None, ev: dict | None) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _is_proportion(column: str) -> bool:
-    """A summary figure that is a share of the split's examples (accuracy, agreement, val PGD)."""
+def _size_of(column: str) -> str | None:
+    """Which count a proportion column is a share of (`_sizes`' key): the split's examples for an
+    accuracy, agreement or val PGD, the game's held-out gradients for the probe; None otherwise."""
+    if column == "probe":
+        return "n_probe"
     name = column.split(" ", 1)[-1]
-    return name.endswith(("acc", "agreement")) or name == "pgd"
+    if name.endswith(("acc", "agreement")) or name == "pgd":
+        return "n_val" if column.startswith("val ") else "n_test"
+    return None
 
 
 def record(
@@ -189,13 +194,7 @@ def record(
         rec["sizes"] = _sizes(summary, ev)
         per_example = ((ev or {}).get("summary") or {}).get("per_example") or {}
         rec["examples"] = {c: b for c, b in per_example.get("correct", {}).items() if c in rec["metrics"]}
-        rec["n"] = {
-            c: rec["sizes"].get("n_val" if c.startswith("val ") else "n_test")
-            for c in rec["metrics"]
-            if _is_proportion(c)
-        }
-        if "probe" in rec["metrics"]:  # a share of the game's own held-out gradients, not of the test split
-            rec["n"]["probe"] = ((summary or {}).get("game") or {}).get("n_test")
+        rec["n"] = {c: rec["sizes"].get(_size_of(c)) for c in rec["metrics"] if _size_of(c)}
     return rec
 
 
