@@ -1,4 +1,4 @@
-"""Browser-facing safety (DESIGN 7): the Host allow-list against DNS rebinding, state-changing
+"""Browser-facing safety (docs/design.md section 7): the Host allow-list against DNS rebinding, state-changing
 requests only from the app's own origin, and headers that keep the dashboard out of other pages.
 
 A request that carries `Authorization` is not a cross-site risk: a page on another origin cannot

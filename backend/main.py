@@ -14,12 +14,14 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from labcore.config import get_settings
+from labcore.db import session_scope
+from labcore.errors import Refused
+from labcore.models import User
+from labcore.run_config import run_config_schema
+
 from .api.routes import auth, meta, runs, studies
-from .config import get_settings
-from .db import session_scope
 from .guard import SameOrigin
-from .models import User
-from .run_config import run_config_schema
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 
@@ -60,6 +62,7 @@ def create_app() -> FastAPI:
     app.include_router(runs.router)
     app.include_router(studies.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Refused, _refused)
     app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")  # last: API routes win
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
     app.add_middleware(
@@ -131,6 +134,11 @@ class BodyLimit:
 
     async def _reject(self, send, status: int, detail: str):
         await JSONResponse(status_code=status, content={"detail": detail})({"type": "http"}, None, send)
+
+
+async def _refused(request: Request, exc: Refused) -> JSONResponse:
+    """What a service refused: its status, and its detail in FastAPI's shape (a string, or the fields)."""
+    return JSONResponse(status_code=exc.http_status, content={"detail": exc.detail})
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -21,9 +21,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from backend.db import make_engine
-from backend.migrate import upgrade
-from backend.stats import t_quantile_975
+from labcore.db import make_engine
+from labcore.migrate import upgrade
+from labcore.stats import t_quantile_975
 
 PG = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -129,7 +129,7 @@ class Stack:
 
     def start(self) -> Stack:
         subprocess.run(
-            [sys.executable, "-m", "backend.cli", "db", "upgrade"],
+            [sys.executable, "-m", "labcore.cli", "db", "upgrade"],
             env=self.env,
             check=True,
             cwd=self.home,
@@ -166,7 +166,7 @@ class Stack:
     def cli(self, *args: str, stdin: str | None = None) -> str:
         """`gatlab ARGS` in this lab's environment; its stdout."""
         return subprocess.run(
-            [sys.executable, "-m", "backend.cli", *args],
+            [sys.executable, "-m", "labcore.cli", *args],
             env=self.env,
             check=True,
             cwd=self.home,
@@ -176,7 +176,7 @@ class Stack:
         ).stdout
 
     def start_worker(self) -> subprocess.Popen:
-        w = self._spawn("-m", "backend.cli", "worker", log="worker.log")
+        w = self._spawn("-m", "labcore.cli", "worker", log="worker.log")
         self.workers.append(w)
         return w
 

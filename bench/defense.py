@@ -18,13 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from backend.study import StudyDesign, arm_params, run_dir_name
 from bench import study
+from labcore.study import StudyDesign, arm_params, run_dir_name
 
 
 def per_seed(design: StudyDesign, runs: Path) -> list[str]:
     """Per arm and seed: AutoAttack, worst case and the probe with 95 % Wilson intervals (n examples)."""
-    cell = lambda acc, ci, n: f"{100 * acc:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] (n={n})"  # noqa: E731
+    cell = lambda acc, ci, n: f"{100 * acc:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] (n={n})"
     lines = [
         f"# Study {design.name}: each run's panel, with 95 % Wilson intervals over its examples\n",
         f"From the run directories of `python -m bench.defense` (`gatlab study run` of the design in"

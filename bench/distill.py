@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from backend.study import run_dir_name
 from bench import study
 from bench._common import interleaved_step_cost
+from labcore.study import run_dir_name
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make

@@ -1,7 +1,7 @@
 """The defense game, measured: does GREAT hide the class in the input gradients? For each variant of
 the gradient A sees (eval vs train mode; the labelled loss vs label-free ones) and the references
 (plain training, input-gradient regularisation), several seeds, each scored on the test split by
-the fresh gradient probe (DESIGN 3) and by PGD-20 at the standard radius, with 95 % intervals.
+the fresh gradient probe (docs/design.md section 3) and by PGD-20 at the standard radius, with 95 % intervals.
 
     python -m bench.game                  # digits, 3 seeds, 30 epochs
     python -m bench.game --epochs 10 --seeds 2
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from backend.run_config import parse_run_config
 from bench._common import spread
+from labcore.run_config import parse_run_config
 from worker.gat import data as gdata
 from worker.gat.attacks import pgd
 from worker.gat.probe import gradient_probe

@@ -13,9 +13,9 @@ import sqlite3
 import tempfile
 import time
 
-from backend import series
-from backend.models import Run
 from bench._common import database
+from labcore import series
+from labcore.models import Run
 
 KEYS = [f"train/m{i}" for i in range(10)]  # a training step logs about ten scalars
 

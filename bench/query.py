@@ -10,9 +10,9 @@ import argparse
 import statistics
 import time
 
-from backend import crud, series
-from backend.models import Run
 from bench._common import database
+from labcore import crud, series
+from labcore.models import Run
 
 STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 METHODS = ["erm", "great", "pgd_at", "trades"]

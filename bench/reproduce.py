@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from backend.run_config import parse_run_config
 from bench._common import spread
+from labcore.run_config import parse_run_config
 from worker.gat import job
 from worker.gat.recorder import NullRecorder
 
@@ -136,7 +136,7 @@ def main() -> None:
         results = []
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as d:
-                results.append(job.run(config(args, method, seed), Path(d), NullRecorder())["eval"])
+                results.append(job.run(config(args, method, seed), Path(d), NullRecorder()).panel)
             print(f"{method} seed {seed}: AutoAttack {autoattack(results[-1])}", file=sys.stderr)
         rows.append((method, results))
     res = rows[0][1][0]

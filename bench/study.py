@@ -39,7 +39,7 @@ def export(
         if server
         else ["--local", "--out-dir", str(runs_dir(design_file, out_dir))]
     )
-    cmd = [sys.executable, "-m", "backend.cli", "study", "run", str(Path(design_file).resolve()), *where]
+    cmd = [sys.executable, "-m", "labcore.cli", "study", "run", str(Path(design_file).resolve()), *where]
     subprocess.run([*cmd, "--format", fmt, "--out", str(out)], check=True, cwd=ROOT)
 
 

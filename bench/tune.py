@@ -29,10 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from backend.run_config import PARAMS
-from backend.study import StudyDesign, arm_params
 from bench import study
 from bench._common import Stack, spread
+from labcore.run_config import PARAMS
+from labcore.study import StudyDesign, arm_params
 
 DESIGNS = [f"studies/tune-{s}-digits.yaml" for s in ("defense", "distill", "multitask")]
 COLLAPSE = 0.10  # a trial this far below the method's best clean validation accuracy is not eligible

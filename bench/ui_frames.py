@@ -18,10 +18,10 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 from sqlalchemy.orm import Session
 
-from backend import series
-from backend.db import make_engine
-from backend.models import Run
 from bench._common import Stack
+from labcore import series
+from labcore.db import make_engine
+from labcore.models import Run
 
 FLAGS = [
     "--no-sandbox",

@@ -1,9 +1,11 @@
-# The API image: FastAPI, the dashboard, migrations and the user commands. No torch, no worker/ (slim).
+# The API image: labcore/ (the shared core: store, migrations, the user commands) and backend/ (the
+# HTTP layer) with the dashboard. No torch, no worker/ (slim).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --create-home --uid 1000 gatlab && mkdir -p /lab/runs /lab/data && chown -R gatlab /lab
 WORKDIR /app
 COPY pyproject.toml README.md requirements-lock.txt ./
+COPY labcore labcore
 COPY backend backend
 COPY frontend frontend
 COPY examples examples

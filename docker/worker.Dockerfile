@@ -1,4 +1,5 @@
-# The worker image: the API image's code plus PyTorch. PyPI's Linux torch wheels bundle CUDA; the
+# The worker image: the shared core (labcore/) and the trainer (worker/) with PyTorch; no routes and no
+# dashboard. PyPI's Linux torch wheels bundle CUDA; the
 # host needs the NVIDIA driver and the NVIDIA container toolkit, nothing else.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -10,9 +11,8 @@ COPY requirements-lock.txt ./
 # torch first, in a layer of its own: code changes then rebuild only the small layers below.
 RUN pip install -c requirements-lock.txt torch torchvision
 COPY pyproject.toml README.md ./
-COPY backend backend
+COPY labcore labcore
 COPY worker worker
-COPY frontend frontend
 COPY examples examples
 RUN pip install -c requirements-lock.txt -e '.[worker]'
 COPY docker/entrypoint.sh /usr/local/bin/gatlab-entrypoint

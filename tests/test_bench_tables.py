@@ -148,8 +148,8 @@ def test_the_tuning_verdict_skips_collapsed_trials_and_keeps_a_default_inside_th
     """bench.tune's choice from a validation study's report: a trial whose clean accuracy collapsed is
     never chosen, whatever its robust score; a win by more than the seeds' spread replaces the default;
     a win inside it does not. The default is told by the knobs the trials vary, whatever is fixed."""
-    from backend.study import StudyDesign, report
     from bench.tune import choose
+    from labcore.study import StudyDesign, report
 
     design = StudyDesign.model_validate(
         {

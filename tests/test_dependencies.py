@@ -107,7 +107,7 @@ def _shipped_modules() -> list[str]:
         for m in pkgutil.walk_packages([str(ROOT / pkg)], prefix=f"{pkg}."):
             # Alembic's env.py and revisions run against Alembic's context when Alembic loads them
             # (tests/service run every migration on PostgreSQL and SQLite); importing them bare fails.
-            if not m.name.startswith("backend.migrations"):
+            if not m.name.startswith("labcore.migrations"):
                 names.append(m.name)
     return names
 

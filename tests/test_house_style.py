@@ -52,25 +52,112 @@ def test_ruff(args):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_the_service_tier_never_imports_the_worker():
-    """The API image ships backend/ only: the one way from backend to worker is the `gatlab`
-    dispatcher handing a training command over (and it reports a missing worker install)."""
-    allowed = {("backend/cli.py", "main"), ("backend/cli.py", "parser_for")}
-    for path in sources("backend"):
-        rel = path.relative_to(ROOT).as_posix()
-        for module, func in imports(path):
-            if module.split(".")[0] == "worker":
-                assert (rel, func) in allowed, f"{rel} imports {module} in {func or 'the module'}"
+TIERS = ("labcore", "backend", "worker", "bench")
+# Which first-party tiers each tier may import (every import statement, a function's too). labcore is
+# the torch-free core both services share; backend is the HTTP layer; worker trains and evaluates.
+MAY_IMPORT = {"labcore": {"labcore"}, "backend": {"labcore", "backend"}, "worker": {"labcore", "worker"}}
+
+
+def first_party_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, tier) of each import of this tree's own code in a file, relative imports resolved."""
+    tree = ast.parse(path.read_text())
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        found += [(n, n.split(".")[0]) for n in names if n.split(".")[0] in TIERS]
+    return found
+
+
+@pytest.mark.parametrize("tier", sorted(MAY_IMPORT))
+def test_each_tier_imports_only_the_tiers_below_it(tier):
+    """The HTTP layer imports the shared core, never the reverse; the worker never imports backend/
+    (its image ships no routes); the core imports neither (the `gatlab` dispatcher loads the training
+    commands by name, so the API image runs without worker/)."""
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sources(tier)
+        for module, other in first_party_imports(path)
+        if other not in MAY_IMPORT[tier]
+    ]
+    assert not wrong, wrong
+
+
+def test_no_two_modules_import_each_other_even_by_way_of_others():
+    """No import circle among the shipped modules (a function's imports count: they are a circle too)."""
+    modules = {
+        p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
+        for tier in ("labcore", "backend", "worker")
+        for p in sources(tier)
+    }
+    edges = {
+        m: {n for n, _ in first_party_imports(p) if n in modules and n != m and not m.startswith(n + ".")}
+        for m, p in modules.items()
+    }
+    state: dict[str, int] = {}
+
+    def circle_from(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                return [*path, m, n]
+            if n not in state and (found := circle_from(n, [*path, m])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(modules):
+        if m not in state:
+            assert (found := circle_from(m, [])) is None, " -> ".join(found)
+
+
+def test_only_the_lifecycle_module_changes_a_runs_status():
+    """Every status transition in one module (labcore/lifecycle.py): no other shipped module assigns
+    `.status`, passes `status=` to an UPDATE's values or to `Run(...)`."""
+    found = []
+    for tier in ("labcore", "backend", "worker"):
+        for path in sources(tier):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == "labcore/lifecycle.py" or "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                targets = node.targets if isinstance(node, ast.Assign) else []
+                targets = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+                if any(isinstance(t, ast.Attribute) and t.attr == "status" for t in targets):
+                    found.append(f"{rel}:{node.lineno} assigns .status")
+                if isinstance(node, ast.Call) and any(k.arg == "status" for k in node.keywords):
+                    name = (
+                        node.func.attr
+                        if isinstance(node.func, ast.Attribute)
+                        else getattr(node.func, "id", "")
+                    )
+                    if name in ("values", "Run"):
+                        found.append(f"{rel}:{node.lineno} sets status in {name}(...)")
+    assert not found, found
 
 
 def test_the_core_has_no_web_database_or_queue_imports():
+    """The PyTorch core reads the run config's schema (labcore.run_config: each method's knobs, declared
+    once) and nothing else of the lab: no web, database or queue code, no settings."""
     for path in sources("worker/gat"):
         for module, _ in imports(path):
             assert module.split(".")[0] not in WEB, f"{path.relative_to(ROOT)} imports {module}"
+            if module.split(".")[0] == "labcore":
+                assert module == "labcore.run_config", f"{path.relative_to(ROOT)} imports {module}"
 
 
-def test_importing_the_api_loads_neither_torch_nor_the_worker():
-    code = "import sys, backend.main, backend.cli; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'worker'}))"
+@pytest.mark.parametrize(
+    "modules", ["labcore.cli, labcore.crud, labcore.study, labcore.methods", "backend.main"]
+)
+def test_importing_the_shared_core_or_the_api_loads_neither_torch_nor_the_worker(modules):
+    code = f"import sys, {modules}; print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'worker'}}))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
@@ -78,7 +165,7 @@ def test_importing_the_api_loads_neither_torch_nor_the_worker():
 def test_no_function_is_longer_than_a_screen():
     """About 50 lines at most; migrations and the benchmarks' `main` (a report, top to bottom) aside."""
     long = []
-    for folder in ("backend", "worker", "bench"):
+    for folder in ("labcore", "backend", "worker", "bench"):
         for path in sources(folder):
             if "migrations" in path.parts:
                 continue

@@ -12,8 +12,9 @@ import yaml
 from pydantic import ValidationError
 from scipy import stats
 
-from backend.stats import t_quantile_975
-from backend.study import (
+from labcore.panel import PanelResult
+from labcore.stats import t_quantile_975
+from labcore.study import (
     StudyDesign,
     expand,
     record,
@@ -179,10 +180,13 @@ def test_a_validation_study_reads_the_validation_split_and_nothing_measured_on_t
     """A tuning study (split: val) chooses knobs: its report must never show a figure of the test
     split (test metrics, the panel's attacks, the probe), and a test study never shows validation."""
     summary = {"test": {"acc": 0.9, "loss": 0.3}, "val": {"acc": 0.8, "loss": 0.4, "pgd": 0.2}}
-    ev = {
-        "summary": {"std_eps": 0.1},
-        "rows": [{"attack": "pgd", "norm": "linf", "eps": 0.1, "accuracy": 0.1}],
-    }
+    ev = PanelResult.model_validate(
+        {
+            "panel": "quick",
+            "std_eps": 0.1,
+            "rows": [{"attack": "pgd", "norm": "linf", "eps": 0.1, "accuracy": 0.1, "n": 10}],
+        }
+    )
     metrics = run_metrics({**summary, "game": {"accuracy": 0.99}}, ev, 0.01)
     assert metrics == {
         "test acc": 0.9,
@@ -325,7 +329,7 @@ def test_exports_are_safe_and_well_formed_with_hostile_text_and_no_metric_column
     for line in to_csv(rep).splitlines()[1:]:
         assert line.startswith("'=1+2,") or line.startswith("'-cmd,"), line
     assert _tables_well_formed(to_markdown(rep))
-    from backend.study import csv_cell
+    from labcore.study import csv_cell
 
     assert csv_cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")' and csv_cell("@SUM(A1)")[0] == "'"
     assert csv_cell(-0.5) == -0.5 and csv_cell("erm") == "erm"  # the leaderboard's cells go through it too

@@ -1,4 +1,4 @@
-"""The study report's statistics (backend/stats.py), each checked against scipy or by hand, and
+"""The study report's statistics (labcore/stats.py), each checked against scipy or by hand, and
 the report built on them: intervals that include the examples' uncertainty, a per-example paired
 test between methods, Holm's correction behind every star, a best only where separable, and ε and
 n stated on every table, rounded one way on the page and in every export."""
@@ -10,8 +10,8 @@ import random
 import pytest
 from scipy import stats as sp
 
-from backend import stats
-from backend.study import StudyDesign, report, to_csv, to_latex, to_markdown
+from labcore import stats
+from labcore.study import StudyDesign, report, to_csv, to_latex, to_markdown
 
 N = 200
 DESIGN = {

@@ -1,6 +1,6 @@
 """The training commands of `gatlab` (the `worker` install): train, eval, export, worker.
 
-`backend.cli.main` is the one entry point; it hands these commands here.
+`labcore.cli.main` is the one entry point; it hands these commands here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from backend import study
-from backend.cli import CliError, emit
-from backend.run_config import format_errors, parse_run_config
+from labcore import study
+from labcore.cli import CliError, emit
+from labcore.panel import PanelResult
+from labcore.run_config import format_errors, parse_run_config
 from worker.gat import job
 from worker.gat.data import DataError
 from worker.gat.recorder import JsonlRecorder
@@ -73,15 +74,15 @@ def cmd_train(args) -> int:
         print(f"resuming {out} from its checkpoint at step {step}", file=sys.stderr)
     rec = JsonlRecorder(out, resume_step=step, progress_bar=not args.quiet)
     try:
-        summary = job.run(config, out, rec)
+        summary, panel = job.run(config, out, rec)
     except (DataError, TeacherError, CheckpointError) as e:
         raise CliError(str(e)) from e
     finally:
         rec.close()
     print(f"run directory: {out}")
     print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
-    if "eval" in summary:
-        print_panel(summary["eval"])
+    if panel is not None:
+        print_panel(panel)
     return 0
 
 
@@ -136,25 +137,26 @@ def eval_model(args) -> int:
     return 0
 
 
-def print_panel(result: dict) -> None:
-    rows = [r for r in result["rows"] if r["norm"] == "linf"]
-    eps = sorted({r["eps"] for r in rows})
-    attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    acc = {(r["attack"], r["eps"]): r["accuracy"] for r in rows}
-    lo, hi = result["clean_ci"]
+def print_panel(raw: dict) -> None:
+    result = PanelResult.model_validate(raw)
+    rows = [r for r in result.rows if r.norm == "linf"]
+    eps = sorted({r.eps for r in rows})
+    attacks = list(dict.fromkeys(r.attack for r in rows))
+    acc = {(r.attack, r.eps): r.accuracy for r in rows}
+    lo, hi = result.clean_ci
     print(
-        f"\nrobustness panel '{result['panel']}' on {result['n']} test examples, every attack on the same"
-        f" ones (clean {result['clean_accuracy']:.3f}, 95% CI {lo:.3f}-{hi:.3f}), L-inf accuracy:"
+        f"\nrobustness panel '{result.panel}' on {result.n} test examples, every attack on the same"
+        f" ones (clean {result.clean_accuracy:.3f}, 95% CI {lo:.3f}-{hi:.3f}), L-inf accuracy:"
     )
     print(f"{'attack':<18}" + "".join(f"{e:>9.4f}" for e in eps))
     for a in attacks:
         print(f"{a:<18}" + "".join(f"{acc[(a, e)]:>9.3f}" if (a, e) in acc else f"{'-':>9}" for e in eps))
-    std = [r for r in rows if r["eps"] == result["std_eps"] and r["attack"] in ("autoattack", "worst_case")]
-    for r in std:
-        print(
-            f"{r['attack']} at eps {r['eps']:g}: {r['accuracy']:.3f} (95% CI {r['ci'][0]:.3f}-{r['ci'][1]:.3f}, n={r['n']})"
-        )
-    mn, pr = result["min_norm"], result["probe"]
+    for r in result.at_standard_eps():
+        if r.norm == "linf" and r.attack in ("autoattack", "worst_case"):
+            print(
+                f"{r.attack} at eps {r.eps:g}: {r.accuracy:.3f} (95% CI {r.ci[0]:.3f}-{r.ci[1]:.3f}, n={r.n})"
+            )
+    mn, pr = result.min_norm, result.probe
     med = "not reached (FAB fooled fewer than half)" if mn["median"] is None else f"{mn['median']:.4f}"
     print(f"smallest L-inf perturbation (FAB, {mn['found']}/{mn['n']} fooled): median {med}")
     print(
@@ -162,8 +164,8 @@ def print_panel(result: dict) -> None:
         f" of labels read from input gradients; chance {pr['chance']:.3f}"
     )
     print("sanity checks:")
-    for c in result["checks"]:
-        print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
+    for c in result.checks:
+        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name}: {c.detail}")
 
 
 def cmd_export(args) -> int:
@@ -196,11 +198,9 @@ def cmd_export(args) -> int:
 def _local_record(label: str, seed: int, run_dir: Path) -> dict:
     """What the study's report reads of a finished local run directory (as the server reads its runs)."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    ev = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
-    view = (
-        {"summary": ev, "rows": ev["rows"], "checks": ev["checks"]} if ev else None
-    )  # eval.json holds std_eps
-    return study.record(label, seed, "succeeded", None, summary, view)
+    ev = run_dir / "eval.json"
+    panel = PanelResult.model_validate_json(ev.read_text()) if ev.exists() else None
+    return study.record(label, seed, "succeeded", None, summary, panel)
 
 
 def cmd_study(args) -> int:
@@ -332,6 +332,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from backend.cli import main as gatlab
+    from labcore.cli import main as gatlab
 
     sys.exit(gatlab())  # `python -m worker.cli` is `gatlab`

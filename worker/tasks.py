@@ -23,12 +23,13 @@ from pathlib import Path
 from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
 from sqlalchemy.orm import Session
 
-from backend import crud, series, uploads
-from backend.config import get_settings
-from backend.db import session_scope
-from backend.models import Artifact, Run, User, now
-from backend.queue import ALIVE_EVERY_S, TRAIN_TASK, alive_file, make_celery
-from backend.run_config import PATH_FIELDS
+from labcore import crud, lifecycle, series, uploads
+from labcore.config import get_settings
+from labcore.db import session_scope
+from labcore.models import Artifact, Run, User, now
+from labcore.panel import PanelResult
+from labcore.queue import ALIVE_EVERY_S, TRAIN_TASK, alive_file, make_celery
+from labcore.run_config import PATH_FIELDS
 from worker.gat import job
 from worker.gat.train import HandedBack, Stopped, checkpoint_step, pick_device
 
@@ -97,7 +98,9 @@ class DbRecorder:
 
     def evaluation(self, result: dict) -> None:
         with self.fence.write() as s:
-            crud.store_eval(s, run_id=self.run_id, result=result, job_id=self.job_id)
+            crud.store_eval(
+                s, run_id=self.run_id, result=PanelResult.model_validate(result), job_id=self.job_id
+            )
 
     def flush(self) -> None:
         rows, hists, self.rows, self.hists = self.rows, self.hists, [], []
@@ -150,7 +153,7 @@ class Heartbeat(threading.Thread):
                 log.warning("%s: stopping", e)
                 self.superseded = True
                 return
-            except Exception:  # noqa: BLE001 - a missed beat is retried next period
+            except Exception:  # a missed beat is retried next period
                 log.exception("heartbeat of run %s failed", self.fence.run_id)
 
 
@@ -159,7 +162,7 @@ def _claim(run_id: int) -> dict | None:
     settings = get_settings()
     with session_scope() as s:
         run = s.get(Run, run_id, with_for_update=True)
-        if run is None or run.status in crud.FINAL:
+        if run is None or run.status in lifecycle.FINAL:
             return None
         fresh = (
             run.heartbeat_at and (now() - _aware(run.heartbeat_at)).total_seconds() < settings.stale_after_s
@@ -168,13 +171,11 @@ def _claim(run_id: int) -> dict | None:
             log.info("run %s is alive on %s; not starting a second copy", run_id, run.worker_host)
             return None
         if run.cancel_requested:
-            run.status, run.finished_at = "cancelled", now()
+            lifecycle.cancelled_before_start(run)
             return None
         first = run.started_at is None
         owner = s.get(User, run.owner_id) if run.owner_id is not None else None
-        run.status, run.worker_host, run.heartbeat_at = "running", _me(), now()
-        run.started_at = run.started_at or now()
-        run.attempt += 1
+        lifecycle.start(run, _me())
         return {
             "id": run.id,
             "kind": run.kind,
@@ -213,10 +214,7 @@ def _finish(fence: Fence, status: str, run_dir: Path | None = None, **fields) ->
     """The final status, and the files of the run's directory as artifacts, in one fenced write:
     whoever sees the status can download the run's log and model at once."""
     with fence.write() as s:
-        run = s.get(Run, fence.run_id)
-        run.status, run.finished_at, run.cancel_requested = status, now(), False
-        for k, v in fields.items():
-            setattr(run, k, v)
+        lifecycle.finish(s.get(Run, fence.run_id), status, **fields)
         if run_dir is not None:
             _register_artifacts(s, fence.run_id, run_dir)
 
@@ -325,7 +323,7 @@ def _attempt(
         return "cancelled", {}
     except crud.Superseded:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure is recorded on the run
+    except Exception as e:  # any failure is recorded on the run
         log.exception("run %s failed", run_id)
         return "failed", {"error": f"{e.__class__.__name__}: {e}", "traceback": traceback.format_exc()}
 
@@ -357,7 +355,7 @@ def _run_job(
         log.info("run %s resumes from its checkpoint at step %d", run_id, start)
     with fence.write() as s:
         crud.drop_points_after(s, run_id=run_id, step=start)
-    summary = job.run(
+    summary, _ = job.run(  # the panel's result is stored as it is recorded
         config,
         run_dir,
         rec,
@@ -365,7 +363,6 @@ def _run_job(
         should_hand_back=SHUTTING_DOWN.is_set,
         device=device,
     )
-    summary.pop("eval", None)
     return "succeeded", {"summary": summary, "eta_s": 0.0}
 
 
@@ -400,8 +397,7 @@ def _evaluate_external(
 def _hand_back(fence: Fence) -> None:
     """Back to the queue at once, for another worker (or this one, restarted) to resume: no retry spent."""
     with fence.write() as s:
-        run = s.get(Run, fence.run_id)
-        run.status, run.worker_host, run.heartbeat_at, run.enqueued_at = "queued", None, None, None
+        lifecycle.hand_back(s.get(Run, fence.run_id))
     _send([fence.run_id])
     log.info("run %s handed back to the queue", fence.run_id)
 
@@ -443,12 +439,11 @@ def requeue_stale() -> int:
     with session_scope() as s:
         for run in crud.stale_runs(s, older_than_s=settings.stale_after_s):
             if run.retry_count < settings.max_retries:
-                run.status, run.retry_count, run.enqueued_at = "queued", run.retry_count + 1, None
+                lifecycle.requeue(run)
                 resend.append(run.id)
             else:
-                run.status, run.finished_at = "failed", now()
-                run.error = (
-                    f"worker lost (no heartbeat for {settings.stale_after_s:.0f} s), retries exhausted"
+                lifecycle.give_up(
+                    run, f"worker lost (no heartbeat for {settings.stale_after_s:.0f} s), retries exhausted"
                 )
     for run_id in resend:
         log.warning("run %s lost its worker; requeued", run_id)
@@ -473,7 +468,7 @@ def _reaper() -> None:
             send_unsent()
             resend_lost()
             prune_uploads()
-        except Exception:  # noqa: BLE001 - the reaper must outlive a database or broker hiccup
+        except Exception:  # the reaper must outlive a database or broker hiccup
             log.exception("reaper failed")
         time.sleep(period)
 
@@ -537,7 +532,7 @@ def _watch_consumer(queue: str, exit=os._exit) -> None:
         try:
             app.send_task(PING_TASK, queue=queue, expires=PING_TIMEOUT_S)
             sent = time.monotonic()
-        except Exception:  # noqa: BLE001 - a broker that is down: Celery reconnects; ping again later
+        except Exception:  # a broker that is down: Celery reconnects; ping again later
             log.warning("could not ping this worker through the broker", exc_info=True)
 
 

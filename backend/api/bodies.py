@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from backend.run_config import NO_NUL
+from labcore.run_config import NO_NUL
 
 Text = Annotated[str, StringConstraints(pattern=NO_NUL, max_length=200)]
 

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
-from backend import auth
-from backend.config import get_settings
-from backend.db import get_session
-from backend.models import Run, User
+from labcore import auth
+from labcore.config import get_settings
+from labcore.db import get_session
+from labcore.models import Run, User
 
 SessionDep = Annotated[Session, Depends(get_session)]
 # Ids are 32-bit in the database: a larger one is a 422, never a driver overflow (500).
@@ -60,12 +60,3 @@ def run_or_404(run_id: RunId, s: SessionDep) -> Run:
 
 
 RunDep = Annotated[Run, Depends(run_or_404)]
-
-
-def check_owner(run: Run, user: User | None, action: str) -> None:
-    """Only a run's owner or an admin may change it (auth off: anyone)."""
-    if user is None or user.is_admin or run.owner_id == user.id:
-        return
-    raise HTTPException(
-        403, detail=f"run {run.id} belongs to another user: only its owner or an admin may {action} it"
-    )

@@ -232,6 +232,9 @@ def test_every_service_is_healthy_and_the_data_directory_docker_made_is_the_work
     assert data.is_dir() and data.stat().st_uid == WORKER_UID, f"./data is owned by uid {data.stat().st_uid}"
     # The worker runs as uid 1000 and can make a dataset folder, as `dataset.download: true` does.
     assert lab.sh("docker compose exec -T worker stat -c %u /proc/1").stdout.strip() == str(WORKER_UID)
+    # The worker image ships the shared core and the trainer, no HTTP layer and no dashboard.
+    shipped = lab.sh("docker compose exec -T worker ls /app").stdout.split()
+    assert {"labcore", "worker"} <= set(shipped) and not {"backend", "frontend"} & set(shipped), shipped
     lab.sh("docker compose exec -T -u gatlab worker mkdir -p /lab/data/MNIST/raw")
     assert (data / "MNIST" / "raw").is_dir()
     assert lab.http.get("/api/health").json()["database"] == "postgresql"

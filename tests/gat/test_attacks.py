@@ -1,8 +1,10 @@
+import inspect
+
 import pytest
 import torch
 
-from worker.gat.attacks import ATTACKS, pgd
-from worker.gat.attacks.reference import apgd_ce, fab_min_norm
+from worker.gat.attacks import ATTACKS, budget, pgd
+from worker.gat.attacks.reference import apgd_ce, autoattack_with_warnings, fab_min_norm
 from worker.gat.panel import check_ball, run_panel
 from worker.gat.stats import wilson
 
@@ -28,9 +30,9 @@ CASES = [
 @pytest.mark.parametrize("name,eps", CASES)
 def test_every_attack_stays_in_its_ball_and_box(name, eps, digits, digits_model):
     x, y = _batch(digits, 32)
-    norm, fn = ATTACKS[name]
+    norm, fn = ATTACKS[name].norm, ATTACKS[name].fn
     e = eps * (5 if norm == "l2" else 1)
-    kw = {"queries": 50} if name == "square" else {"steps": 5}
+    kw = budget(name, queries=50, steps=5)
     x_adv = fn(digits_model, x, y, eps=e, seed=0, **kw)
     check_ball(x_adv, x, e, norm)  # raises if outside
     if eps == 0:
@@ -113,7 +115,7 @@ def test_min_norm_attack_finds_small_perturbations_that_fool_the_model(digits, d
 
 def test_noise_keeps_the_worst_of_its_draws(digits, digits_model):
     x, y = _batch(digits, 100)
-    _, noise = ATTACKS["noise"]
+    noise = ATTACKS["noise"].fn
     one = _acc(digits_model, noise(digits_model, x, y, eps=0.3, seed=0, draws=1), y)
     many = _acc(digits_model, noise(digits_model, x, y, eps=0.3, seed=0, draws=30), y)
     assert many < one - 0.1
@@ -128,7 +130,6 @@ KNOBS = {  # a knob of each attack whose value changes what it returns
     "pgd_target_random": {"steps": 1},
     "pgd_target_ll": {"steps": 1},
     "noise": {"draws": 5},
-    "apgd_ce": {"steps": 3},
     "apgd_dlr": {"steps": 3},
     "apgd_t": {"steps": 3},
     "square": {"queries": 3},
@@ -140,9 +141,9 @@ def test_each_attack_is_reproducible_and_takes_its_knobs(name, digits, digits_mo
     """The same seed gives the same images; the attack's knobs (steps, queries, draws, restarts)
     reach it, and so does the seed where the attack is randomised."""
     x, y = _batch(digits, 24)
-    norm, fn = ATTACKS[name]
+    norm, fn = ATTACKS[name].norm, ATTACKS[name].fn
     e = 0.1 * (5 if norm == "l2" else 1)
-    base = {"queries": 20} if name == "square" else {"steps": 8}
+    base = budget(name, queries=20, steps=8)
     a, b = fn(digits_model, x, y, eps=e, seed=1, **base), fn(digits_model, x, y, eps=e, seed=1, **base)
     assert torch.equal(a, b)
     if KNOBS[name]:
@@ -181,7 +182,7 @@ class _Counted(torch.nn.Module):
 
 def test_autoattack_takes_its_seed(digits, digits_model):
     x, y = _batch(digits, 16)
-    fn = ATTACKS["autoattack"][1]
+    fn = lambda *a, **k: autoattack_with_warnings(*a, **k)[0]
     a = fn(digits_model, x, y, eps=0.05, seed=1)
     assert torch.equal(a, fn(digits_model, x, y, eps=0.05, seed=1))
     assert not torch.equal(a, fn(digits_model, x, y, eps=0.05, seed=2))
@@ -302,3 +303,19 @@ def test_apgd_t_targets_only_the_classes_a_model_has():
     adv = ATTACKS["apgd_t"][1](model, x, y, eps=0.001, seed=0, steps=3)  # 4 target classes, not 9
     check_ball(adv, x, 0.001, "linf")
     assert _acc(model, adv, y) == 1.0
+
+
+def test_every_registered_attack_has_a_knob_case():
+    assert set(KNOBS) == set(ATTACKS)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_an_attack_takes_the_knobs_it_declares_and_refuses_others(name, digits, digits_model):
+    """The panel gives each attack its share of one budget (`budget`): a knob it does not take is an
+    error, not silently dropped, and every knob it declares reaches its function."""
+    takes = inspect.signature(ATTACKS[name].fn).parameters
+    assert set(ATTACKS[name].knobs) <= set(takes), f"{name} declares knobs its function lacks"
+    x, y = _batch(digits, 4)
+    with pytest.raises(TypeError, match="steps_typo"):
+        ATTACKS[name].fn(digits_model, x, y, eps=0.1, seed=0, steps_typo=3)
+    assert budget(name, steps=3, restarts=2, queries=5, draws=2, other=1).keys() <= set(ATTACKS[name].knobs)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def gatlab(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "backend.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "labcore.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 
@@ -306,8 +306,8 @@ def test_export_safetensors_and_evaluate_it_like_the_torchscript_file(tmp_path):
 def _benchmarks_commit_the_reports_exports(f, design, tmp_path, md):
     """bench/study.py writes the report's own Markdown and LaTeX exports (the finished runs are not
     trained again); bench/defense.py adds each run's intervals from the same run directories."""
-    from backend.study import StudyDesign
     from bench import defense, study
+    from labcore.study import StudyDesign
 
     out = study.run(f, out_dir=str(tmp_path / "runs"), docs=str(tmp_path / "docs"))
     assert out.read_text() == md

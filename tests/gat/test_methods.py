@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.run_config import PARAMS, TRAINER_KNOBS
+from labcore.run_config import PARAMS, TRAINER_KNOBS
 from worker.gat import data as gdata
 from worker.gat import models
 from worker.gat.methods import make, registry
@@ -67,21 +67,32 @@ def test_every_defense_method_trains_and_its_loss_falls(key, synthetic):
     assert last < 0.5 * first, f"{key}: loss {first:.3f} -> {last:.3f}"
 
 
+def test_every_registered_method_is_declared_in_the_schema_and_back():
+    """A method the core registers but the schema does not declare (or the reverse) could be
+    neither submitted nor trained: the two lists are one."""
+    assert set(registry()) == set(PARAMS)
+
+
 @pytest.mark.parametrize("key", sorted(PARAMS))
-def test_schema_defaults_match_the_core(key):
-    """The API's knob defaults are the factories' defaults: the two cannot drift apart."""
+def test_each_knob_is_declared_once_in_the_schema(key):
+    """The factories take every declared knob and give none a default: the schema's default is
+    the only one, read by the API, the form, `gatlab methods` and (through `make`) the core."""
     sig = inspect.signature(registry()[key]).parameters
-    for name, field in PARAMS[key].model_fields.items():
-        if name in TRAINER_KNOBS:  # consumed by the trainer (the teacher), not the factory
+    for name in PARAMS[key].model_fields:
+        if name in TRAINER_KNOBS or name == "eps":  # the teacher's knobs are the trainer's; eps is context
             continue
         assert name in sig, f"{key}: knob {name} unknown to the core"
-        assert sig[name].default == field.default, f"{key}.{name}: {sig[name].default} != {field.default}"
+        assert sig[name].default is inspect.Parameter.empty, f"{key}.{name}: a second default in the core"
 
 
-def test_trainer_knobs_are_the_cores_teacher_knobs():
-    from worker.gat.train import TEACHER_KNOBS
-
-    assert set(TEACHER_KNOBS) == TRAINER_KNOBS
+def test_make_refuses_a_knob_the_method_does_not_declare(synthetic):
+    model = small_cnn(synthetic)
+    kw = {"num_classes": synthetic.num_classes, "input_shape": synthetic.input_shape, "eps": 0.1}
+    make("defense", "pgd_at", model, steps=3, **kw)
+    with pytest.raises(ValueError, match="params of defense:pgd_at: stepz"):
+        make("defense", "pgd_at", model, stepz=3, **kw)
+    with pytest.raises(ValueError, match="lam"):
+        make("defense", "erm", model, lam=0.5, **kw)
 
 
 def _eval_mode_grad(model, x, y):
@@ -158,7 +169,7 @@ def test_label_free_gradients_ignore_the_label(grad_of, synthetic):
 
 def test_an_unknown_method_is_refused_with_every_method_the_core_has():
     with pytest.raises(ValueError) as e:
-        make("defense", "magic", torch.nn.Linear(2, 2))
+        make("defense", "magic", torch.nn.Linear(2, 2), num_classes=2, input_shape=(2,))
     assert str(e.value) == "method: unknown defense:magic (allowed: {})".format(
         ", ".join(f"{s}:{m}" for s, m in registry())
     )

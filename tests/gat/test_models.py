@@ -55,7 +55,7 @@ def test_a_first_run_on_28x28_digits_learns_with_the_default_architecture(tmp_pa
     import numpy as np
     import torch.nn.functional as F
 
-    from backend.run_config import parse_run_config
+    from labcore.run_config import parse_run_config
     from worker.gat import data as gdata
     from worker.gat.recorder import NullRecorder
     from worker.gat.train import train

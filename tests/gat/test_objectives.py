@@ -456,8 +456,8 @@ def test_every_method_logs_its_documented_metrics_as_finite_numbers(key, batch, 
 @pytest.mark.parametrize("key", sorted(METRICS), ids="-".join)
 def test_omitted_knobs_are_the_schemas_defaults(key, batch, mt):
     """A method built without knobs trains exactly as one given the API's documented defaults
-    (backend/run_config.py), including under a warm-up schedule and on a step between games."""
-    from backend.run_config import PARAMS, TRAINER_KNOBS
+    (labcore/run_config.py), including under a warm-up schedule and on a step between games."""
+    from labcore.run_config import PARAMS, TRAINER_KNOBS
 
     fields = PARAMS[key].model_fields if key in PARAMS else {}
     explicit = {

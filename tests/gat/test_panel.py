@@ -269,7 +269,7 @@ def test_the_surrogate_is_an_independent_model_trained_for_its_epochs(digits, di
     other = P.train_surrogate({**CONFIG, "train": {"seed": 1}}, digits, 1, cpu)
     untrained = P.train_surrogate(CONFIG, digits, 0, cpu)
     x, y = digits.test.images(), digits.test.y
-    acc = lambda m: _clean(m, x, y).float().mean().item()  # noqa: E731
+    acc = lambda m: _clean(m, x, y).float().mean().item()
     assert not a.training and sum(p.numel() for p in a.parameters()) == sum(
         p.numel() for p in digits_model.parameters()
     )  # the config's architecture
@@ -294,7 +294,7 @@ def test_the_determinism_tolerance_scales_with_the_largest_logit():
             return z
 
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
-    same = lambda scale, change: P._Panel(Jitter(scale, change), x, y, 0, TINY, None).deterministic["same"]  # noqa: E731
+    same = lambda scale, change: P._Panel(Jitter(scale, change), x, y, 0, TINY, None).deterministic["same"]
     assert same(50.0, 4e-3) and not same(50.0, 6e-3)  # 1e-4 of 50
     assert same(0.5, 0.9e-4) and not same(0.5, 1.5e-4)  # 1e-4 of 1, not of 0.5 (nor of 2)
 

@@ -32,7 +32,7 @@ def test_a_misclassified_example_is_left_alone_and_the_others_attacked(name):
     model = _linear(5)
     x, y = _batch(model)
     knobs = {"queries": 300} if name == "square" else {"steps": 10}
-    adv = ATTACKS[name][1](model, x, y, eps=0.3, seed=0, **knobs)
+    adv = getattr(R, name)(model, x, y, eps=0.3, seed=0, **knobs)
     assert torch.equal(adv[:5], x[:5])
     with torch.no_grad():
         assert (model(adv[5:]).argmax(1) != y[5:]).float().mean() >= 0.8  # the rest: a radius that fools

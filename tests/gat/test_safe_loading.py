@@ -77,7 +77,7 @@ def test_a_crafted_teacher_fails_the_run_with_a_clear_error_and_runs_nothing(tmp
         [
             sys.executable,
             "-m",
-            "backend.cli",
+            "labcore.cli",
             "train",
             str(tmp_path / "c.yaml"),
             "--out",
@@ -109,7 +109,7 @@ def test_checkpoints_the_trainer_writes_load_safely_and_resume(tmp_path):
     run = [
         sys.executable,
         "-m",
-        "backend.cli",
+        "labcore.cli",
         "train",
         str(tmp_path / "c.yaml"),
         "--out",

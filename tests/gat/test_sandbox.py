@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from backend.run_config import parse_run_config
+from labcore.run_config import parse_run_config
 from worker.gat import sandbox
 
 from . import payloads

@@ -201,7 +201,7 @@ def test_gradnorm_moves_weights_towards_equal_gradient_norms():
         f = model.encoder(x)
         w = m.aux["weights"].value.detach()
         outs = {t: h(f) for t, h in model.heads.items()}
-        from worker.gat.methods.multitask import task_loss
+        from worker.gat.losses import task_loss
 
         return [
             float(

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from backend.run_config import parse_run_config
+from labcore.run_config import parse_run_config
 from worker.gat.recorder import JsonlRecorder, read_jsonl
 from worker.gat.train import Stopped, checkpoint_step, train
 
@@ -146,7 +146,9 @@ def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, metho
             "eval": {"panel": "quick" if scenario == "defense" else "none", "n": 10},
         }
     ).model_dump(mode="json")
-    whole = job.run(cfg, tmp_path / "whole", JsonlRecorder(tmp_path / "whole", progress_bar=False))
+    whole, whole_panel = job.run(
+        cfg, tmp_path / "whole", JsonlRecorder(tmp_path / "whole", progress_bar=False)
+    )
     out = tmp_path / "crashed"
     job.run(cfg, out, JsonlRecorder(out, progress_bar=False))
     for f in (
@@ -156,11 +158,13 @@ def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, metho
         "gallery.json",
     ):  # as if killed right after the checkpoint
         (out / f).unlink(missing_ok=True)
-    resumed = job.run(cfg, out, JsonlRecorder(out, resume_step=checkpoint_step(out), progress_bar=False))
+    resumed, resumed_panel = job.run(
+        cfg, out, JsonlRecorder(out, resume_step=checkpoint_step(out), progress_bar=False)
+    )
     assert resumed["steps"] == whole["steps"] and resumed["test"] == whole["test"]
     assert (out / "model.pt").exists()
     if scenario == "defense":
-        assert (out / "eval.json").exists() and resumed["eval"]["rows"] == whole["eval"]["rows"]
+        assert (out / "eval.json").exists() and resumed_panel["rows"] == whole_panel["rows"]
     if scenario == "distill":
         assert resumed["test"]["agreement"] == whole["test"]["agreement"]
         teacher = json.loads((tmp_path / "whole" / "teacher" / "summary.json").read_text())

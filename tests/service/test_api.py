@@ -68,7 +68,7 @@ def test_a_model_upload_is_read_by_its_bytes_kept_once_and_named_by_an_evaluatio
     import hashlib
 
     files = _model_files(tmp_path)
-    post = lambda body: api.http.post(  # noqa: E731
+    post = lambda body: api.http.post(
         "/api/models", content=body, headers={"content-type": "application/octet-stream"}
     )
     up = post(files["m.pt"])

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from backend.config import Settings
-from backend.queue import ALIVE_STALE_S, alive_file
-from backend.run_config import DatasetConfig
 from bench._common import free_port
+from labcore.config import Settings
+from labcore.queue import ALIVE_STALE_S, alive_file
+from labcore.run_config import DatasetConfig
 
 from .conftest import REDIS_URL, tiny_config
 
@@ -80,14 +80,14 @@ SECRETS = {
 
 @pytest.mark.parametrize("which", ["server", "remote"])
 def test_compose_environment_volumes_and_commands_match_the_code(which, monkeypatch):
-    from backend.cli import parser_for
+    from labcore.cli import parser_for
 
     services = compose(which)["services"]
     for name in APP[which]:
         svc = services[name]
         env = svc["environment"]
         unknown = set(env) - settings_env_names()
-        assert not unknown, f"{name}: {unknown} are not settings the code reads (backend/config.py)"
+        assert not unknown, f"{name}: {unknown} are not settings the code reads (labcore/config.py)"
         assert ":?" in env["DATABASE_URL"] and ":?" in env["REDIS_URL"]  # passwords have no default
         s = settings_from({k: interpolate(v, SECRETS) for k, v in env.items()}, monkeypatch)
         assert (
@@ -165,7 +165,7 @@ def test_images_api_has_no_torch_nor_worker_worker_has_them_and_the_api_code_run
         "  if name.split('.')[0] in ('worker', 'torch', 'torchvision', 'numpy', 'sklearn', 'autoattack'):\n"
         "   raise ImportError('not in the API image: ' + name)\nsys.meta_path.insert(0, B())\n"
         "import backend.main, backend.cli\nbackend.main.create_app()\n"
-        "from backend.methods import methods_table\nassert methods_table()\n"
+        "from labcore.methods import methods_table\nassert methods_table()\n"
         "assert backend.cli.main(['users', 'list']) == 0\n"
         "assert backend.cli.main(['train', 'x.yaml']) == 2\nprint('imports ok')\n"
     )
@@ -183,7 +183,7 @@ def test_images_api_has_no_torch_nor_worker_worker_has_them_and_the_api_code_run
 
 def run_argv(words: list[str], port: int) -> list[str]:
     """A compose command as a process here: the console scripts by module, the API on a free port."""
-    head = {"gatlab": [sys.executable, "-m", "backend.cli"], "uvicorn": [sys.executable, "-m", "uvicorn"]}[
+    head = {"gatlab": [sys.executable, "-m", "labcore.cli"], "uvicorn": [sys.executable, "-m", "uvicorn"]}[
         words[0]
     ]
     return head + [w.replace("8000", str(port)) for w in words[1:]]
@@ -294,7 +294,7 @@ def test_migrate_waits_for_the_database_a_bounded_time_then_says_why(tmp_path):
         DATABASE_URL=f"postgresql+psycopg://gatlab@127.0.0.1:{free_port()}/gatlab", PYTHONPATH=str(ROOT)
     )
     r = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "db", "upgrade", "--wait", "3"],
+        [sys.executable, "-m", "labcore.cli", "db", "upgrade", "--wait", "3"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

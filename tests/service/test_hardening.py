@@ -331,10 +331,10 @@ def test_a_run_queued_but_never_sent_is_sent_by_the_sweeper(lab):
     from sqlalchemy import update
     from sqlalchemy.orm import Session
 
-    from backend import crud
-    from backend.db import make_engine
-    from backend.models import Run
-    from backend.run_config import parse_run_config
+    from labcore import crud
+    from labcore.db import make_engine
+    from labcore.models import Run
+    from labcore.run_config import parse_run_config
 
     engine = make_engine(lab.env["DATABASE_URL"])
     with Session(engine) as db:

@@ -10,8 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from backend.db import Base
-from backend.migrate import alembic_config, upgrade
+from labcore.db import Base
+from labcore.migrate import alembic_config, upgrade
 
 
 def drift(url: str) -> list:

@@ -7,10 +7,10 @@ import random
 import pytest
 from sqlalchemy.orm import Session
 
-from backend import series
-from backend.db import make_engine
-from backend.migrate import upgrade
-from backend.models import Run
+from labcore import series
+from labcore.db import make_engine
+from labcore.migrate import upgrade
+from labcore.models import Run
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

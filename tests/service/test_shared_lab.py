@@ -47,7 +47,7 @@ def test_the_queue_cap_holds_under_concurrent_submissions(shared):
     assert _queued(shared, "mallory") == 12
 
     eve = member(shared, "eve")
-    design = lambda i: {  # noqa: E731
+    design = lambda i: {
         "name": f"race-{i}",
         "scenario": "defense",
         "dataset": {"name": "digits"},
@@ -234,7 +234,7 @@ def test_a_run_whose_message_was_lost_is_sent_again(tmp_path, empty_pg_database)
         ).json()["id"]
         cli = lambda *a: subprocess.run(
             ["redis-cli", "-u", s.env["REDIS_URL"], *a], capture_output=True, text=True, check=True
-        ).stdout.strip()  # noqa: E731
+        ).stdout.strip()
         assert cli("LLEN", s.env["QUEUE"]) == "1"
         cli("DEL", s.env["QUEUE"])  # the message is gone, the run is still queued
         s.start_worker()

@@ -24,7 +24,7 @@ def gatlab_up(cwd, port: int) -> tuple[subprocess.Popen, str]:
     """`gatlab up` in a bare directory, as a user starts it; returns the process and its first line
     once the API answers."""
     up = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "labcore.cli", "up", "--port", str(port)],
         cwd=cwd,
         env=EMBEDDED_ENV,
         stdout=subprocess.PIPE,
@@ -54,7 +54,7 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
         cfg = tmp_path / "run.yaml"
         cfg.write_text(yaml.safe_dump(tiny_config(eval={"panel": "none"})))
         r = subprocess.run(
-            [sys.executable, "-m", "backend.cli", "submit", str(cfg), "--server", base],
+            [sys.executable, "-m", "labcore.cli", "submit", str(cfg), "--server", base],
             capture_output=True,
             text=True,
             env=env,
@@ -74,7 +74,7 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump(tiny_config(params={"lam": -1})))
         r = subprocess.run(
-            [sys.executable, "-m", "backend.cli", "submit", str(bad), "--server", base],
+            [sys.executable, "-m", "labcore.cli", "submit", str(bad), "--server", base],
             capture_output=True,
             text=True,
             env=env,
@@ -92,7 +92,7 @@ def test_gatlab_up_runs_a_submitted_job_on_the_embedded_default(tmp_path):
 def test_gatlab_up_never_serves_a_public_address_without_auth(tmp_path):
     env = {**os.environ, "GATLAB_AUTH": "false"}
     r = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "up", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "labcore.cli", "up", "--host", "0.0.0.0"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

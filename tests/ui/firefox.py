@@ -134,7 +134,7 @@ class Firefox:
     def close(self) -> None:
         try:
             self.cmd("session.end")
-        except Exception:  # noqa: BLE001 - closing anyway
+        except Exception:  # closing anyway
             pass
         self.ws.close()
         self.proc.kill()

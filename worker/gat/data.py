@@ -66,7 +66,7 @@ class Data:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
 
 
-# Standard L-inf and L2 radii per source: MNIST-like 0.3, colour sets 8/255 and 0.5 (DESIGN 4).
+# Standard L-inf and L2 radii per source: MNIST-like 0.3, colour sets 8/255 and 0.5 (docs/design.md section 4).
 # Digits are 8x8 with 17 grey levels, far coarser than MNIST; 0.1 is our own choice there.
 STANDARD_EPS = {
     "digits": (0.1, 0.5),
@@ -205,7 +205,7 @@ def load_npz(path: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     try:
         z = np.load(p, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+    except Exception as e:  # any unreadable file is a user error here
         raise DataError(f"dataset.path: {path} is not a readable .npz file ({e})") from e
     for key in ("x", "y"):
         if key not in arrays:

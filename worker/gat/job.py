@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -13,12 +14,19 @@ from safetensors.torch import load_file as load_safetensors_file
 from torch import nn
 
 from . import data as gdata
-from . import models, sandbox
+from . import models, sandbox, scenarios
 from .panel import run_panel
 from .recorder import Recorder
 from .train import CheckpointError, Stopped, load_model, pick_device, train
 
 log = logging.getLogger(__name__)
+
+
+class Outcome(NamedTuple):
+    """What a run leaves: its summary (as summary.json holds it) and its panel's result, if it ran one."""
+
+    summary: dict
+    panel: dict | None
 
 
 def run(
@@ -29,15 +37,12 @@ def run(
     should_stop: Callable[[], bool] = lambda: False,
     should_hand_back: Callable[[], bool] = lambda: False,
     device: torch.device | None = None,
-) -> dict:
+) -> Outcome:
     summary = train(
         config, out_dir, recorder, should_stop=should_stop, should_hand_back=should_hand_back, device=device
     )
-    if (
-        config["eval"]["panel"] != "none" and config["scenario"] != "multitask"
-    ):  # the panel attacks classifiers
-        summary["eval"] = evaluate_run(out_dir, config, recorder, device=device)
-    return summary
+    attacked = config["eval"]["panel"] != "none" and scenarios.of(config).attacked
+    return Outcome(summary, evaluate_run(out_dir, config, recorder, device=device) if attacked else None)
 
 
 def evaluate_run(

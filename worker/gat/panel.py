@@ -1,4 +1,4 @@
-"""The robustness panel (DESIGN section 4): every attack over an epsilon grid on a fixed,
+"""The robustness panel (docs/design.md section 4): every attack over an epsilon grid on a fixed,
 recorded subset of the test split, the point-wise worst case per epsilon, and the sanity checks
 that catch gradient masking, reported as pass/fail with the numbers behind them.
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from . import data as gdata
 from . import models
-from .attacks import ATTACKS, pick_target
+from .attacks import ATTACKS, budget, pick_target
 from .attacks.reference import autoattack_with_warnings, caught_warnings, fab_min_norm
 from .methods import make
 from .probe import gradient_probe
@@ -26,9 +26,16 @@ log = logging.getLogger(__name__)
 
 TOL = 0.03  # accuracy slack in the sanity checks (same examples for every attack)
 LARGE_EPS = 0.5  # L-inf radius at which any undefended or defended model must fall to ~0
-WHITE_BOX = ("fgsm", "ifgsm", "pgd", "pgd_margin", "pgd_strong", "apgd_dlr", "apgd_t", "fab")
-BLACK_BOX = ("square", "transfer")  # a standalone Square of the full budget, never AutoAttack
-REFERENCE = ("apgd_dlr", "apgd_t", "square")  # run alone from pyautoattack: their warnings are kept
+# The rows the white-box vs black-box check compares, from the registry's own metadata: every untargeted
+# L-inf attack that reads gradients, with the panel's own white-box rows (PGD with more steps and
+# restarts; FAB's minimum norm); every black-box one (a standalone Square of the full budget, never
+# AutoAttack's), with PGD transferred from a surrogate.
+WHITE_BOX = (
+    *(n for n, a in ATTACKS.items() if a.box == "white" and a.norm == "linf" and "target" not in a.knobs),
+    "pgd_strong",
+    "fab",
+)
+BLACK_BOX = (*(n for n, a in ATTACKS.items() if a.box == "black"), "transfer")
 
 
 @dataclass(frozen=True)
@@ -87,15 +94,15 @@ def _attack(
 ) -> torch.Tensor:
     """Run a registered attack in batches (a targeted one's targets batched with x and y); returns
     adversarial images checked against the ball."""
-    norm, fn = ATTACKS[name]
-    each = lambda i: {} if target is None else {"target": target[i : i + bs]}  # noqa: E731
+    attack = ATTACKS[name]
+    each = lambda i: {} if target is None else {"target": target[i : i + bs]}
     out = torch.cat(
         [
-            fn(model, x[i : i + bs], y[i : i + bs], eps=eps, seed=seed, **kw, **each(i))
+            attack.fn(model, x[i : i + bs], y[i : i + bs], eps=eps, seed=seed, **kw, **each(i))
             for i in range(0, len(x), bs)
         ]
     )
-    check_ball(out, x, eps, norm)
+    check_ball(out, x, eps, attack.norm)
     return out
 
 
@@ -221,7 +228,7 @@ class _Panel:
         pyautoattack attack kept with AutoAttack's own)."""
         with caught_warnings() as warned:
             adv = _attack(attack, self.model, self.x, self.y, seed=self.seed + seed_offset, **kw)
-        if attack in REFERENCE:
+        if ATTACKS[attack].reference:
             self.aa_warnings += [f"eps {kw['eps']:g}, {attack}: {w}" for w in _collapse(warned)]
         return _correct(self.model, adv, self.y)
 
@@ -246,7 +253,11 @@ class _Panel:
         for name, (knobs, shown) in plain.items():
             attack = "pgd" if name == "pgd_strong" else name
             off = 1 if name == "pgd_strong" else 0
-            mask = self.clean if e == 0 else self.correct(attack, eps=e, seed_offset=off, **knobs)
+            mask = (
+                self.clean
+                if e == 0
+                else self.correct(attack, eps=e, seed_offset=off, **budget(attack, **knobs))
+            )
             self.add(name, e, mask, **shown)
         for kind in ("random", "least_likely"):
             self.targeted(kind, e)
@@ -255,7 +266,7 @@ class _Panel:
         if full:
             steps = {"steps": spec.apgd_steps, "restarts": 1}
             self.add("apgd_dlr", e, self.correct("apgd_dlr", eps=e, **steps), **steps)
-            self.add("apgd_t", e, self.correct("apgd_t", eps=e, **steps), **steps)
+            self.add("apgd_t", e, self.correct("apgd_t", eps=e, **budget("apgd_t", **steps)), **steps)
             self.autoattack(e)
 
     def targeted(self, kind: str, e: float) -> None:
@@ -315,7 +326,7 @@ class _Panel:
     def per_example(self, std: float, std_l2: float) -> dict:
         """Which examples each attack at the standard radii left correct ('1' at position i: example
         i of the panel's subset): what a study's paired tests and intervals over examples read."""
-        bits = lambda m: "".join("1" if v else "0" for v in m.tolist())  # noqa: E731
+        bits = lambda m: "".join("1" if v else "0" for v in m.tolist())
         at_std = {a: bits(m) for (a, e), m in self.masks.items() if e == std and a != "pgd_l2"}
         at_std.update({a: bits(m) for (a, e), m in self.masks.items() if a == "pgd_l2" and e == std_l2})
         return {"eps": std, "eps_l2": std_l2, "correct": {"clean": bits(self.clean), **at_std,

@@ -15,7 +15,7 @@ from sklearn.neural_network import MLPClassifier
 from torch import nn
 
 from . import data as gdata
-from .methods.multitask import task_loss
+from .losses import task_loss
 from .stats import input_grad, wilson
 
 MAX_TRAIN = 5000

@@ -13,7 +13,7 @@ tensors as safetensors, the model file), and a child process evaluates it there:
 - killed at once when the run is cancelled (the worker's heartbeat reads the cancel flag).
 
 The child hands back only JSON (the panel's result and its image gallery), read by the worker with
-size limits; nothing of it is unpickled. `python -m worker.gat.sandbox JOB_DIR` is the child.
+size limits; nothing of it is unpickled. `python -m worker.gat.sandboxed JOB_DIR` is the child.
 """
 
 from __future__ import annotations
@@ -104,9 +104,12 @@ def _binds(job_dir: Path, device: str) -> list[str]:
         if Path(f).exists():
             args += ["--ro-bind", f, f]
     mounted = [Path("/usr")]
+    import labcore.run_config
     import worker
 
-    code = [Path(worker.__file__).parent]  # the core needs nothing of backend/
+    # The lab's own code the core runs: worker/, and the run config's schema it reads (labcore/,
+    # torch-free; settings and secrets come from the environment, which the child does not get).
+    code = [Path(worker.__file__).parent, Path(labcore.run_config.__file__).parent]
     for p in (Path(sys.base_prefix), Path(sys.prefix), *code):
         p = p.resolve()
         if not any(p.is_relative_to(m) for m in mounted):
@@ -131,7 +134,7 @@ def _env(code_parent: Path) -> dict[str, str]:
 def command(job_dir: Path, device: str, *, isolate: bool) -> list[str]:
     import worker
 
-    child = [sys.executable, "-m", "worker.gat.sandbox", "/job" if isolate else str(job_dir)]
+    child = [sys.executable, "-m", "worker.gat.sandboxed", "/job" if isolate else str(job_dir)]
     if not isolate:
         return child
     base = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -250,35 +253,3 @@ def _kill(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def main(job_dir: str) -> int:
-    """The child: the panel on /job's model and data; its answer in /job/out/answer.json."""
-    from . import job
-    from .recorder import Recorder
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    root = Path(job_dir)
-    out = root / "out"
-    try:
-        spec = json.loads((root / "job.json").read_text())
-        d = read_data(root, spec["data"])
-        device = torch.device(spec["device"])
-        model = job.load_external(root / spec["model"], d, device, spec["config"].get("model"))
-
-        class Keep(Recorder):
-            def evaluation(self, result: dict) -> None:
-                self.result = result
-
-        keep = Keep()
-        job.evaluate(model, spec["config"], keep, device=device, out_dir=out, data=d)
-        answer = {"result": keep.result}
-    except Exception as e:  # noqa: BLE001 - every failure goes back to the worker as a message
-        log.exception("evaluation failed")
-        answer = {"error": f"{e.__class__.__name__}: {str(e)[:2000]}"}
-    (out / "answer.json").write_text(json.dumps(answer, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))

@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import data as gdata
-from . import models, probe, stats
+from . import models, scenarios, stats
 from .attacks.pgd import pgd
 from .methods import Method
 from .methods import make as make_method
-from .methods.multitask import task_loss
 from .recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -73,18 +71,7 @@ def setup(config: dict, device: torch.device | None = None) -> Setup:
     """Data and a freshly initialised model for a run config."""
     seed_all(config["train"]["seed"])
     data = gdata.load(config["dataset"])
-    if config["scenario"] == "multitask":
-        model = models.build_multitask(
-            config["model"], input_shape=data.input_shape, tasks=data.tasks, mean=data.mean, std=data.std
-        )
-    else:
-        model = models.build(
-            config["model"],
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            mean=data.mean,
-            std=data.std,
-        )
+    model = scenarios.of(config).build(config["model"], data)
     device = device or pick_device(config["train"].get("device", "auto"))
     return Setup(config, data, model.to(device), device)
 
@@ -132,41 +119,6 @@ def train_step(
 def aux_optimizer(method: Method) -> torch.optim.Optimizer | None:
     params = [q for m in method.aux.values() for q in m.parameters()]
     return torch.optim.Adam(params, lr=method.aux_lr) if params else None
-
-
-@torch.no_grad()
-def evaluate_tasks(model: nn.Module, data: gdata.Data, split: gdata.Split, device: torch.device) -> dict:
-    """Per-task accuracy (classification) or mean squared error (regression), in eval mode."""
-    was = model.training
-    model.eval()
-    sums = {t: 0.0 for t in data.tasks}
-    for idx, x, _ in gdata.batches(split, 512, shuffle=False):
-        outs, targets = model(x.to(device)), data.targets(split, idx)
-        for t, spec in data.tasks.items():
-            o, y = outs[t].cpu(), targets[t]
-            sums[t] += (
-                (o.argmax(1) == y).sum().item()
-                if spec["kind"] == "cls"
-                else (o.squeeze(1) - y).pow(2).sum().item()
-            )
-    model.train(was)
-    n = max(1, len(split))
-    return {f"{t}/{'acc' if spec['kind'] == 'cls' else 'mse'}": sums[t] / n for t, spec in data.tasks.items()}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: gdata.Split, device: torch.device, batch_size: int = 512) -> dict:
-    """Clean loss and accuracy on a split, in eval mode."""
-    was = model.training
-    model.eval()
-    loss, correct = 0.0, 0
-    for _, x, y in gdata.batches(split, batch_size, shuffle=False):
-        logits = model(x.to(device))
-        loss += F.cross_entropy(logits, y.to(device), reduction="sum").item()
-        correct += (logits.argmax(1).cpu() == y).sum().item()
-    model.train(was)
-    n = max(1, len(split))
-    return {"loss": loss / n, "acc": correct / n}
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -220,14 +172,12 @@ class Loop:
         return (time.monotonic() - self.t0) / max(1, self.step - self.first_step)
 
     @property
-    def multitask(self) -> bool:
-        return self.s.config["scenario"] == "multitask"
+    def scenario(self) -> scenarios.Scenario:
+        return scenarios.of(self.s.config)
 
     def evaluate(self, split: gdata.Split) -> dict:
         """Accuracy and loss (per task for multi-task models), in eval mode."""
-        if self.multitask:
-            return evaluate_tasks(self.s.model, self.s.data, split, self.s.device)
-        return evaluate(self.s.model, split, self.s.device)
+        return self.scenario.evaluate(self.s.model, self.s.data, split, self.s.device)
 
     def checkpoint(self, epoch: int, *, batch: int = 0, aug_gen: torch.Generator | None = None) -> None:
         self.recorder.flush()  # first: a checkpoint at step S promises every point up to S is stored
@@ -279,7 +229,7 @@ def prepare(
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     s, t = setup(config, device), config["train"]
     teacher = None
-    if config["scenario"] == "distill":
+    if scenarios.of(config).needs_teacher:
         teacher = prepare_teacher(
             config,
             out_dir,
@@ -307,12 +257,10 @@ def prepare(
 def _method(config: dict, s: Setup, teacher: nn.Module | None) -> Method:
     """The run's method on its model: the config's knobs, the dataset's standard eps if unset, and
     the teacher (distillation) or the tasks (multi-task learning)."""
-    p = {k: v for k, v in config.get("params", {}).items() if k not in TEACHER_KNOBS}
+    p = dict(config.get("params", {}))  # the teacher's knobs are the trainer's: `make` leaves them out
     if p.get("eps") is None:  # every factory takes eps; unset means the dataset's standard radius
         p["eps"] = standard_eps(config)[0]
-    extra = {"teacher": teacher} if teacher is not None else {}
-    if config["scenario"] == "multitask":
-        extra["tasks"] = s.data.tasks
+    extra = scenarios.of(config).method_context(s.data, teacher)
     method = make_method(
         config["scenario"], config["method"], s.model, num_classes=s.data.num_classes,
         input_shape=s.data.input_shape, **p, **extra,
@@ -347,11 +295,7 @@ def train_one_epoch(
                 f"checkpointed at step {loop.step} (epoch {epoch + 1}, batch {b}) and handed back"
             )
         x = (gdata.augment(x, aug_gen) if t.get("augment") else x).to(s.device)
-        y = (
-            {k: v.to(s.device) for k, v in s.data.targets(s.data.train, idx).items()}
-            if loop.multitask
-            else y.to(s.device)
-        )
+        y = loop.scenario.targets(s.data, idx, y, s.device)
         _, metrics = train_step(loop.method, loop.opt, loop.aux_opt, x, y, loop.step / loop.total, loop.step)
         loop.sched.step()
         loop.step += 1
@@ -368,12 +312,17 @@ def _record_step(loop: Loop, x, y, metrics: dict) -> None:
             {**{f"train/{k}": float(v) for k, v in metrics.items()}, "train/lr": loop.sched.get_last_lr()[0]},
         )
     if step % t["stats_every"] == 0 or step == 1:
-        if loop.multitask:
-            _record_task_stats(loop.s, x, y, step, loop.recorder)
-        else:
-            _record_stats(
-                loop.s, x, y, step, loop.s.config["params"].get("grad_norm", "l2"), loop.edges, loop.recorder
-            )
+        grad_norm = loop.s.config["params"].get("grad_norm", "l2")
+        loop.scenario.record_stats(
+            loop.s.model,
+            loop.s.data,
+            x,
+            y,
+            step=step,
+            grad_norm=grad_norm,
+            edges=loop.edges,
+            recorder=loop.recorder,
+        )
 
 
 def robust_accuracy(
@@ -399,7 +348,7 @@ def validate(loop: Loop) -> dict:
     accuracy under PGD when `train.val_pgd_steps` asks. Deterministic: the same model, the same figures."""
     val = loop.evaluate(loop.s.data.val) if len(loop.s.data.val) else {}
     steps = loop.s.config["train"].get("val_pgd_steps", 0)
-    if val and steps and not loop.multitask:
+    if val and steps and loop.scenario.attacked:
         eps = standard_eps(loop.s.config)[0]
         val["pgd"] = robust_accuracy(loop.s.model, loop.s.data.val, loop.s.device, eps=eps, steps=steps)
     return val
@@ -429,7 +378,7 @@ def finish(loop: Loop) -> dict:
     if loop.teacher is not None:
         test["agreement"] = agreement(s.model, loop.teacher, s.data.test, s.device)
         with torch.no_grad():
-            test["teacher_acc"] = evaluate(loop.teacher, s.data.test, s.device)["acc"]
+            test["teacher_acc"] = scenarios.evaluate(loop.teacher, s.data.test, s.device)["acc"]
     val = validate(loop)  # the final model's, as the last epoch logged it (a tuning study reads these)
     game = game_probe(loop)
     if game:
@@ -442,7 +391,7 @@ def finish(loop: Loop) -> dict:
         "input_shape": list(s.data.input_shape),
         "mean": s.data.mean,
         "std": s.data.std,
-        "tasks": s.data.tasks if loop.multitask else None,
+        "tasks": loop.scenario.tasks(s.data),
     }
     loop.recorder.flush()  # first: a lab worker that lost its run to another attempt stops here, writing nothing
     _save_atomic(final, loop.out_dir / FINAL)
@@ -467,26 +416,15 @@ def finish(loop: Loop) -> dict:
     return summary
 
 
-def game_probe(loop: Loop) -> dict | None:
-    """GAT's game scored after training by a fresh classifier (DESIGN 3), for every run of the
-    scenario so baselines give the reference: task id from per-task gradients (multi-task), teacher
-    vs student from input gradients (distillation), the class from input gradients (defense: the
-    origin GREAT hides; the panel, when one runs, measures the same probe again with its own seed)."""
-    s, seed = loop.s, loop.s.config["train"]["seed"]
-    played = "great" in s.config["method"]  # GAT methods play; the others are the reference
-    if loop.multitask:
-        out = probe.task_probe(s.model, s.data, device=s.device, seed=seed)
-        return {**out, "of": "task id from per-task gradients at the shared features", "played": played}
-    if loop.teacher is not None:
-        out = probe.teacher_student_probe(s.model, loop.teacher, s.data, device=s.device, seed=seed)
-        return {**out, "of": "teacher vs student from input gradients", "played": played}
-    if s.config["scenario"] == "defense":
-        out = probe.gradient_probe(s.model, s.data, device=s.device, seed=seed)
-        return {**out, "of": "the class from input gradients", "played": played}
-    return None
-
-
-TEACHER_KNOBS = ("teacher_dir", "teacher_run", "teacher_arch", "teacher_width", "teacher_epochs")
+def game_probe(loop: Loop) -> dict:
+    """GAT's game scored after training by a fresh classifier (docs/design.md, the game), for every
+    run of the scenario so baselines give the reference: task id from per-task gradients (multi-task),
+    teacher vs student from input gradients (distillation), the class from input gradients (defense:
+    the origin GREAT hides; the panel, when one runs, measures the same probe again with its own seed).
+    `played`: the method trained an auxiliary network against the model through the reversal layer."""
+    s, sc = loop.s, loop.scenario
+    out = sc.probe(s.model, loop.teacher, s.data, device=s.device, seed=s.config["train"]["seed"])
+    return {**out, "of": sc.probe_reads, "played": loop.method.plays}
 
 
 class TeacherError(ValueError):
@@ -550,37 +488,6 @@ def agreement(student: nn.Module, teacher: nn.Module, split: gdata.Split, device
         for _, x, _ in gdata.batches(split, 512, shuffle=False)
     )
     return same / max(1, len(split))
-
-
-def _record_stats(s: Setup, x, y, step: int, grad_norm: str, edges: torch.Tensor, recorder: Recorder) -> None:
-    """Statistics of the clean input gradient, taken in eval mode so BN statistics stay untouched."""
-    row = stats.layer_grad_norms(s.model)
-    s.model.eval()
-    g = stats.input_grad(s.model, x, y)
-    s.model.train()
-    row.update(stats.class_stats(g, y, s.data.num_classes))
-    recorder.log(step, row)
-    recorder.histogram(step, "input_grad", edges.tolist(), stats.histogram(g, grad_norm, edges))
-
-
-def _record_task_stats(s: Setup, x, targets: dict, step: int, recorder: Recorder) -> None:
-    """Per-task gradient norms at the shared features and their pairwise cosine similarity."""
-    row = stats.layer_grad_norms(s.model)
-    s.model.eval()
-    f = s.model.encoder(x)
-    grads = {
-        t: torch.autograd.grad(task_loss(h(f), targets[t], s.data.tasks[t]), f, retain_graph=True)[
-            0
-        ].flatten()
-        for t, h in s.model.heads.items()
-    }
-    s.model.train()
-    names = list(grads)
-    for i, a in enumerate(names):
-        row[f"task_grad_norm/{a}"] = grads[a].norm().item()
-        for b in names[i + 1 :]:
-            row[f"task_cos/{a}~{b}"] = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0).item()
-    recorder.log(step, row)
 
 
 class CheckpointError(ValueError):

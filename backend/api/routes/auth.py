@@ -12,10 +12,10 @@ from fastapi import Path as FPath
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from backend import auth
 from backend.api.deps import BEARER, CurrentUser, MaybeUser, SessionDep
-from backend.config import get_settings
-from backend.models import ApiToken, User
+from labcore import auth
+from labcore.config import get_settings
+from labcore.models import ApiToken, User
 
 router = APIRouter(prefix="/api", tags=["auth"])
 

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
 from backend.api.deps import require_user
-from backend.config import get_settings
-from backend.db import engine
-from backend.methods import methods_table
-from backend.run_config import run_config_schema
+from labcore.config import get_settings
+from labcore.db import engine
+from labcore.methods import methods_table
+from labcore.run_config import run_config_schema
 
 router = APIRouter(prefix="/api", tags=["meta"])
 

@@ -26,14 +26,14 @@ def _classes(model, x) -> int:
         return model(x[:1]).shape[1]
 
 
-def apgd_ce(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
+def apgd_ce(model, x, y, *, eps, seed=0, steps=100, restarts=1):
     a = APGDAttack(
         model, n_iter=steps, n_restarts=restarts, norm="Linf", eps=eps, seed=seed, loss="ce", device=x.device
     )
     return a.perturb(x, y).detach()
 
 
-def apgd_dlr(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
+def apgd_dlr(model, x, y, *, eps, seed=0, steps=100, restarts=1):
     """APGD on the difference-of-logits-ratio loss: scale-invariant, so saturated logits don't hide."""
     a = APGDAttack(
         model, n_iter=steps, n_restarts=restarts, norm="Linf", eps=eps, seed=seed, loss="dlr", device=x.device
@@ -41,7 +41,7 @@ def apgd_dlr(model, x, y, *, eps, seed=0, steps=100, restarts=1, **_):
     return a.perturb(x, y).detach()
 
 
-def apgd_t(model, x, y, *, eps, seed=0, steps=100, **_):
+def apgd_t(model, x, y, *, eps, seed=0, steps=100):
     """Targeted APGD-DLR over the top K - 1 (at most 9) other classes, as in AutoAttack."""
     a = APGDAttack_targeted(
         model,
@@ -55,7 +55,7 @@ def apgd_t(model, x, y, *, eps, seed=0, steps=100, **_):
     return a.perturb(x, y).detach()
 
 
-def fab_min_norm(model, x, y, *, seed=0, steps=100, **_) -> torch.Tensor:
+def fab_min_norm(model, x, y, *, seed=0, steps=100) -> torch.Tensor:
     """Per-example smallest L-inf perturbation that FAB finds to change the prediction
     (0 if already misclassified, inf if none was found)."""
     a = FABAttack_PT(model, norm="Linf", n_restarts=1, n_iter=steps, eps=1.0, seed=seed, device=x.device)
@@ -66,7 +66,7 @@ def fab_min_norm(model, x, y, *, seed=0, steps=100, **_) -> torch.Tensor:
     return torch.where(fooled, size, torch.full_like(size, float("inf")))
 
 
-def square(model, x, y, *, eps, seed=0, queries=5000, **_):
+def square(model, x, y, *, eps, seed=0, queries=5000):
     """Square (Andriushchenko et al. 2020) with its schedule of square sizes rescaled to the query
     budget, as its authors advise for budgets other than 10,000 (AutoAttack's own Square keeps the
     unrescaled schedule for its 5,000 queries; on 1,000 queries that left squares too large for
@@ -124,7 +124,3 @@ def autoattack_with_warnings(model, x, y, *, eps, seed=0) -> tuple[torch.Tensor,
     with caught_warnings() as caught:
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
     return x_adv.detach(), caught
-
-
-def autoattack(model, x, y, *, eps, seed=0, **_):
-    return autoattack_with_warnings(model, x, y, eps=eps, seed=seed)[0]

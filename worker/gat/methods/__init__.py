@@ -1,7 +1,11 @@
 """Registry of training methods. A method factory takes the model and the data's shape and
 returns a `Method`: a step that maps a batch to (loss, metrics), plus any auxiliary modules.
-All factories share one signature: `make(model, *, num_classes, input_shape, eps, **knobs)`;
+All factories share one signature: `factory(model, *, num_classes, input_shape, eps, **knobs)`;
 distillation factories also take the frozen `teacher`, multi-task ones the dataset's `tasks`.
+
+A method's knobs are declared once, in the run config's schema (labcore.run_config.PARAMS: type,
+default, bounds, description); the factories take them without defaults, and `make` fills in the
+declared defaults and refuses a knob the method does not declare.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import ValidationError
 from torch import nn
+
+from labcore.run_config import PARAMS, TRAINER_KNOBS, format_errors
 
 # step(x, y, progress, step) -> (loss, metrics); metrics may hold 0-d tensors.
 StepFn = Callable[[torch.Tensor, torch.Tensor, float, int], tuple[torch.Tensor, dict]]
@@ -23,6 +30,9 @@ class Method:
     aux_lr: float = 1e-3
     manual_backward: bool = False  # the step already filled .grad (PCGrad)
     post_step: Callable[[], None] | None = None  # after the optimiser steps (GradNorm's renormalisation)
+    plays: bool = (
+        False  # GAT's game: an auxiliary network trained against the model through the reversal layer
+    )
 
 
 def registry() -> dict[tuple[str, str], Callable[..., Method]]:
@@ -51,10 +61,19 @@ def registry() -> dict[tuple[str, str], Callable[..., Method]]:
     }
 
 
-def make(scenario: str, method: str, model: nn.Module, **kwargs) -> Method:
+def make(
+    scenario: str, method: str, model: nn.Module, *, num_classes: int, input_shape: tuple, eps=None, **given
+) -> Method:
+    """The method `scenario:method` on `model`, with the knobs `given` (the declared defaults for the
+    rest); the frozen `teacher` or the `tasks` go through as they are."""
     try:
         factory = registry()[(scenario, method)]
     except KeyError:
         allowed = ", ".join(f"{s}:{m}" for s, m in registry())
         raise ValueError(f"method: unknown {scenario}:{method} (allowed: {allowed})") from None
-    return factory(model, **kwargs)
+    context = {k: given.pop(k) for k in ("teacher", "tasks") if k in given}
+    try:
+        knobs = PARAMS[(scenario, method)].model_validate(given).model_dump(exclude={*TRAINER_KNOBS, "eps"})
+    except ValidationError as e:
+        raise ValueError(f"params of {scenario}:{method}: " + "; ".join(format_errors(e))) from None
+    return factory(model, num_classes=num_classes, input_shape=input_shape, eps=eps, **knobs, **context)

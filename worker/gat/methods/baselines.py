@@ -46,7 +46,7 @@ def erm(model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | 
 
 
 def fgsm_at(
-    model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None, alpha: float = 1.25
+    model: nn.Module, *, num_classes: int, input_shape: tuple, eps: float | None = None, alpha: float
 ) -> Method:
     def step(x, y, progress, i):
         with crafting(model):
@@ -63,8 +63,8 @@ def pgd_at(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    steps: int = 10,
-    step_mult: float = 2.5,
+    steps: int,
+    step_mult: float,
 ) -> Method:
     def step(x, y, progress, i):
         with crafting(model):
@@ -81,9 +81,9 @@ def trades(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    beta: float = 10.0,
-    steps: int = 10,
-    step_mult: float = 2.5,
+    beta: float,
+    steps: int,
+    step_mult: float,
 ) -> Method:
     def step(x, y, progress, i):
         with crafting(model):
@@ -110,8 +110,8 @@ def igr(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    weight: float = 0.1,
-    grad_mode: str = "eval",
+    weight: float,
+    grad_mode: str,
 ) -> Method:
     """The penalised gradient is, like GREAT's, taken in eval mode by default (the attacker's)."""
 

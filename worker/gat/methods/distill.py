@@ -1,4 +1,4 @@
-"""Knowledge distillation methods (DESIGN section 3.2), one registry signature with a fixed
+"""Knowledge distillation methods (docs/design.md section 3), one registry signature with a fixed
 `teacher` (frozen, eval mode): `student` (cross entropy), `soft_targets` (Hinton, Vinyals & Dean
 2015), `jacobian_matching` (Srinivas & Fleuret 2018: L2 between the normalised input Jacobians of
 the true class's output activation, student against teacher),
@@ -74,8 +74,8 @@ def soft_targets(
     input_shape: tuple,
     teacher: nn.Module,
     eps: float | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
+    temperature: float,
+    alpha: float,
 ) -> Method:
     _freeze(teacher)
 
@@ -100,11 +100,11 @@ def jacobian_matching(
     input_shape: tuple,
     teacher: nn.Module,
     eps: float | None = None,
-    beta: float = 1.0,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    grad_mode: str = "eval",
-    match: str = "logit",
+    beta: float,
+    temperature: float,
+    alpha: float,
+    grad_mode: str,
+    match: str,
 ) -> Method:
     """Srinivas & Fleuret's objective: soft targets ((1 - alpha) CE + alpha tau^2 KL, as
     `soft_targets`) plus beta times the squared distance of the normalised input Jacobians; alpha = 0
@@ -187,7 +187,7 @@ def _great(
             metrics["kd"] = kd.detach()
         return task + d_loss, metrics
 
-    return Method(step=step, aux={"aux": disc}, aux_lr=aux_lr)
+    return Method(step=step, aux={"aux": disc}, aux_lr=aux_lr, plays=True)
 
 
 def great(
@@ -197,16 +197,16 @@ def great(
     input_shape: tuple,
     teacher: nn.Module,
     eps: float | None = None,
-    lam: float = 0.3,
-    lam_schedule: str = "constant",
-    warmup: float = 0.1,
-    adv_every: int = 1,
-    grad_norm: str = "l2",
-    aux_arch: str = "auto",
-    aux_width: int = 64,
-    aux_lr: float = 1e-3,
-    grad_wrt: str = "input",
-    grad_mode: str = "eval",
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    grad_wrt: str,
+    grad_mode: str,
 ) -> Method:
     return _great(
         model,
@@ -236,18 +236,18 @@ def great_soft_targets(
     input_shape: tuple,
     teacher: nn.Module,
     eps: float | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    lam: float = 0.1,
-    lam_schedule: str = "constant",
-    warmup: float = 0.1,
-    adv_every: int = 1,
-    grad_norm: str = "l2",
-    aux_arch: str = "auto",
-    aux_width: int = 32,
-    aux_lr: float = 1e-3,
-    grad_wrt: str = "input",
-    grad_mode: str = "eval",
+    temperature: float,
+    alpha: float,
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    grad_wrt: str,
+    grad_mode: str,
 ) -> Method:
     return _great(
         model,

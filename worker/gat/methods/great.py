@@ -1,5 +1,5 @@
 """GREAT and GREACE for adversarial defense (Sinha et al., "Gradient Adversarial Training of
-Neural Networks", 2018; DESIGN section 3.1).
+Neural Networks", 2018; docs/design.md section 3).
 
 The auxiliary network A classifies the per-example input gradient g = dJ/dx by the class of its
 example. GREAT trains f through a gradient reversal layer so that g stops revealing the class;
@@ -71,7 +71,7 @@ def _make(
         }
         return task + aux_loss, metrics
 
-    return Method(step=step, aux={"aux": aux}, aux_lr=aux_lr)
+    return Method(step=step, aux={"aux": aux}, aux_lr=aux_lr, plays=adversarial)
 
 
 def great(
@@ -80,16 +80,16 @@ def great(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    lam: float = 0.03,
-    lam_schedule: str = "constant",
-    warmup: float = 0.1,
-    adv_every: int = 1,
-    grad_norm: str = "l2",
-    aux_arch: str = "auto",
-    aux_width: int = 16,
-    aux_lr: float = 3e-3,
-    grad_mode: str = "eval",
-    grad_of: str = "label",
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    grad_mode: str,
+    grad_of: str,
 ) -> Method:
     """GREAT: cross entropy + A's loss through the reversal layer. lambda, A's width and A's learning
     rate come from `bench/tune.py` (docs/results/tune-digits.md); great+greace inherits them."""
@@ -118,13 +118,13 @@ def greace(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    beta: float = 1.0,
-    grad_norm: str = "l2",
-    aux_arch: str = "auto",
-    aux_width: int = 32,
-    aux_lr: float = 1e-3,
-    grad_mode: str = "eval",
-    grad_of: str = "label",
+    beta: float,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    grad_mode: str,
+    grad_of: str,
 ) -> Method:
     """GREACE alone: A learns on detached gradients; f trains on the GREACE loss only."""
     return _make(
@@ -152,17 +152,17 @@ def great_greace(
     num_classes: int,
     input_shape: tuple,
     eps: float | None = None,
-    beta: float = 1.0,
-    lam: float = 0.03,
-    lam_schedule: str = "constant",
-    warmup: float = 0.1,
-    adv_every: int = 1,
-    grad_norm: str = "l2",
-    aux_arch: str = "auto",
-    aux_width: int = 16,
-    aux_lr: float = 3e-3,
-    grad_mode: str = "eval",
-    grad_of: str = "label",
+    beta: float,
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    grad_mode: str,
+    grad_of: str,
 ) -> Method:
     """GREAT and GREACE together."""
     return _make(

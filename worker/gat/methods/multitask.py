@@ -1,4 +1,4 @@
-"""Multi-task learning methods (DESIGN section 3.3), one registry signature with the dataset's
+"""Multi-task learning methods (docs/design.md section 3), one registry signature with the dataset's
 `tasks` ({name: {"kind": "cls", "classes": K} | {"kind": "reg"}}) and a `MultiTaskNet`:
 `single_task`, `equal` (fixed weights), `uncertainty` (Kendall, Gal & Cipolla 2018), `gradnorm`
 (Chen et al. 2018), `pcgrad` (Yu et al. 2020) and GREAT's gradient alignment layers (Sinha et al.
@@ -18,13 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adversary import aux_net, grad_reverse, lam_at, normalize_grad
+from ..losses import task_loss
 from . import Method
-
-
-def task_loss(out: torch.Tensor, target: torch.Tensor, spec: dict) -> torch.Tensor:
-    if spec["kind"] == "cls":
-        return F.cross_entropy(out, target)
-    return F.mse_loss(out.squeeze(1), target.float())
 
 
 def _losses(outs: dict, targets: dict, tasks: dict) -> dict[str, torch.Tensor]:
@@ -52,7 +47,7 @@ def single_task(
     input_shape: tuple,
     tasks: dict,
     eps: float | None = None,
-    task: str = "",
+    task: str,
 ) -> Method:
     """One task only (the dataset's first if unset): the reference for delta-m%."""
     task = task or next(iter(tasks))
@@ -72,7 +67,7 @@ def equal(
     input_shape: tuple,
     tasks: dict,
     eps: float | None = None,
-    weights: dict[str, float] | None = None,
+    weights: dict[str, float] | None,
 ) -> Method:
     """Fixed weights (1 for every task unless given)."""
     _check(tasks, weights or {})
@@ -98,7 +93,7 @@ def uncertainty(
     input_shape: tuple,
     tasks: dict,
     eps: float | None = None,
-    weight_lr: float = 0.01,
+    weight_lr: float,
 ) -> Method:
     """L = sum_t exp(-s_t) c_t L_t + s_t / 2 with s_t = log sigma_t^2 learned (c_t = 1/2 for regression)."""
     s = _Vector(torch.zeros(len(tasks)))
@@ -122,8 +117,8 @@ def gradnorm(
     input_shape: tuple,
     tasks: dict,
     eps: float | None = None,
-    alpha: float = 1.5,
-    weight_lr: float = 0.025,
+    alpha: float,
+    weight_lr: float,
 ) -> Method:
     """Weights w_t move so that the gradient norms |d(w_t L_t)/dF| approach mean * (relative rate)^alpha."""
     w = _Vector(torch.ones(len(tasks)))
@@ -249,15 +244,15 @@ def great(
     input_shape: tuple,
     tasks: dict,
     eps: float | None = None,
-    lam: float = 0.1,
-    lam_schedule: str = "constant",
-    warmup: float = 0.1,
-    adv_every: int = 1,
-    grad_norm: str = "l2",
-    aux_arch: str = "auto",
-    aux_width: int = 32,
-    aux_lr: float = 1e-3,
-    second_order: bool = True,
+    lam: float,
+    lam_schedule: str,
+    warmup: float,
+    adv_every: int,
+    grad_norm: str,
+    aux_arch: str,
+    aux_width: int,
+    aux_lr: float,
+    second_order: bool,
 ) -> Method:
     """GALs against a task-id classifier of the scaled per-task gradients at the shared features.
     second_order: A's reversed loss also reaches the heads and encoder (as in ASTMT); off, only the
@@ -290,4 +285,4 @@ def great(
         }
         return sum(losses.values()) + aux_loss, metrics
 
-    return Method(step=step, aux={"aux": disc, "gal": scales}, aux_lr=aux_lr)
+    return Method(step=step, aux={"aux": disc, "gal": scales}, aux_lr=aux_lr, plays=True)

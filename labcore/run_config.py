@@ -291,7 +291,7 @@ DEFENSE_PARAMS: dict[str, type[BaseModel]] = {
     "igr": IgrParams,
 }
 
-# ---- distillation (DESIGN 3.2) -----------------------------------------------------------
+# ---- distillation (docs/design.md section 3) -----------------------------------------------------
 
 ArchName = Literal["mlp", "cnn", "resnet20", "resnet32", "resnet56", "resnet18"]
 
@@ -375,7 +375,7 @@ DISTILL_PARAMS: dict[str, type[BaseModel]] = {
     "great+soft_targets": DistillGreatSoftParams,
 }
 
-# ---- multi-task learning (DESIGN 3.3) -----------------------------------------------------
+# ---- multi-task learning (docs/design.md section 3) ----------------------------------------------
 
 
 class SingleTaskParams(_Strict):

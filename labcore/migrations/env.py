@@ -1,10 +1,10 @@
-"""Alembic environment: the URL comes from Settings (DATABASE_URL), the metadata from backend.models."""
+"""Alembic environment: the URL comes from Settings (DATABASE_URL), the metadata from labcore.models."""
 
 from alembic import context
 
-from backend import models  # noqa: F401  (registers the tables)
-from backend.config import get_settings
-from backend.db import Base, make_engine
+from labcore import models  # noqa: F401  (registers the tables)
+from labcore.config import get_settings
+from labcore.db import Base, make_engine
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().db_url

@@ -26,7 +26,7 @@ def now() -> datetime:
 
 
 class Experiment(Base):
-    """A group of runs; a study when it has a declared design (backend.study)."""
+    """A group of runs; a study when it has a declared design (labcore.study)."""
 
     __tablename__ = "experiments"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -216,7 +216,7 @@ class Artifact(Base):
 class Upload(Base):
     """A model file a user uploaded (POST /api/models): the file is kept once per content, named by
     its SHA-256 (`name`), and counted against each uploader's quota; one no run references is removed
-    after GATLAB_UPLOAD_KEEP_S (backend.uploads.prune)."""
+    after GATLAB_UPLOAD_KEEP_S (labcore.uploads.prune)."""
 
     __tablename__ = "uploads"
     __table_args__ = (UniqueConstraint("name", "owner_id"),)

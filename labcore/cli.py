@@ -10,6 +10,7 @@ Training (worker/cli.py, the `worker` install): gatlab train | eval | export | w
 from __future__ import annotations
 
 import argparse
+import importlib
 import ipaddress
 import json
 import logging
@@ -27,13 +28,13 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from backend import auth
-from backend.config import get_settings
-from backend.db import session_scope
-from backend.methods import methods_table
-from backend.migrate import upgrade
-from backend.models import ApiToken, User
-from backend.queue import worker_alive
+from labcore import auth
+from labcore.config import get_settings
+from labcore.db import session_scope
+from labcore.methods import methods_table
+from labcore.migrate import upgrade
+from labcore.models import ApiToken, User
+from labcore.queue import worker_alive
 
 log = logging.getLogger("gatlab")
 # The training tier's commands (worker/cli.py), with their one-line help for `gatlab --help`.
@@ -79,7 +80,7 @@ def cmd_up(args) -> int:
     else:
         auth_line = "auth on: sign in with a token from `gatlab setup` / `gatlab users create`"
     upgrade()
-    worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy())
+    worker = subprocess.Popen([sys.executable, "-m", "labcore.cli", "worker"], env=os.environ.copy())
     print(
         f"GAT Lab on http://{args.host}:{args.port}  (database {s.db_url.split('@')[-1]}, "
         f"broker {s.broker.split('@')[-1]}, worker pid {worker.pid}; {auth_line})",
@@ -291,7 +292,7 @@ def cmd_users(args) -> int:
 
 def cmd_health(args) -> int:
     """Exit 0 if the API answers /api/health, or the named worker on this host is alive: its
-    liveness file is fresh (busy or idle; see backend.queue.alive_file)."""
+    liveness file is fresh (busy or idle; see labcore.queue.alive_file)."""
     if args.api:
         try:
             ok = httpx.get(f"{args.api.rstrip('/')}/api/health", timeout=5).status_code == 200
@@ -382,12 +383,16 @@ def _trains(argv: list[str]) -> bool:
     return bool(argv) and (argv[0] in WORKER_COMMANDS or (argv[0] == "study" and "--local" in argv))
 
 
+def _training_cli():
+    """The training tier's commands, loaded by name only when one is asked for: the API image ships no
+    worker/ and no torch, and this shared package imports neither tier."""
+    return importlib.import_module("worker.cli")
+
+
 def parser_for(argv: list[str]) -> argparse.ArgumentParser:
     """The parser of the tier that owns the command in `argv`."""
     if _trains(argv):
-        from worker.cli import build_parser as worker_parser  # only here: the API image has no worker/
-
-        return worker_parser()
+        return _training_cli().build_parser()
     return build_parser()
 
 
@@ -395,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if _trains(argv):
         try:
-            from worker.cli import main as worker_main
+            training = _training_cli()
         except ImportError:
             print(
                 f"gatlab: error: '{argv[0]}' needs the training install: "
@@ -403,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return worker_main(argv)
+        return training.main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

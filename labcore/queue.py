@@ -1,5 +1,5 @@
-"""The Celery app as the backend sees it: configuration, and enqueue by task name only
-(the backend never imports the worker or torch)."""
+"""The Celery app both tiers share: configuration, and enqueue by task name only (the API never
+imports the worker or torch)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def enqueue(run_id: int) -> None:
         raise BrokerUnavailable(_down["why"])
     try:
         celery().send_task(TRAIN_TASK, args=[run_id], retry=False)
-    except Exception as e:  # noqa: BLE001 - kombu raises many connection error types
+    except Exception as e:  # kombu raises many connection error types
         _down.update(
             until=time.monotonic() + DOWN_FOR_S,
             why=f"the job queue (broker) is unavailable: {e.__class__.__name__}: {e}",

@@ -1,4 +1,4 @@
-"""Users, API tokens and browser sessions (DESIGN 7).
+"""Users, API tokens and browser sessions (docs/design.md section 7).
 
 Tokens and session ids are 32 random bytes; the database keeps only their SHA-256 (a fast hash is
 right for high-entropy secrets), so a leaked database row signs nobody in. Passwords, which are low

@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from . import series
+from . import lifecycle, series
 from .models import (
     EvalResult,
     EvalSummary,
@@ -21,8 +21,7 @@ from .models import (
     User,
     now,
 )
-
-FINAL = ("succeeded", "failed", "cancelled")
+from .panel import PanelResult
 
 
 def get_or_create_experiment(s: Session, *, name: str | None) -> int | None:
@@ -46,22 +45,43 @@ def create_run(
     parent_id: int | None = None,
     owner: User | None = None,
 ) -> Run:
-    run = Run(
-        name=config["name"],
-        scenario=config["scenario"],
-        method=config["method"],
-        owner_id=owner.id if owner else None,
-        dataset=config["dataset"]["name"],
-        config=config,
-        tags=tags or [],
-        kind=kind,
-        parent_id=parent_id,
-        experiment_id=get_or_create_experiment(s, name=experiment),
-        status="queued",
-    )
-    s.add(run)
+    return create_runs(
+        s, configs=[config], experiment=experiment, tags=tags, kind=kind, parent_id=parent_id, owner=owner
+    )[0]
+
+
+def create_runs(
+    s: Session,
+    *,
+    configs: list[dict],
+    experiment: str | None = None,
+    tags: list[str] | None = None,
+    kind: str = "train",
+    parent_id: int | None = None,
+    owner: User | None = None,
+) -> list[Run]:
+    """Queued runs of validated configs, written in one flush (a sweep's thousand runs at once)."""
+    experiment_id = get_or_create_experiment(s, name=experiment)
+    runs = [
+        lifecycle.queued(
+            Run(
+                name=config["name"],
+                scenario=config["scenario"],
+                method=config["method"],
+                owner_id=owner.id if owner else None,
+                dataset=config["dataset"]["name"],
+                config=config,
+                tags=list(tags or []),
+                kind=kind,
+                parent_id=parent_id,
+                experiment_id=experiment_id,
+            )
+        )
+        for config in configs
+    ]
+    s.add_all(runs)
     s.flush()
-    return run
+    return runs
 
 
 def list_runs(
@@ -117,65 +137,17 @@ def drop_points_after(s: Session, *, run_id: int, step: int) -> None:
     s.execute(delete(Histogram).where(Histogram.run_id == run_id, Histogram.step > step))
 
 
-SUMMARY_KEYS = (
-    "n",
-    "seed",
-    "clean_accuracy",
-    "clean_ci",
-    "subset_hash",
-    "std_eps",
-    "std_eps_l2",
-    "probe",
-    "min_norm",
-    "deterministic",
-    "autoattack_warnings",
-    "per_example",
-    "spec",
-    "seconds",
-)
-
-
-def store_eval(s: Session, *, run_id: int, result: dict, job_id: int | None = None) -> None:
+def store_eval(s: Session, *, run_id: int, result: PanelResult, job_id: int | None = None) -> None:
     """Store one panel's results. Each panel job keeps its own set (`job_id`); only the same job
     (a resumed one) replaces its earlier rows, never another job's."""
-    panel = result["panel"]
-    same_job = EvalResult.job_id.is_(None) if job_id is None else EvalResult.job_id == job_id
-    s.execute(delete(EvalResult).where(EvalResult.run_id == run_id, same_job))
-    for table in (SanityCheck, EvalSummary):
+    for table in (EvalResult, SanityCheck, EvalSummary):
         same_job = table.job_id.is_(None) if job_id is None else table.job_id == job_id
         s.execute(delete(table).where(table.run_id == run_id, same_job))
-    for r in result["rows"]:
-        s.add(
-            EvalResult(
-                run_id=run_id,
-                job_id=job_id,
-                panel=panel,
-                attack=r["attack"],
-                norm=r["norm"],
-                eps=r["eps"],
-                steps=r.get("steps"),
-                restarts=r.get("restarts"),
-                accuracy=r["accuracy"],
-                n=r["n"],
-                ci_low=r["ci"][0],
-                ci_high=r["ci"][1],
-                info=r.get("info"),
-            )
-        )
-    summary = {k: result[k] for k in SUMMARY_KEYS if k in result}
-    s.add(EvalSummary(run_id=run_id, job_id=job_id, panel=panel, data=summary))
-    for c in result["checks"]:
-        s.add(
-            SanityCheck(
-                run_id=run_id,
-                job_id=job_id,
-                panel=panel,
-                name=c["name"],
-                passed=c["passed"],
-                severity=c.get("severity", "masking"),
-                detail=c["detail"],
-            )
-        )
+    rows, summary, checks = result.to_rows()
+    ids = {"run_id": run_id, "job_id": job_id}
+    s.add_all([EvalResult(**ids, **r) for r in rows])
+    s.add(EvalSummary(**ids, panel=result.panel, data=summary))
+    s.add_all([SanityCheck(**ids, **c) for c in checks])
 
 
 def metric_columns(
@@ -187,7 +159,7 @@ def metric_columns(
     after_step: int,
     before_step: int | None = None,
 ) -> dict:
-    """Chart-ready columns per key; long series come as min/max/last buckets (see backend.series)."""
+    """Chart-ready columns per key; long series come as min/max/last buckets (see labcore.series)."""
     if not keys:
         keys = list(
             s.scalars(select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key))
@@ -229,13 +201,6 @@ def lost_runs(s: Session, *, older_than_s: float) -> list[int]:
     return list(
         s.scalars(select(Run.id).where(Run.status == "queued", Run.enqueued_at < cutoff).order_by(Run.id))
     )
-
-
-def request_cancel(s: Session, *, run: Run) -> None:
-    if run.status == "queued":
-        run.status, run.finished_at = "cancelled", now()
-    elif run.status == "running":
-        run.cancel_requested = True
 
 
 class Superseded(RuntimeError):

@@ -19,8 +19,8 @@ import safetensors
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.config import get_settings
-from backend.models import Run, Upload, now
+from labcore.config import get_settings
+from labcore.models import Run, Upload, now
 
 
 def uploads_path() -> Path:

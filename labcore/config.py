@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 7 * 24 * 3600  # Redis redelivery: longer than the longest run
     queue: str = "gpu"
 
-    # The lab server (DESIGN 7): auth on unless turned off; `gatlab up` on 127.0.0.1 turns it off.
+    # The lab server (docs/design.md section 7): auth on unless turned off; `gatlab up` on 127.0.0.1 turns it off.
     auth: bool = Field(True, validation_alias="GATLAB_AUTH")
     data_root: Path | None = Field(None, validation_alias="GATLAB_DATA_ROOT")  # with auth: <home>/data
     max_queued_per_user: int = Field(50, ge=1, validation_alias="GATLAB_MAX_QUEUED_PER_USER")

@@ -15,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # runs.attempt: the fencing token of the attempt that may write to the run (DESIGN 6).
+    # runs.attempt: the fencing token of the attempt that may write to the run (docs/design.md section 6).
     # On SQLite the table is rebuilt with AUTOINCREMENT so that a deleted run's id is never handed
     # out again (PostgreSQL's sequence never reuses one). env.py turns foreign keys off for this,
     # or dropping the old table would cascade into every run's metrics.

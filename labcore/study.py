@@ -19,9 +19,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from backend import stats
-from backend.run_config import NO_NUL, EvalConfig, parse_run_config
-from backend.stats import t_quantile_975, t_two_sided_p
+from labcore import stats
+from labcore.panel import NOT_ATTACKS, PanelResult
+from labcore.run_config import NO_NUL, EvalConfig, parse_run_config
+from labcore.stats import t_quantile_975, t_two_sided_p
 
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+=,\- λ]{1,60}$")]
 
@@ -126,7 +127,9 @@ UNRANKED = ("probe", "test teacher_acc")
 REFERENCE = ("test teacher_acc",)  # the same for every arm of a seed: never tested against the baseline
 
 
-def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float | None) -> dict[str, float]:
+def run_metrics(
+    summary: dict | None, ev: PanelResult | None, seconds_per_step: float | None
+) -> dict[str, float]:
     """One succeeded run's figures: its test and final validation metrics, every L-inf attack at the
     panel's standard eps (and L2 PGD at its standard L2 eps), the game's fresh probe, seconds per step."""
     out: dict[str, float] = {}
@@ -134,14 +137,9 @@ def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float |
         for k, v in (summary or {}).get(split, {}).items():
             if not k.startswith("probe") and k != "loss" and isinstance(v, int | float):
                 out[f"{split} {k}"] = float(v)
-    if ev and ev.get("summary"):
-        std, std2 = ev["summary"]["std_eps"], ev["summary"].get("std_eps_l2")
-        for r in ev["rows"]:
-            at_std = (
-                abs(r["eps"] - std) < 1e-12 if r["norm"] == "linf" else abs(r["eps"] - (std2 or -1)) < 1e-12
-            )
-            if at_std and r["attack"] not in ("noise", "pgd_large_eps"):
-                out[r["attack"]] = r["accuracy"]
+    for r in ev.at_standard_eps() if ev else []:
+        if r.attack not in NOT_ATTACKS:
+            out[r.attack] = r.accuracy
     game = (summary or {}).get("game")
     if game:
         out["probe"] = game["accuracy"]
@@ -150,13 +148,12 @@ def run_metrics(summary: dict | None, ev: dict | None, seconds_per_step: float |
     return out
 
 
-def _sizes(summary: dict | None, ev: dict | None) -> dict:
+def _sizes(summary: dict | None, ev: PanelResult | None) -> dict:
     """The radii and example counts behind a run's figures: the panel's standard eps and its n
     examples, the test and validation splits' sizes, the game's held-out gradients."""
     data = (summary or {}).get("data") or {}
-    panel = (ev or {}).get("summary") or {}
     game = (summary or {}).get("game") or {}
-    out = {"eps": panel.get("std_eps"), "eps_l2": panel.get("std_eps_l2"), "n_panel": panel.get("n"),
+    out = {"eps": ev and ev.std_eps, "eps_l2": ev and ev.std_eps_l2, "n_panel": ev and ev.n,
            "n_test": data.get("n_test"), "n_val": data.get("n_val"), "n_probe": game.get("n_test")}  # fmt: skip
     return {k: v for k, v in out.items() if v is not None}
 
@@ -173,26 +170,24 @@ def _size_of(column: str) -> str | None:
 
 
 def record(
-    label: str, seed: int, status: str, run_id: int | None, summary: dict | None, ev: dict | None
+    label: str, seed: int, status: str, run_id: int | None, summary: dict | None, ev: PanelResult | None
 ) -> dict:
-    """What the report reads of one run: a panel's view `ev` ({"summary": {"std_eps", "n",
-    "per_example", ...}, "rows", "checks"}, as the API and a run directory's eval.json both give it)
-    and the run's summary. `examples`: per panel column, the examples it got right (a bit string,
-    the same examples for every run); `n`: per proportion column, its number of examples."""
+    """What the report reads of one run: its newest panel `ev` (from the store, or a run directory's
+    eval.json) and the run's summary. `examples`: per panel column, the examples it got right (a bit
+    string, the same examples for every run); `n`: per proportion column, its number of examples."""
     rec = {"label": label, "seed": seed, "status": status, "run_id": run_id, "metrics": {}}
     if status == "succeeded":
-        rows = ev["rows"] if ev else []
         rec["metrics"] = run_metrics(summary, ev, (summary or {}).get("seconds_per_step"))
-        rec["checked"] = bool(ev and ev.get("checks"))  # no panel ran: nothing passed or failed
-        failed = [c for c in ev["checks"] if not c["passed"]] if ev else []
-        masking = lambda c: c.get("severity", "masking") == "masking"  # noqa: E731
-        rec["failed_checks"] = [c["name"] for c in failed if masking(c)]  # masking suspected
-        rec["weaker_checks"] = [c["name"] for c in failed if not masking(c)]  # covered by the worst case
-        rec["curve"] = {
-            str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst_case" and r["norm"] == "linf"
-        }
+        rec["checked"] = bool(ev and ev.checks)  # no panel ran: nothing passed or failed
+        failed = [c for c in ev.checks if not c.passed] if ev else []
+        rec["failed_checks"] = [c.name for c in failed if c.severity == "masking"]  # masking suspected
+        rec["weaker_checks"] = [
+            c.name for c in failed if c.severity != "masking"
+        ]  # covered by the worst case
+        rows = ev.rows if ev else []
+        rec["curve"] = {str(r.eps): r.accuracy for r in rows if r.attack == "worst_case" and r.norm == "linf"}
         rec["sizes"] = _sizes(summary, ev)
-        per_example = ((ev or {}).get("summary") or {}).get("per_example") or {}
+        per_example = (ev and ev.per_example) or {}
         rec["examples"] = {c: b for c, b in per_example.get("correct", {}).items() if c in rec["metrics"]}
         rec["n"] = {c: rec["sizes"].get(_size_of(c)) for c in rec["metrics"] if _size_of(c)}
     return rec
@@ -296,7 +291,7 @@ def with_delta_m(design: StudyDesign, records: list[dict]) -> list[dict]:
     }
     if design.scenario != "multitask" or not task_of:
         return records
-    own = lambda r, c: c == "s/step" or c.startswith(f"{design.split} {task_of[r['label']]}/")  # noqa: E731
+    own = lambda r, c: c == "s/step" or c.startswith(f"{design.split} {task_of[r['label']]}/")
     records = [
         {**r, "metrics": {c: v for c, v in r["metrics"].items() if own(r, c)}} if r["label"] in task_of else r
         for r in records
@@ -312,7 +307,7 @@ def with_delta_m(design: StudyDesign, records: list[dict]) -> list[dict]:
     for r in records:
         m = r.get("metrics", {})
         if r["label"] not in task_of and base and all(c in m for c in base) and all(base.values()):
-            sign = lambda c: 1 if c.endswith("mse") else -1  # noqa: E731
+            sign = lambda c: 1 if c.endswith("mse") else -1
             dm = 100 * statistics.fmean(sign(c) * (m[c] - base[c]) / base[c] for c in base)
             r = {**r, "metrics": {**m, "Δm%": dm}}
         out.append(r)
@@ -460,7 +455,7 @@ def _cell(rep: dict, row: dict, c: str, latex: bool = False) -> str:
 def sizes_text(rep: dict) -> str:
     """ε and n, stated on every table."""
     z = rep.get("sizes", {})
-    one = lambda k: ", ".join(f"{v:g}" for v in z[k])  # noqa: E731
+    one = lambda k: ", ".join(f"{v:g}" for v in z[k])
     parts = []
     if z.get("eps"):
         parts.append(
@@ -639,7 +634,7 @@ def to_csv(rep: dict) -> str:
     for row in rep["rows"]:
         for c in rep["columns"]:
             d, vs = row["cells"][c], row["cells"][c]["vs_baseline"]
-            fmt = lambda v: "" if v is None else repr(float(v))  # noqa: E731
+            fmt = lambda v: "" if v is None else repr(float(v))
             w.writerow(
                 [
                     csv_cell(row["label"]), csv_cell(c), d["n"], fmt(d["mean"]), fmt(d["std"]),
