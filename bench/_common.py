@@ -31,9 +31,7 @@ PG = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:543
 def interleaved_step_cost(runs: dict, x, y, rounds: int = 7) -> dict[str, float]:
     """Median seconds per training step of each (model, method, opt, aux_opt) in `runs`, stepped in
     turn on the same batch, so load on the machine hits every method alike."""
-    import statistics
-
-    from worker.gat.train import train_step
+    from worker.gat.train import train_step  # here: the query and ingest benchmarks need no torch
 
     def one(method, opt, aux_opt, i):
         t = time.perf_counter()

@@ -19,6 +19,66 @@ export function align(series) {
   return [xs, ...cols];
 }
 
+// uPlot's options for `series` (each {label, band?}) and dashed `extraLines`: a band's bounds take the
+// colour of the mean line before them; {band: "upper"} then {band: "lower"} are filled between.
+function plotOptions(series, extraLines, { xLabel, xRange, points, log, width }, onZoom) {
+  let ci = -1;
+  const line = (s) => ({ label: s.label, stroke: s.band ? color(ci) + "88" : color(++ci), width: s.band ? 0.5 : 1.5,
+    spanGaps: true, points: { show: points && !s.band } });
+  const dashed = (l) => ({ label: l.label, stroke: "#6b7280", dash: [6, 4], width: 1.5, spanGaps: true });
+  const opts = {
+    width, height: 220,
+    scales: { x: { time: false, ...(xRange ? { range: xRange } : {}) }, y: log ? { distr: 3 } : {} },
+    axes: [{ label: xLabel }, {}],
+    legend: { live: true },
+    cursor: { drag: { x: true, y: false } },
+    series: [{ label: xLabel }, ...series.map(line), ...extraLines.map(dashed)],
+    hooks: { setSelect: [(u) => onZoom(u)] },
+  };
+  const bands = series.flatMap((s, i) => (s.band === "upper" ? [{ series: [i + 1, i + 2] }] : []));
+  opts.bands = bands.map((b) => ({ ...b, fill: opts.series[b.series[0]].stroke.slice(0, 7) + "33" }));
+  return opts;
+}
+
+// The x window after a wheel step: shift+wheel (or a horizontal wheel) pans, a wheel zooms around the cursor.
+function wheelWindow(e, min, max, cursorX) {
+  if (e.shiftKey || Math.abs(e.deltaX) > Math.abs(e.deltaY)) {
+    const d = (max - min) * 0.15 * Math.sign(e.deltaX || e.deltaY);
+    return [min + d, max + d];
+  }
+  const x = cursorX();
+  const f = e.deltaY < 0 ? 0.75 : 1 / 0.75;
+  return [x - (x - min) * f, x + (max - x) * f];
+}
+
+// Loads of a chart's x window, one at a time, the latest window winning: a burst of wheel steps never
+// queues stale requests on the server, and an old answer never overwrites a newer window.
+function latestWindow(el, load, show) {
+  let pending = null, inflight = false, want = null;
+  const fetchWindow = async () => {
+    if (inflight) return; // the running load takes `want` when it is done
+    inflight = true;
+    el.dataset.loading = "1";
+    try {
+      while (want) {
+        const [lo, hi] = want;
+        want = null;
+        const series = await load([lo, hi]);
+        if (!want) show(series, lo, hi);
+      }
+    } finally {
+      inflight = false;
+      delete el.dataset.loading;
+    }
+  };
+  return (lo, hi) => {
+    clearTimeout(pending);
+    want = [lo, hi];
+    el.dataset.loading = "1";
+    pending = setTimeout(fetchWindow, 150);
+  };
+}
+
 // A line chart in `el`. `load(range)` returns [{label, x, y}] for an x range (null = all);
 // it is called again on zoom so the server sends a finer series for the visible window.
 export function lineChart(el, { title, load, xLabel = "step", log = false, points = false, extraLines = [], xRange = null }) {
@@ -31,31 +91,17 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
 
   const render = (series) => {
     seriesCache = series;
-    const data = align([...series, ...extraLines.map((l) => ({ ...l, x: series[0]?.x ?? [], y: (series[0]?.x ?? []).map(() => l.value) }))]);
-    const isLog = el.querySelector(".log").checked;
-    let ci = -1;  // colour index: a band's bounds take the colour of the mean line before them
-    // {band: "upper"} followed by {band: "lower"} are filled between (mean ± spread)
-    const bands = series.flatMap((s, i) => (s.band === "upper" ? [{ series: [i + 1, i + 2], fill: "" }] : []));
-    const opts = {
-      width: Math.max(300, plotEl.clientWidth || 480), height: 220,
-      scales: { x: { time: false, ...(xRange ? { range: xRange } : {}) }, y: isLog ? { distr: 3 } : {} },
-      axes: [{ label: xLabel }, {}],
-      legend: { live: true },
-      cursor: { drag: { x: true, y: false } },
-      series: [{ label: xLabel },
-        ...series.map((s) => ({ label: s.label, stroke: s.band ? color(ci) + "88" : color(++ci), width: s.band ? 0.5 : 1.5,
-          spanGaps: true, points: { show: points && !s.band } })),
-        ...extraLines.map((l) => ({ label: l.label, stroke: "#6b7280", dash: [6, 4], width: 1.5, spanGaps: true }))],
-      hooks: { setSelect: [(u) => onZoom(u)] },
-    };
-    opts.bands = bands.map((b) => ({ ...b, fill: opts.series[b.series[0]].stroke.slice(0, 7) + "33" }));
+    const flat = (l) => ({ ...l, x: series[0]?.x ?? [], y: (series[0]?.x ?? []).map(() => l.value) });
+    const data = align([...series, ...extraLines.map(flat)]);
+    const look = { xLabel, xRange, points, log: el.querySelector(".log").checked, width: Math.max(300, plotEl.clientWidth || 480) };
+    const opts = plotOptions(series, extraLines, look, onZoom);
     if (plot) plot.destroy();
     plot = new uPlot(opts, data, plotEl);
     plot.over.addEventListener("wheel", onWheel, { passive: false });
     const n = series.reduce((a, s) => a + s.y.filter((v) => v !== null).length, 0);
     el.dataset.points = String(n);
     el.dataset.series = String(series.length);
-    el.dataset.bands = String(bands.length);
+    el.dataset.bands = String(opts.bands.length);
   };
 
   const onZoom = async (u) => {
@@ -67,47 +113,17 @@ export function lineChart(el, { title, load, xLabel = "step", log = false, point
   };
 
   // Wheel zooms around the cursor, shift+wheel (or a horizontal wheel) pans; the server is then
-  // asked again for the visible window, so detail appears as you zoom in. One load at a time per
-  // chart, latest window wins: a burst of wheel steps never queues stale requests on the server,
-  // and an old answer never overwrites a newer window.
-  let pending = null, inflight = false, want = null;
-  const fetchWindow = async () => {
-    if (inflight) return; // the running load takes `want` when it is done
-    inflight = true;
-    el.dataset.loading = "1";
-    try {
-      while (want) {
-        const [lo, hi] = want;
-        want = null;
-        const series = await load([lo, hi]);
-        if (!want) { render(series); plot.setScale("x", { min: lo, max: hi }); }
-      }
-    } finally {
-      inflight = false;
-      delete el.dataset.loading;
-    }
-  };
+  // asked again for the visible window, so detail appears as you zoom in.
+  const ask = latestWindow(el, load, (series, lo, hi) => { render(series); plot.setScale("x", { min: lo, max: hi }); });
   const onWheel = (e) => {
     e.preventDefault();
     const { min, max } = plot.scales.x;
     if (min == null || max == null) return;
-    const pan = e.shiftKey || Math.abs(e.deltaX) > Math.abs(e.deltaY);
-    let lo, hi;
-    if (pan) {
-      const d = (max - min) * 0.15 * Math.sign(e.deltaX || e.deltaY);
-      [lo, hi] = [min + d, max + d];
-    } else {
-      const x = plot.posToVal(e.offsetX, "x");
-      const f = e.deltaY < 0 ? 0.75 : 1 / 0.75;
-      [lo, hi] = [x - (x - min) * f, x + (max - x) * f];
-    }
+    const [lo, hi] = wheelWindow(e, min, max, () => plot.posToVal(e.offsetX, "x"));
     plot.setScale("x", { min: lo, max: hi });
     el.dataset.zoomed = "1";
     el.dataset.range = `${lo.toFixed(3)},${hi.toFixed(3)}`;
-    clearTimeout(pending);
-    want = [lo, hi];
-    el.dataset.loading = "1";
-    pending = setTimeout(fetchWindow, 150);
+    ask(lo, hi);
   };
 
   el.querySelector(".log").addEventListener("change", () => render(seriesCache));

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .config import get_settings
-from .models import ApiToken, User, WebSession, now
+from .models import ApiToken, User, WebSession, aware, now
 
 TOKEN_PREFIX = "gat_"
 COOKIE = "gatlab_session"
@@ -105,7 +105,7 @@ def user_for_token(s: Session, secret: str) -> tuple[User, ApiToken] | None:
     if user is None or user.disabled:
         return None
     stamp = now()
-    if row.last_used_at is None or _aware(row.last_used_at) < stamp - timedelta(minutes=1):
+    if row.last_used_at is None or aware(row.last_used_at) < stamp - timedelta(minutes=1):
         row.last_used_at = stamp  # at most once a minute: reads stay reads
     return user, row
 
@@ -125,7 +125,7 @@ def open_session(s: Session, *, user: User, token: ApiToken | None) -> str:
 
 def user_for_session(s: Session, sid: str) -> User | None:
     row = s.scalar(select(WebSession).where(WebSession.session_hash == sha256(sid)))
-    if row is None or _aware(row.expires_at) < now():
+    if row is None or aware(row.expires_at) < now():
         return None
     user = s.get(User, row.user_id)
     return None if user is None or user.disabled else user
@@ -135,7 +135,3 @@ def close_session(s: Session, sid: str) -> None:
     row = s.scalar(select(WebSession).where(WebSession.session_hash == sha256(sid)))
     if row is not None:
         s.delete(row)
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite drops the zone

@@ -378,29 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _trains(argv: list[str]) -> bool:
+def trains(argv: list[str]) -> bool:
     """A command for the training install: a worker command, or a study run here (--local)."""
     return bool(argv) and (argv[0] in WORKER_COMMANDS or (argv[0] == "study" and "--local" in argv))
 
 
-def _training_cli():
+def training_cli():
     """The training tier's commands, loaded by name only when one is asked for: the API image ships no
     worker/ and no torch, and this shared package imports neither tier."""
     return importlib.import_module("worker.cli")
 
 
-def parser_for(argv: list[str]) -> argparse.ArgumentParser:
-    """The parser of the tier that owns the command in `argv`."""
-    if _trains(argv):
-        return _training_cli().build_parser()
-    return build_parser()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if _trains(argv):
+    if trains(argv):
         try:
-            training = _training_cli()
+            training = training_cli()
         except ImportError:
             print(
                 f"gatlab: error: '{argv[0]}' needs the training install: "

@@ -25,6 +25,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 class Experiment(Base):
     """A group of runs; a study when it has a declared design (labcore.study)."""
 

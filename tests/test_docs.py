@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from backend.cli import parser_for
+from labcore import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def parser_for(argv: list[str]):
+    """The parser of the tier that owns the command in `argv`, as `gatlab` dispatches it."""
+    return cli.training_cli().build_parser() if cli.trains(argv) else cli.build_parser()
+
+
 README = (ROOT / "README.md").read_text()
 GATLAB = Path(sys.executable).with_name("gatlab")  # the console script the install made
 # The README's placeholders, replaced by a value of their kind.
@@ -128,3 +135,34 @@ def test_ci_runs_the_readme_install_and_test_commands_verbatim():
     assert "./scripts/test" in code_lines(README) and "./scripts/test" in ci.splitlines()
     assert re.search(r"^python3\.11 -m venv ", ci, re.M), "CI builds a brand-new virtual environment"
     assert "-c requirements-lock.txt" in (ROOT / "scripts" / "test").read_text()
+
+
+def _shipped_text_files() -> list[Path]:
+    """The code, the README and the examples a reader follows references from."""
+    out = [ROOT / "README.md"]
+    for folder in ("labcore", "backend", "worker", "bench", "frontend", "scripts", "docker"):
+        out += [
+            p
+            for p in (ROOT / folder).rglob("*")
+            if p.is_file() and p.suffix in (".py", ".js", ".sh", ".md", "")
+        ]
+    return [p for p in out if "vendor" not in p.parts]
+
+
+def test_every_design_reference_resolves_to_a_section_of_docs_design():
+    """The code and the README cite the design as "docs/design.md section N": N must be a heading of
+    that file, and no reference names the old DESIGN file, which is in no commit."""
+    sections = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs" / "design.md").read_text(), re.M))
+    assert sections >= {str(n) for n in range(1, 11)}
+    cited, stale = set(), []
+    for path in _shipped_text_files():
+        text = path.read_text(errors="ignore")
+        cited |= {
+            (path.relative_to(ROOT).as_posix(), n) for n in re.findall(r"docs/design\.md section (\d+)", text)
+        }
+        stale += [
+            path.relative_to(ROOT).as_posix() for _ in re.findall(r"\bDESIGN(?: section| \d|\.md)", text)
+        ]
+    assert cited, "nothing cites docs/design.md"
+    assert not [c for c in cited if c[1] not in sections], [c for c in cited if c[1] not in sections]
+    assert not stale, f"references to the old DESIGN file: {stale}"

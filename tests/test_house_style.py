@@ -1,6 +1,7 @@
 """House rules that a tool keeps: ruff's format and lint, the tiers' import boundaries, short functions."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,105 @@ def test_no_function_is_longer_than_a_screen():
                             f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
                         )
     assert not long, long
+
+
+# ---- the dashboard's JavaScript ---------------------------------------------------------------------
+# A small scanner, not a parser: it pairs the braces of code (strings, template literals with their
+# ${...}, comments and regular expressions skipped) to find where each function ends.
+REGEX_AFTER = set("(,=:[!&|?{};") | {"\n", ""}
+REGEX_AFTER_WORDS = ("return", "typeof", "case", "in", "of", "else", "yield", "await")
+
+
+def _skip_string(text: str, i: int) -> int:
+    quote, i = text[i], i + 1
+    while i < len(text) and text[i] != quote:
+        i += 2 if text[i] == "\\" else 1
+    return i + 1
+
+
+def _skip_regex(text: str, i: int) -> int:
+    i, in_class = i + 1, False
+    while i < len(text) and (in_class or text[i] != "/"):
+        if text[i] == "\\":
+            i += 1
+        elif text[i] in "[]":
+            in_class = text[i] == "["
+        i += 1
+    return i + 1
+
+
+def _regex_may_start(text: str, i: int) -> bool:
+    before = text[:i].rstrip()
+    return (before[-1:] in REGEX_AFTER) or before.endswith(REGEX_AFTER_WORDS)
+
+
+def _js_blocks(text: str) -> dict[int, int]:
+    """{offset of a code '{': offset of its '}'}."""
+    pairs, opened, contexts, i = {}, [], ["code"], 0
+    while i < len(text):
+        c = text[i]
+        if contexts[-1] == "template":
+            if c == "`":
+                contexts.pop()
+            elif text.startswith("${", i):
+                contexts.append("code")
+                opened.append(None)  # closed by the '}' that ends the substitution
+                i += 1
+            i += 2 if c == "\\" else 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+        elif text.startswith("/*", i):
+            i = text.index("*/", i) + 2
+        elif c in "\"'":
+            i = _skip_string(text, i)
+        elif c == "/" and _regex_may_start(text, i):
+            i = _skip_regex(text, i)
+        else:
+            if c == "`":
+                contexts.append("template")
+            elif c == "{":
+                opened.append(i)
+            elif c == "}":
+                start = opened.pop()
+                if start is None:
+                    contexts.pop()
+                else:
+                    pairs[start] = i
+            i += 1
+    return pairs
+
+
+JS_HEAD = re.compile(
+    r"(?:function\s*\*?\s*([\w$]*)\s*\([^)]*\)\s*\{"
+    r"|(?:const|let)\s+([\w$]+)\s*=\s*(?:async\s*)?(?:\([^)]*\)|[\w$]+)\s*=>\s*\{)"
+)
+
+
+def js_functions(text: str) -> list[tuple[str, int, int]]:
+    """(name, first line, number of lines) of each named function or arrow function of a file."""
+    pairs, out = _js_blocks(text), []
+    for m in JS_HEAD.finditer(text):
+        if m.end() - 1 in pairs:
+            first = text.count("\n", 0, m.start()) + 1
+            last = text.count("\n", 0, pairs[m.end() - 1]) + 1
+            out.append((m.group(1) or m.group(2), first, last - first + 1))
+    return out
+
+
+def test_no_dashboard_function_is_longer_than_a_screen():
+    """About 60 lines at most per function of frontend/ (the vendored uPlot aside)."""
+    found = [
+        (p.relative_to(ROOT).as_posix(), name, n)
+        for p in sorted((ROOT / "frontend").rglob("*.js"))
+        if "vendor" not in p.parts
+        for name, _, n in js_functions(p.read_text())
+    ]
+    assert any(name == "launchPage" for _, name, _ in found), "the scanner found no functions"
+    long = [f for f in found if f[2] > 60]
+    assert not long, long
+
+
+def test_the_js_scanner_finds_where_a_function_ends():
+    text = "function a(x) {\n  const s = `${x ? `{` : '}'}`; // }\n  return /[{]/.test(s);\n}\nconst b = () => {\n}\n"
+    assert js_functions(text) == [("a", 1, 4), ("b", 5, 2)]
+    assert js_functions("const c = (y) => {\n  return y / 2 / {a: 1}.a;\n};\n") == [("c", 1, 3)]

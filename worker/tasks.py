@@ -17,16 +17,16 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labcore import crud, lifecycle, series, uploads
 from labcore.config import get_settings
 from labcore.db import session_scope
-from labcore.models import Artifact, Run, User, now
+from labcore.models import Artifact, Run, User, aware, now
 from labcore.panel import PanelResult
 from labcore.queue import ALIVE_EVERY_S, TRAIN_TASK, alive_file, make_celery
 from labcore.run_config import PATH_FIELDS
@@ -165,7 +165,7 @@ def _claim(run_id: int) -> dict | None:
         if run is None or run.status in lifecycle.FINAL:
             return None
         fresh = (
-            run.heartbeat_at and (now() - _aware(run.heartbeat_at)).total_seconds() < settings.stale_after_s
+            run.heartbeat_at and (now() - aware(run.heartbeat_at)).total_seconds() < settings.stale_after_s
         )
         if run.status == "running" and fresh and run.worker_host != _me():
             log.info("run %s is alive on %s; not starting a second copy", run_id, run.worker_host)
@@ -199,11 +199,6 @@ def _set_aside_foreign_files(run_dir: Path) -> None:
         aside.parent.mkdir(exist_ok=True)
         run_dir.rename(aside)
         log.warning("run directory %s held files this run did not write; moved to %s", run_dir, aside)
-
-
-def _aware(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _me() -> str:
@@ -259,7 +254,7 @@ def _register_artifacts(s, run_id: int, out_dir: Path) -> None:
     for f in sorted(out_dir.iterdir()):
         if not f.is_file():
             continue
-        art = s.query(Artifact).filter_by(run_id=run_id, name=f.name).first()
+        art = s.scalar(select(Artifact).where(Artifact.run_id == run_id, Artifact.name == f.name))
         if art is None:
             s.add(
                 Artifact(

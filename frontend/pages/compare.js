@@ -82,6 +82,41 @@ function gameTable(runs, g) {
   el.innerHTML = head + body + agg;
 }
 
+const fmt = (x) => (x == null || !isFinite(x) ? "" : x.toFixed(4));
+
+// Each run's last, best, min and max of `key` (bucketed columns keep the exact min, max and last
+// value of any series, however long), and per group the mean ± std of the last values.
+async function showFinals(runs, key, g) {
+  const cols = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/metrics?${qs({ keys: key, max_points: 500 })}`)));
+  const table = runs.map((r, i) => {
+    const s = cols[i].series[key] ?? { value: [], min: [], max: [] };
+    const lo = Math.min(...s.min), hi = Math.max(...s.max);
+    return { run: r.id, name: r.name, method: r.method, seed: r.config.train?.seed, last: s.value.at(-1), min: lo, max: hi,
+      best: key.includes("loss") ? lo : hi };
+  });
+  const cells = (t) => [t.run, esc(t.name), esc(t.method), t.seed ?? "", fmt(t.last), fmt(t.best), fmt(t.min), fmt(t.max)];
+  app.querySelector("#finals").innerHTML = "<tr><th>run</th><th>name</th><th>method</th><th>seed</th><th>last</th><th>best</th>"
+    + "<th>min</th><th>max</th></tr>" + table.map((t) => `<tr>${cells(t).map((c) => `<td>${c}</td>`).join("")}</tr>`).join("");
+  const groups = new Map();
+  runs.forEach((r, i) => {
+    const k = String(g ? getPath(r.config, g) ?? getPath(r, g) : "all");
+    groups.set(k, [...(groups.get(k) ?? []), table[i].last]);
+  });
+  app.querySelector("#groups").innerHTML = `<tr><th>${esc(g || "group")}</th><th>runs</th><th>mean</th><th>std</th></tr>`
+    + [...groups].map(([k, vs]) => {
+      const { n, mean, std } = meanStd(vs);
+      return `<tr><td>${esc(k)}</td><td>${n}</td><td>${fmt(mean)}</td><td>${fmt(std)}</td></tr>`;
+    }).join("");
+  return table;
+}
+
+function downloadCsv(table) {
+  const row = (t) => [t.run, JSON.stringify(t.name), t.method, t.seed, t.last, t.best, t.min, t.max].join(",");
+  const csv = ["run,name,method,seed,last,best,min,max", ...table.map(row)].join("\n");
+  const href = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+  Object.assign(document.createElement("a"), { href, download: "gatlab-compare.csv" }).click();
+}
+
 export async function comparePage(idsArg) {
   const ids = (idsArg ?? "").split(",").map(Number).filter(Boolean);
   if (!ids.length) { app.replaceChildren(h('<section><h1>Compare</h1><p class="muted">Select runs on the <a href="#/runs">runs page</a> and press “Compare selected”.</p></section>')); return; }
@@ -108,26 +143,7 @@ export async function comparePage(idsArg) {
     },
   });
   let table = [];
-  const finals = async () => {
-    const key = app.querySelector("#metric").value;
-    // bucketed columns keep the exact min, max and last value of any series, however long
-    const cols = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/metrics?${qs({ keys: key, max_points: 500 })}`)));
-    table = runs.map((r, i) => {
-      const s = cols[i].series[key] ?? { value: [], min: [], max: [] };
-      const lo = Math.min(...s.min), hi = Math.max(...s.max);
-      return { run: r.id, name: r.name, method: r.method, seed: r.config.train?.seed, last: s.value.at(-1), min: lo, max: hi, best: key.includes("loss") ? lo : hi };
-    });
-    const fmt = (x) => (x == null || !isFinite(x) ? "" : x.toFixed(4));
-    app.querySelector("#finals").innerHTML = `<tr><th>run</th><th>name</th><th>method</th><th>seed</th><th>last</th><th>best</th><th>min</th><th>max</th></tr>` +
-      table.map((t) => `<tr><td>${t.run}</td><td>${esc(t.name)}</td><td>${esc(t.method)}</td><td>${t.seed ?? ""}</td><td>${fmt(t.last)}</td><td>${fmt(t.best)}</td><td>${fmt(t.min)}</td><td>${fmt(t.max)}</td></tr>`).join("");
-    const g = app.querySelector("#group").value;
-    const groups = new Map();
-    runs.forEach((r, i) => { const k = String(g ? getPath(r.config, g) ?? getPath(r, g) : "all"); groups.set(k, [...(groups.get(k) ?? []), table[i].last]); });
-    app.querySelector("#groups").innerHTML = `<tr><th>${esc(g || "group")}</th><th>runs</th><th>mean</th><th>std</th></tr>` + [...groups].map(([k, vs]) => {
-      const { n, mean, std } = meanStd(vs);
-      return `<tr><td>${esc(k)}</td><td>${n}</td><td>${fmt(mean)}</td><td>${fmt(std)}</td></tr>`;
-    }).join("");
-  };
+  const finals = async () => { table = await showFinals(runs, app.querySelector("#metric").value, app.querySelector("#group").value); };
   const evs = await Promise.all(runs.map((r) => api(`/api/runs/${r.id}/eval`)));
   const rob = evs.map((ev, i) => {
     const rows = ev.rows.filter((r) => r.attack === "worst_case").sort((a, b) => a.eps - b.eps);
@@ -140,10 +156,6 @@ export async function comparePage(idsArg) {
   app.querySelector("#eval-csv").href = `/api/export?${qs({ ids: ids.join(","), what: "eval" })}`;
   app.querySelector("#metric").addEventListener("change", () => { overlay.refresh(); finals(); });
   app.querySelector("#group").addEventListener("change", () => { overlay.refresh(); finals(); robTable(); gameTable(runs, app.querySelector("#group").value); });
-  app.querySelector("#csv").addEventListener("click", () => {
-    const csv = ["run,name,method,seed,last,best,min,max", ...table.map((t) => [t.run, JSON.stringify(t.name), t.method, t.seed, t.last, t.best, t.min, t.max].join(","))].join("\n");
-    const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "gatlab-compare.csv" });
-    a.click();
-  });
+  app.querySelector("#csv").addEventListener("click", () => downloadCsv(table));
   await Promise.all([overlay.refresh(), finals()]);
 }

@@ -59,15 +59,13 @@ function evaluateForm(form) {
   });
 }
 
-export async function launchPage() {
-  const m = await methods();
-  const examples = await api("/api/examples");
-  const scenarios = [...new Set(m.methods.map((x) => x.scenario))];
-  let config = structuredClone(examples[0]?.config ?? { scenario: "defense", method: "great", dataset: { name: "digits" } });
-  app.replaceChildren(h(`<section><h1>Launch</h1>
+function pageHtml(examples, scenarios) {
+  const presets = examples.map((e, i) => `<option value="${i}">${esc(e.name)}</option>`).join("");
+  const scenarioOptions = scenarios.map((s) => `<option>${esc(s)}</option>`).join("");
+  return `<section><h1>Launch</h1>
     <div class="launch"><form id="form" autocomplete="off">
-      <label class="field"><span>preset</span><select id="preset">${examples.map((e, i) => `<option value="${i}">${esc(e.name)}</option>`).join("")}</select></label>
-      <label class="field"><span>scenario</span><select data-path="scenario">${scenarios.map((s) => `<option>${esc(s)}</option>`).join("")}</select><small class="error" data-error="scenario"></small></label>
+      <label class="field"><span>preset</span><select id="preset">${presets}</select></label>
+      <label class="field"><span>scenario</span><select data-path="scenario">${scenarioOptions}</select><small class="error" data-error="scenario"></small></label>
       <label class="field"><span>method</span><select data-path="method"></select><small class="help" id="method-help"></small><small class="error" data-error="method"></small></label>
       <div id="base"></div><h2>Knobs</h2><div id="knobs"></div>
       <h2>Sweep</h2>
@@ -94,103 +92,154 @@ export async function launchPage() {
       <label class="field"><span>dataset</span><input name="dataset" value="digits"><small class="error" data-error="dataset.name"></small></label>
       <label class="field"><span>panel</span><select name="panel"><option>quick</option><option>standard</option></select></label>
       <label class="field"><span>examples</span><input name="n" placeholder="the panel's default"><small class="error" data-error="eval.n"></small></label>
-      <div class="toolbar"><button type="submit">Evaluate</button><span class="muted" id="evaluate-result"></span></div></form></section>`));
-  evaluateForm(app.querySelector("#evaluate"));
-  const form = app.querySelector("#form");
-  const methodSel = form.querySelector('[data-path="method"]');
+      <div class="toolbar"><button type="submit">Evaluate</button><span class="muted" id="evaluate-result"></span></div></form></section>`;
+}
 
-  const knobsOf = () => m.methods.find((x) => x.scenario === config.scenario && x.method === config.method)?.knobs ?? [];
-  const render = () => {
-    form.querySelector('[data-path="scenario"]').value = config.scenario;
-    methodSel.innerHTML = m.methods.filter((x) => x.scenario === config.scenario).map((x) => `<option>${esc(x.method)}</option>`).join("");
+// A form value as typed: null, a boolean, JSON for a mapping, a number, or the text itself.
+function parse(v) {
+  if (v === "" || v === "null") return null;
+  if (v === "true" || v === "false") return v === "true";
+  if (/^[[{]/.test(v)) { try { return JSON.parse(v); } catch { return v; } }  // e.g. {"parity": 2}
+  return isNaN(Number(v)) ? v : Number(v);
+}
+
+const list = (s) => s.split(",").map((x) => x.trim()).filter(Boolean).map(parse);
+const errorsOf = (err) => (err instanceof ApiError && Array.isArray(err.detail) ? err.detail : [{ loc: [], msg: err.message }]);
+
+// The launch form's state: the catalogue `m`, the config being edited, the form element.
+class Launch {
+  constructor(m, examples, form) {
+    this.m = m;
+    this.examples = examples;
+    this.form = form;
+    this.config = structuredClone(examples[0]?.config ?? { scenario: "defense", method: "great", dataset: { name: "digits" } });
+  }
+
+  $(sel) { return this.form.querySelector(sel); }
+
+  methodsHere() { return this.m.methods.filter((x) => x.scenario === this.config.scenario); }
+
+  knobs() { return this.methodsHere().find((x) => x.method === this.config.method)?.knobs ?? []; }
+
+  render() {
+    const { config, m } = this;
+    this.$('[data-path="scenario"]').value = config.scenario;
+    const methodSel = this.$('[data-path="method"]');
+    methodSel.innerHTML = this.methodsHere().map((x) => `<option>${esc(x.method)}</option>`).join("");
     methodSel.value = config.method;
-    form.querySelector("#method-help").textContent = m.methods.find((x) => x.method === config.method && x.scenario === config.scenario)?.help ?? "";
-    form.querySelector("#base").innerHTML = BASE.map(([p, label]) => {
+    this.$("#method-help").textContent = this.methodsHere().find((x) => x.method === config.method)?.help ?? "";
+    this.$("#base").innerHTML = BASE.map(([p, label]) => {
       const d = describe(m.config_schema, p);
       return field(p, d.options ? "select" : "text", label, d.options, getPath(config, p) ?? d.default, d.help);
     }).join("");
-    form.querySelector("#knobs").innerHTML = knobsOf().map((k) => field(`params.${k.name}`, k.choices ? "select" : "text",
-      k.name, k.choices, show(config.params?.[k.name] ?? k.default), `default ${show(k.default)}. ${k.help}`)).join("") || '<p class="muted">no knobs</p>';
-    form.querySelector("#sweep-knob").innerHTML = '<option value="">none</option>' + knobsOf().map((k) => `<option>params.${esc(k.name)}</option>`).join("");
-    const names = m.methods.filter((x) => x.scenario === config.scenario).map((x) => x.method);
-    form.querySelector("#study-methods").innerHTML = names.map((n) => `<label><input type="checkbox" value="${esc(n)}" ${n === config.method ? "checked" : ""}> ${esc(n)}</label>`).join(" ");
-    form.querySelector("#study-baseline").innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join("");
-    preview();
-  };
-  const parse = (v) => {
-    if (v === "" || v === "null") return null;
-    if (v === "true" || v === "false") return v === "true";
-    if (/^[[{]/.test(v)) { try { return JSON.parse(v); } catch { return v; } }  // e.g. {"parity": 2}
-    return isNaN(Number(v)) ? v : Number(v);
-  };
-  const read = () => {
-    const c = { scenario: config.scenario, method: config.method, params: {} };
-    form.querySelectorAll("#base [data-path], #knobs [data-path]").forEach((el) => {
+    this.$("#knobs").innerHTML = this.knobs().map((k) => field(`params.${k.name}`, k.choices ? "select" : "text",
+      k.name, k.choices, show(config.params?.[k.name] ?? k.default), `default ${show(k.default)}. ${k.help}`)).join("")
+      || '<p class="muted">no knobs</p>';
+    this.$("#sweep-knob").innerHTML = '<option value="">none</option>'
+      + this.knobs().map((k) => `<option>params.${esc(k.name)}</option>`).join("");
+    const names = this.methodsHere().map((x) => x.method);
+    this.$("#study-methods").innerHTML = names.map((n) =>
+      `<label><input type="checkbox" value="${esc(n)}" ${n === config.method ? "checked" : ""}> ${esc(n)}</label>`).join(" ");
+    this.$("#study-baseline").innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join("");
+    this.preview();
+  }
+
+  // The config the form holds now.
+  read() {
+    const c = { scenario: this.config.scenario, method: this.config.method, params: {} };
+    this.form.querySelectorAll("#base [data-path], #knobs [data-path]").forEach((el) => {
       const v = parse(el.value);
       if (v !== null || el.dataset.path.startsWith("params.")) setPath(c, el.dataset.path, v);
     });
     if (!["npz", "multidigits"].includes(c.dataset?.name) || c.dataset.path === null) delete c.dataset.path;
     return c;
-  };
-  const list = (s) => s.split(",").map((x) => x.trim()).filter(Boolean).map(parse);
-  const request = () => {
-    const seeds = list(form.querySelector("#seeds").value);
-    const knob = form.querySelector("#sweep-knob").value;
-    const values = list(form.querySelector("#sweep-values").value);
-    const experiment = form.querySelector("#experiment").value || null;
-    if (!seeds.length && !(knob && values.length)) return ["/api/runs", { config: read(), experiment }];
-    return ["/api/sweeps", { config: read(), grid: knob && values.length ? { [knob]: values } : {}, seeds: seeds.length ? seeds : [0], experiment }];
-  };
-  const preview = () => {
-    const [path, body] = request();
+  }
+
+  // [path, body]: one run, or a sweep when seeds or a knob's values are given.
+  request() {
+    const seeds = list(this.$("#seeds").value);
+    const knob = this.$("#sweep-knob").value;
+    const values = list(this.$("#sweep-values").value);
+    const experiment = this.$("#experiment").value || null;
+    if (!seeds.length && !(knob && values.length)) return ["/api/runs", { config: this.read(), experiment }];
+    const grid = knob && values.length ? { [knob]: values } : {};
+    return ["/api/sweeps", { config: this.read(), grid, seeds: seeds.length ? seeds : [0], experiment }];
+  }
+
+  preview() {
+    const [path, body] = this.request();
     app.querySelector("#yaml").textContent = toYaml(body.config);
     const auth = session.me?.auth ? ` \\\n  -H "Authorization: Bearer $GATLAB_TOKEN"` : "";
-    app.querySelector("#curl").textContent = `curl -X POST ${location.origin}${path}${auth} \\\n  -H 'content-type: application/json' \\\n  -d '${JSON.stringify(body)}'`;
-  };
-  form.addEventListener("change", (e) => {
-    if (e.target.id === "preset") config = structuredClone(examples[Number(e.target.value)].config);
-    else if (e.target.dataset.path === "scenario") config = { ...read(), scenario: e.target.value, method: m.methods.find((x) => x.scenario === e.target.value).method, params: {} };
-    else if (e.target.dataset.path === "method") config = { ...read(), method: e.target.value, params: {} };
-    else return preview();
-    render();
-  });
-  form.addEventListener("input", preview);
-  form.querySelector("#launch-study").addEventListener("click", async () => {
-    const c = read(), seeds = list(form.querySelector("#seeds").value);
-    const picked = [...form.querySelectorAll("#study-methods input:checked")].map((el) => el.value);
+    app.querySelector("#curl").textContent =
+      `curl -X POST ${location.origin}${path}${auth} \\\n  -H 'content-type: application/json' \\\n  -d '${JSON.stringify(body)}'`;
+  }
+
+  changed(e) {
+    const first = (scenario) => this.m.methods.find((x) => x.scenario === scenario).method;
+    if (e.target.id === "preset") this.config = structuredClone(this.examples[Number(e.target.value)].config);
+    else if (e.target.dataset.path === "scenario") {
+      this.config = { ...this.read(), scenario: e.target.value, method: first(e.target.value), params: {} };
+    } else if (e.target.dataset.path === "method") this.config = { ...this.read(), method: e.target.value, params: {} };
+    else return this.preview();
+    this.render();
+  }
+
+  // The study: this form's data, model, schedule and panel for every method ticked.
+  design() {
+    const c = this.read(), seeds = list(this.$("#seeds").value);
+    const picked = [...this.form.querySelectorAll("#study-methods input:checked")].map((el) => el.value);
     const { seed, ...train } = c.train ?? {};
-    const design = {
-      name: form.querySelector("#study-name").value, scenario: c.scenario, dataset: c.dataset, model: c.model, train, eval: c.eval,
+    return {
+      name: this.$("#study-name").value, scenario: c.scenario, dataset: c.dataset, model: c.model, train, eval: c.eval,
       methods: picked.map((name) => ({ method: name, ...(name === c.method ? { params: c.params } : {}) })),
-      seeds: seeds.length ? seeds : [0], baseline: form.querySelector("#study-baseline").value,
-      split: form.querySelector("#study-split").value,
+      seeds: seeds.length ? seeds : [0], baseline: this.$("#study-baseline").value, split: this.$("#study-split").value,
     };
+  }
+
+  async launchStudy() {
     try {
-      const out = await api("/api/studies", { method: "POST", body: design });
+      const out = await api("/api/studies", { method: "POST", body: this.design() });
       location.hash = `#/study/${out.id}`;
     } catch (err) {
-      const details = err instanceof ApiError && Array.isArray(err.detail) ? err.detail : [{ loc: [], msg: err.message }];
-      form.querySelector("#study-result").textContent = details.map((d) => `${d.loc.slice(1).join(".") || "study"}: ${d.msg}`).join("; ");
+      this.$("#study-result").textContent = errorsOf(err).map((d) => `${d.loc.slice(1).join(".") || "study"}: ${d.msg}`).join("; ");
     }
-  });
-  form.addEventListener("submit", async (e) => {
+  }
+
+  async submit(e) {
     e.preventDefault();
-    form.querySelectorAll("[data-error]").forEach((el) => (el.textContent = ""));
-    form.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
-    const [path, body] = request();
+    this.form.querySelectorAll("[data-error]").forEach((el) => (el.textContent = ""));
+    this.form.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+    const [path, body] = this.request();
     try {
       const out = await api(path, { method: "POST", body });
       location.hash = path === "/api/runs" ? `#/run/${out.id}` : `#/runs?${qs({ experiment: body.experiment })}`;
     } catch (err) {
       if (!(err instanceof ApiError) || !Array.isArray(err.detail)) { app.querySelector("#result").textContent = err.message; return; }
-      for (const d of err.detail) {
-        const loc = d.loc[0] === "body" ? d.loc.slice(1) : d.loc;
-        const key = loc[0] === "config" ? loc.slice(1).join(".") : loc[0];
-        const slot = form.querySelector(`[data-error="${CSS.escape(key)}"]`) ?? form.querySelector(`[data-error="${CSS.escape(key.split(".").slice(0, -1).join("."))}"]`);
-        (slot ?? app.querySelector("#result")).textContent = `${d.msg}`;
-        form.querySelector(`[data-path="${CSS.escape(key)}"]`)?.classList.add("invalid");
-      }
+      for (const d of err.detail) this.showError(d);
     }
-  });
-  render();
+  }
+
+  // An error beside its field (or its section's, or the result line), the field marked invalid.
+  showError(d) {
+    const loc = d.loc[0] === "body" ? d.loc.slice(1) : d.loc;
+    const key = loc[0] === "config" ? loc.slice(1).join(".") : loc[0];
+    const slot = this.$(`[data-error="${CSS.escape(key)}"]`)
+      ?? this.$(`[data-error="${CSS.escape(key.split(".").slice(0, -1).join("."))}"]`);
+    (slot ?? app.querySelector("#result")).textContent = `${d.msg}`;
+    this.$(`[data-path="${CSS.escape(key)}"]`)?.classList.add("invalid");
+  }
+}
+
+export async function launchPage() {
+  const m = await methods();
+  const examples = await api("/api/examples");
+  const scenarios = [...new Set(m.methods.map((x) => x.scenario))];
+  app.replaceChildren(h(pageHtml(examples, scenarios)));
+  evaluateForm(app.querySelector("#evaluate"));
+  const launch = new Launch(m, examples, app.querySelector("#form"));
+  launch.form.addEventListener("change", (e) => launch.changed(e));
+  launch.form.addEventListener("input", () => launch.preview());
+  launch.$("#launch-study").addEventListener("click", () => launch.launchStudy());
+  launch.form.addEventListener("submit", (e) => launch.submit(e));
+  launch.render();
 }

@@ -90,88 +90,149 @@ function showGallery(el, g) {
   el.append(box);
 }
 
-export async function runPage(id) {
-  let run = await api(`/api/runs/${id}`);
-  app.replaceChildren(h(`<section><div class="run-head"></div>
+const PAGE = `<section><div class="run-head"></div>
     <div class="grid charts"></div>
-    <h2>Robustness</h2><div class="toolbar"><button id="panel-quick">queue quick panel</button><button id="panel-standard">queue standard panel</button><span id="panel-msg" class="muted"></span></div>
+    <h2>Robustness</h2><div class="toolbar"><button id="panel-quick">queue quick panel</button>
+      <button id="panel-standard">queue standard panel</button><span id="panel-msg" class="muted"></span></div>
     <div id="robust"></div>
     <h2>Artifacts</h2><ul id="artifacts"></ul>
-    <h2>Config</h2><pre id="config"></pre><div id="error"></div><h2>Log</h2><pre id="log" class="muted">no log yet</pre></section>`));
-  const head = app.querySelector(".run-head");
-  const showHead = () => {
-    head.innerHTML = `<h1>${esc(run.name)} <small class="muted">#${run.id}</small></h1>
+    <h2>Config</h2><pre id="config"></pre><div id="error"></div><h2>Log</h2><pre id="log" class="muted">no log yet</pre></section>`;
+
+function testLine(run) {
+  if (!run.summary?.test) return "";
+  const fmt = (k, v) => (k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v));
+  const figures = Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${fmt(k, v)}</b>`).join(" · ");
+  return `<p>test ${figures} · split ${esc(run.summary.data?.train_hash)}</p>`;
+}
+
+function headHtml(run) {
+  const live = run.status === "running" || run.status === "queued";
+  return `<h1>${esc(run.name)} <small class="muted">#${run.id}</small></h1>
       <p>${esc(run.scenario)} · ${esc(run.method)} · ${esc(run.dataset)} · ${statusCell(run)}
       ${run.worker_host ? `· on ${esc(run.worker_host)} (${esc(run.device)})` : ""} · ${duration(run)}
       ${run.retry_count ? `· requeued ${run.retry_count}×` : ""}
-      ${run.status === "running" || run.status === "queued" ? '<button id="cancel">cancel</button>' : '<button id="retry">retry</button>'}</p>
-      ${run.summary?.test ? `<p>test ${Object.entries(run.summary.test).map(([k, v]) => `${esc(k)} <b>${k.endsWith("mse") || k === "loss" ? v.toFixed(4) : pct(v)}</b>`).join(" · ")} · split ${esc(run.summary.data?.train_hash)}</p>` : ""}
+      ${live ? '<button id="cancel">cancel</button>' : '<button id="retry">retry</button>'}</p>
+      ${testLine(run)}
       ${run.summary?.game ? gameLine(run.summary.game) : ""}`;
-    head.querySelector("#cancel")?.addEventListener("click", async () => { run = await api(`/api/runs/${id}/cancel`, { method: "POST" }); showHead(); });
-    head.querySelector("#retry")?.addEventListener("click", async () => { const r = await api(`/api/runs/${id}/retry`, { method: "POST" }); location.hash = `#/run/${r.id}`; });
-    app.querySelector("#config").textContent = toYaml(run.config) + (run.summary?.env ? `\n\n# environment\n${toYaml(run.summary.env)}` : "");
-    app.querySelector("#error").innerHTML = run.error ? `<h2>Error</h2><pre class="err">${esc(run.error)}\n\n${esc(run.traceback ?? "")}</pre>` : "";
-  };
-  showHead();
-  const { series } = await api(`/api/runs/${id}/metrics?max_points=2`);
+}
+
+// The run's title, status, figures and buttons, its config and its error: drawn again on each poll.
+function showHead(page) {
+  const { run, id } = page;
+  const head = app.querySelector(".run-head");
+  head.innerHTML = headHtml(run);
+  head.querySelector("#cancel")?.addEventListener("click", async () => {
+    page.run = await api(`/api/runs/${id}/cancel`, { method: "POST" });
+    showHead(page);
+  });
+  head.querySelector("#retry")?.addEventListener("click", async () => {
+    const r = await api(`/api/runs/${id}/retry`, { method: "POST" });
+    location.hash = `#/run/${r.id}`;
+  });
+  const env = run.summary?.env ? `\n\n# environment\n${toYaml(run.summary.env)}` : "";
+  app.querySelector("#config").textContent = toYaml(run.config) + env;
+  app.querySelector("#error").innerHTML = run.error
+    ? `<h2>Error</h2><pre class="err">${esc(run.error)}\n\n${esc(run.traceback ?? "")}</pre>` : "";
+}
+
+// [title, keys, extra lines] of each chart this run has data for.
+function chartSpecs(series) {
   const keys = Object.keys(series);
-  const grid = app.querySelector(".charts");
   const chance = series["train/aux_chance"]?.value.at(-1);
-  const specs = [
+  const prefixed = (p) => keys.filter((k) => k.startsWith(p));
+  return [
     ["loss", ["train/loss", "val/loss", "train/aux_loss"]],
     ["accuracy", ["val/acc", "train/aux_acc"], chance ? [{ label: "A's chance", value: chance }] : []],
-    ["input-gradient norm per class", keys.filter((k) => k.startsWith("grad_norm/"))],
+    ["input-gradient norm per class", prefixed("grad_norm/")],
     ["input-gradient cosine similarity", ["cos/within", "cos/between"]],
-    ["per-layer weight-gradient norm", keys.filter((k) => k.startsWith("layer_grad/"))],
+    ["per-layer weight-gradient norm", prefixed("layer_grad/")],
     ["lambda and learning rate", ["train/lam", "train/lr"]],
     ["student-teacher input gradients", ["train/st_cos", "train/st_l2", "train/agreement"]],
-    ["per-task loss", keys.filter((k) => k.startsWith("train/loss/"))],
+    ["per-task loss", prefixed("train/loss/")],
     ["per-task validation metric", keys.filter((k) => k.startsWith("val/") && k.split("/").length === 3)],
-    ["task gradient norm at the shared layer", keys.filter((k) => k.startsWith("task_grad_norm/"))],
-    ["task gradient cosine similarity", keys.filter((k) => k.startsWith("task_cos/"))],
-    ["task loss weights", keys.filter((k) => k.startsWith("train/weight/"))],
-    ["gradient alignment scales", keys.filter((k) => k.startsWith("train/gal/"))],
+    ["task gradient norm at the shared layer", prefixed("task_grad_norm/")],
+    ["task gradient cosine similarity", prefixed("task_cos/")],
+    ["task loss weights", prefixed("train/weight/")],
+    ["gradient alignment scales", prefixed("train/gal/")],
   ].filter(([, ks]) => ks.some((k) => keys.includes(k)));
-  const charts = specs.map(([title, ks, extra]) => {
-    const el = document.createElement("div");
-    el.dataset.chart = title;
-    grid.append(el);
-    return lineChart(el, { title, load: metricsLoader(id, ks.filter((k) => keys.includes(k))), extraLines: extra ?? [] });
-  });
-  const hist = await api(`/api/runs/${id}/histograms?limit=400`);
-  if (hist.step.length) { const el = document.createElement("div"); el.dataset.chart = "histogram"; grid.append(el); heatmap(el, { title: "input-gradient histogram over time", steps: hist.step, edges: hist.edges, counts: hist.counts }); }
-  await Promise.all(charts.map((c) => c.refresh()));
-  // Every panel run on this run is kept: the latest is shown, a selector reaches the others.
-  const showEval = async (job) => {
-    const q = job ? `?${qs({ job })}` : "";
-    const ev = await api(`/api/runs/${id}/eval${q}`);
-    const box = app.querySelector("#robust");
-    robustness(box, ev, series["train/aux_acc"]?.value.at(-1));
-    if (ev.panels?.length > 1) {
-      const pick = h(`<label class="field">panel <select id="panel-job">${ev.panels.map((p) =>
-        `<option value="${esc(p.job_id)}" ${p.job_id === ev.job_id ? "selected" : ""}>${esc(p.panel)} on ${esc(p.n)} examples${p.job_id === run.id ? " (end of training)" : ` (job ${esc(p.job_id)})`}</option>`).join("")}</select></label>`);
-      pick.querySelector("select").addEventListener("change", (e) => showEval(Number(e.target.value)));
-      box.prepend(pick);
-    }
-    if (ev.gallery) showGallery(box, await api(`/api/runs/${id}/gallery${q}`));
-  };
-  const showArtifacts = async () => {
-    const arts = await api(`/api/runs/${id}/artifacts`);
-    if (arts.some((a) => a.name === "run.log")) app.querySelector("#log").textContent = (await api(`/api/runs/${id}/artifacts/run.log`)).slice(-20000);
-    app.querySelector("#artifacts").innerHTML = arts.map((a) => `<li><a href="${esc(a.url)}" download>${esc(a.name)}</a> <span class="muted">${esc(a.kind)}, ${(a.size / 1024).toFixed(1)} KiB</span></li>`).join("") || '<li class="muted">none yet</li>';
-  };
-  await Promise.all([showEval(), showArtifacts()]);
+}
+
+function chartBox(grid, title) {
+  const el = document.createElement("div");
+  el.dataset.chart = title;
+  grid.append(el);
+  return el;
+}
+
+async function addCharts(page) {
+  const grid = app.querySelector(".charts");
+  const keys = Object.keys(page.series);
+  page.charts = chartSpecs(page.series).map(([title, ks, extra]) =>
+    lineChart(chartBox(grid, title), { title, load: metricsLoader(page.id, ks.filter((k) => keys.includes(k))), extraLines: extra ?? [] }));
+  const hist = await api(`/api/runs/${page.id}/histograms?limit=400`);
+  if (hist.step.length) {
+    const opts = { title: "input-gradient histogram over time", steps: hist.step, edges: hist.edges, counts: hist.counts };
+    heatmap(chartBox(grid, "histogram"), opts);
+  }
+  await Promise.all(page.charts.map((c) => c.refresh()));
+}
+
+function panelPicker(page, ev) {
+  const label = (p) => `${esc(p.panel)} on ${esc(p.n)} examples${p.job_id === page.run.id ? " (end of training)" : ` (job ${esc(p.job_id)})`}`;
+  const options = ev.panels.map((p) => `<option value="${esc(p.job_id)}" ${p.job_id === ev.job_id ? "selected" : ""}>${label(p)}</option>`);
+  const pick = h(`<label class="field">panel <select id="panel-job">${options.join("")}</select></label>`);
+  pick.querySelector("select").addEventListener("change", (e) => showEval(page, Number(e.target.value)));
+  return pick;
+}
+
+// Every panel run on this run is kept: the latest is shown, a selector reaches the others.
+async function showEval(page, job) {
+  const q = job ? `?${qs({ job })}` : "";
+  const ev = await api(`/api/runs/${page.id}/eval${q}`);
+  const box = app.querySelector("#robust");
+  robustness(box, ev, page.series["train/aux_acc"]?.value.at(-1));
+  if (ev.panels?.length > 1) box.prepend(panelPicker(page, ev));
+  if (ev.gallery) showGallery(box, await api(`/api/runs/${page.id}/gallery${q}`));
+}
+
+async function showArtifacts(id) {
+  const arts = await api(`/api/runs/${id}/artifacts`);
+  if (arts.some((a) => a.name === "run.log")) {
+    app.querySelector("#log").textContent = (await api(`/api/runs/${id}/artifacts/run.log`)).slice(-20000);
+  }
+  const item = (a) => `<li><a href="${esc(a.url)}" download>${esc(a.name)}</a>
+    <span class="muted">${esc(a.kind)}, ${(a.size / 1024).toFixed(1)} KiB</span></li>`;
+  app.querySelector("#artifacts").innerHTML = arts.map(item).join("") || '<li class="muted">none yet</li>';
+}
+
+function panelButtons(id) {
   for (const panel of ["quick", "standard"]) {
     app.querySelector(`#panel-${panel}`).addEventListener("click", async () => {
-      try { const job = await api(`/api/runs/${id}/eval`, { method: "POST", body: { panel } }); app.querySelector("#panel-msg").innerHTML = `queued as <a href="#/run/${job.id}">run ${job.id}</a>`; }
-      catch (err) { app.querySelector("#panel-msg").textContent = err.message; }
+      const msg = app.querySelector("#panel-msg");
+      try {
+        const job = await api(`/api/runs/${id}/eval`, { method: "POST", body: { panel } });
+        msg.innerHTML = `queued as <a href="#/run/${job.id}">run ${job.id}</a>`;
+      } catch (err) { msg.textContent = err.message; }
     });
   }
+}
+
+export async function runPage(id) {
+  const page = { id, run: await api(`/api/runs/${id}`), charts: [] };
+  app.replaceChildren(h(PAGE));
+  showHead(page);
+  page.series = (await api(`/api/runs/${id}/metrics?max_points=2`)).series;
+  await addCharts(page);
+  await Promise.all([showEval(page), showArtifacts(id)]);
+  panelButtons(id);
   every(2000, async () => {
-    if (run.status !== "running" && run.status !== "queued") return;
-    run = await api(`/api/runs/${id}`);
-    showHead();
-    await Promise.all(charts.map((c) => c.refresh()));
-    if (!["running", "queued"].includes(run.status)) { await Promise.all([showEval(), showArtifacts()]); if (!charts.length) rerender(); }
+    if (page.run.status !== "running" && page.run.status !== "queued") return;
+    page.run = await api(`/api/runs/${id}`);
+    showHead(page);
+    await Promise.all(page.charts.map((c) => c.refresh()));
+    if (!["running", "queued"].includes(page.run.status)) {
+      await Promise.all([showEval(page), showArtifacts(id)]);
+      if (!page.charts.length) rerender();
+    }
   });
 }

@@ -53,20 +53,6 @@ def test_aux_net_shapes(shape, arch):
     assert a(torch.randn(2, *shape)).shape == (2, 7)
 
 
-def test_reversal_module_flips_its_own_lambda():
-    from worker.gat.adversary import GradReverse
-
-    layer = GradReverse(0.25)
-    x = torch.randn(3, 2, requires_grad=True)
-    out = layer(x)
-    assert torch.equal(out, x) and layer.lam == 0.25
-    out.sum().backward()
-    assert torch.equal(x.grad, torch.full((3, 2), -0.25))
-    x.grad = None
-    GradReverse()(x).sum().backward()
-    assert torch.equal(x.grad, -torch.ones(3, 2))
-
-
 @pytest.mark.parametrize(
     "shape,conv",
     [

@@ -1,11 +1,17 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from labcore.run_config import parse_run_config
-from worker.gat.recorder import JsonlRecorder, read_jsonl
+from worker.gat.recorder import JsonlRecorder
 from worker.gat.train import Stopped, checkpoint_step, train
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records a JsonlRecorder wrote, one JSON object a line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
 def _config(method: str, epochs: int = 3) -> dict:

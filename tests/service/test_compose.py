@@ -80,7 +80,7 @@ SECRETS = {
 
 @pytest.mark.parametrize("which", ["server", "remote"])
 def test_compose_environment_volumes_and_commands_match_the_code(which, monkeypatch):
-    from labcore.cli import parser_for
+    from tests.test_docs import parser_for
 
     services = compose(which)["services"]
     for name in APP[which]:

@@ -161,7 +161,13 @@ def test_a_study_runs_end_to_end_and_its_report_is_its_runs_own_numbers(lab):
     assert again["created"] == len(cancelled) >= 1  # the cancelled ones, nothing finished
     total = lab.http.get("/api/runs", params={"experiment": "study-digits", "limit": 100}).json()["total"]
     assert total == 6 + again["created"]
-    for r in again["runs"]:
-        if r["seed"] == 2:
-            lab.http.post(f"/api/runs/{r['id']}/cancel")
-    assert lab.http.post(f"/api/studies/{sid}/retry").json()["created"] >= 0
+    seed2 = [r["id"] for r in again["runs"] if r["seed"] == 2]
+    for rid in seed2:
+        lab.http.post(f"/api/runs/{rid}/cancel")
+    final = [
+        lab.wait_for(rid, lambda r: r["status"] in ("succeeded", "failed", "cancelled")) for rid in seed2
+    ]
+    # Exactly those that ended cancelled (a running one may have finished before its cancel was read).
+    assert lab.http.post(f"/api/studies/{sid}/retry").json()["created"] == sum(
+        r["status"] == "cancelled" for r in final
+    )

@@ -30,15 +30,6 @@ def grad_reverse(x: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     return _Reverse.apply(x, lam)
 
 
-class GradReverse(nn.Module):
-    def __init__(self, lam: float = 1.0):
-        super().__init__()
-        self.lam = lam
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grad_reverse(x, self.lam)
-
-
 def normalize_grad(g: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-example normalisation of a gradient tensor g (N x ...) before the auxiliary network.
 

@@ -77,9 +77,5 @@ def _truncate_after(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
 class NullRecorder(Recorder):
     """Keeps nothing: for benchmarks and studies that read the returned summary only."""
