@@ -14,7 +14,7 @@ import torch
 
 from worker.gat import data as gdata
 from worker.gat import panel as P
-from worker.gat.attacks import ATTACKS, pgd, pick_target
+from worker.gat.attacks import ATTACKS, Attack, pgd, pick_target
 from worker.gat.attacks.reference import fab_min_norm
 from worker.gat.probe import gradient_probe
 from worker.gat.stats import wilson
@@ -331,7 +331,8 @@ def test_batched_attacks_match_one_batch(digits, digits_model):
 
 def test_an_attack_that_leaves_its_ball_is_refused(digits, digits_model, monkeypatch):
     x, y = digits.test.images()[:4], digits.test.y[:4]
-    monkeypatch.setitem(P.ATTACKS, "leaky", ("linf", lambda model, x, y, *, eps, seed, **_: x + 2 * eps))
+    leaky = lambda model, x, y, *, eps, seed: x + 2 * eps
+    monkeypatch.setitem(P.ATTACKS, "leaky", Attack("linf", leaky, "white", ()))
     with pytest.raises(AssertionError, match="left its linf ball of 0.1"):
         P._attack("leaky", digits_model, x, y, eps=0.1, seed=0)
 

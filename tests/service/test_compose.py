@@ -150,7 +150,10 @@ def test_images_api_has_no_torch_nor_worker_worker_has_them_and_the_api_code_run
     worker = (ROOT / "docker/worker.Dockerfile").read_text()
     code = "\n".join(line for line in api.splitlines() if not line.startswith("#"))
     assert "torch" not in code and "COPY worker" not in code and "COPY backend backend" in code
-    assert "COPY worker worker" in worker
+    assert (
+        "COPY labcore labcore" in code and "COPY labcore labcore" in worker and "COPY worker worker" in worker
+    )
+    assert "COPY backend" not in worker and "COPY frontend" not in worker  # no routes, no dashboard
     assert "pip install -c requirements-lock.txt -e ." in api
     assert "pip install -c requirements-lock.txt -e '.[worker]'" in worker
     assert "pip install -c requirements-lock.txt torch torchvision" in worker
@@ -164,10 +167,10 @@ def test_images_api_has_no_torch_nor_worker_worker_has_them_and_the_api_code_run
         "import sys\nclass B:\n def find_spec(self, name, path=None, target=None):\n"
         "  if name.split('.')[0] in ('worker', 'torch', 'torchvision', 'numpy', 'sklearn', 'autoattack'):\n"
         "   raise ImportError('not in the API image: ' + name)\nsys.meta_path.insert(0, B())\n"
-        "import backend.main, backend.cli\nbackend.main.create_app()\n"
+        "import backend.main, labcore.cli\nbackend.main.create_app()\n"
         "from labcore.methods import methods_table\nassert methods_table()\n"
-        "assert backend.cli.main(['users', 'list']) == 0\n"
-        "assert backend.cli.main(['train', 'x.yaml']) == 2\nprint('imports ok')\n"
+        "assert labcore.cli.main(['users', 'list']) == 0\n"
+        "assert labcore.cli.main(['train', 'x.yaml']) == 2\nprint('imports ok')\n"
     )
     env = {
         **os.environ,

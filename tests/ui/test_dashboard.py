@@ -56,9 +56,11 @@ def test_launch_watch_robustness_compare_export(page, lab):
     expect(page.locator(".run-head .status")).to_have_text("succeeded", timeout=240_000)
     page.wait_for_selector('#app[data-ready="run"]')
     wait_until(page, "document.querySelectorAll('.badge').length >= 10", timeout=30)
-    for chart in ("loss", "accuracy"):  # charts refresh every 2 s: wait for the run's points, not a race
+    # Charts refresh every 2 s, and a run that finished before its page first drew charts is drawn
+    # again with them: wait for the run's points (the chart may not exist yet), not a race.
+    for chart in ("loss", "accuracy"):
         wait_until(
-            page, f"Number(document.querySelector('[data-chart=\"{chart}\"]').dataset.points) > 0", timeout=30
+            page, f"Number(document.querySelector('[data-chart=\"{chart}\"]')?.dataset.points) > 0", timeout=30
         )
     assert points(page, '[data-chart="histogram"]') > 0
     page.locator('[data-chart="loss"] .u-over').hover()  # scrolls it into view, cursor in the plot
