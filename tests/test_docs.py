@@ -166,3 +166,28 @@ def test_every_design_reference_resolves_to_a_section_of_docs_design():
     assert cited, "nothing cites docs/design.md"
     assert not [c for c in cited if c[1] not in sections], [c for c in cited if c[1] not in sections]
     assert not stale, f"references to the old DESIGN file: {stale}"
+
+
+def test_the_fast_tier_runs_the_core_and_api_tests_less_the_slow_ones():
+    """`./scripts/test --fast` (the README's inner loop) selects the core's and the API's tests and
+    leaves out exactly those marked slow."""
+    script = (ROOT / "scripts" / "test").read_text()
+    assert "./scripts/test --fast" in (ROOT / "README.md").read_text()
+    line = next(s for s in script.split("exec ") if s.startswith('python3 -m pytest -m "not slow"'))
+    args = [a for a in shlex.split(line.replace("\\\n", " ").split("\n")[0])[3:] if a != "$@"]
+    assert args[:2] == ["-m", "not slow"] and "tests/gat" in args and "tests/service/test_api.py" in args
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args[2:]],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    every = {line for line in r.stdout.splitlines() if "::" in line}
+    fast = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    ).stdout  # fmt: skip
+    chosen = {line for line in fast.splitlines() if "::" in line}
+    assert chosen and chosen < every
+    assert any(t.startswith("tests/gat/") for t in chosen) and any("test_api.py" in t for t in chosen)
+    assert not any(
+        "test_no_input_produces_a_server_error" in t or "tests/gat/test_cli.py" in t for t in chosen
+    )

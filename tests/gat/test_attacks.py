@@ -69,6 +69,7 @@ CONFIG = {
 }
 
 
+@pytest.mark.slow
 def test_one_example_set_per_panel_so_the_worst_case_is_below_every_attack(digits, digits_model):
     result = run_panel(digits_model, digits, CONFIG, panel="quick", n=80)
     linf = [
@@ -180,6 +181,7 @@ class _Counted(torch.nn.Module):
         return self.model(x)
 
 
+@pytest.mark.slow
 def test_autoattack_takes_its_seed(digits, digits_model):
     x, y = _batch(digits, 16)
     fn = lambda *a, **k: autoattack_with_warnings(*a, **k)[0]
@@ -229,6 +231,7 @@ def test_l2_projection_lands_on_the_sphere_and_keeps_the_box():
     assert (x + project(torch.full((2, 1, 2, 2), 0.9), x, 1.0, "linf")).max() == 1.0  # the box wins
 
 
+@pytest.mark.slow
 def test_a_panel_larger_than_one_attack_batch_runs_its_targeted_attacks(digits, digits_model):
     """The standard panel on all 359 digits test images crashed: targeted PGD got the whole target
     vector with each 256-example batch. Batched, each batch gets its own examples' targets."""

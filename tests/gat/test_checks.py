@@ -115,6 +115,7 @@ def honest(digits, digits_model):
     return run_panel(digits_model, digits, CONFIG, panel="quick", n=N)
 
 
+@pytest.mark.slow
 def test_a_plainly_trained_model_passes_every_masking_check(honest):
     """No masking suspected. This small CNN's APGD-DLR meets 3 of 100 points with zero gradient
     (all ReLUs off at its random start): a fact the panel reports, as covered by the worst case,
@@ -149,6 +150,7 @@ VIOLATIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap,flags", VIOLATIONS, ids=[w.__name__ for w, _ in VIOLATIONS])
 def test_each_check_fails_on_a_model_built_to_violate_it(wrap, flags, digits, digits_model, honest):
     """...and is told apart by its severity: CE and margin PGD disagreeing is a weaker attack, which

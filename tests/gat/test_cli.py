@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+pytestmark = pytest.mark.slow  # the installed command in subprocesses, training and evaluating
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

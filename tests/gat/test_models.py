@@ -49,6 +49,7 @@ def test_auto_picks_an_architecture_that_fits_the_input_size():
     assert models.auto_arch((3, 32, 32)) == "preact_resnet18"
 
 
+@pytest.mark.slow
 def test_a_first_run_on_28x28_digits_learns_with_the_default_architecture(tmp_path):
     """Digits upscaled to 28x28, as a user's own MNIST-like .npz: the default model (auto: Madry et
     al.'s CNN) learns in two epochs; the small CNN, built for 8x8, does far worse on the same budget."""

@@ -232,6 +232,7 @@ class _Quantised(torch.nn.Module):
         return self.base(torch.round(x * 16) / 16)
 
 
+@pytest.mark.slow
 def test_every_eps_gets_autoattack_when_the_spec_says_so(digits, digits_model, monkeypatch):
     monkeypatch.setitem(P.PANELS, "tiny_all", P.PanelSpec(**{**asdict(TINY), "n": 8, "all_eps": True}))
     seen, real = [], P.autoattack_with_warnings

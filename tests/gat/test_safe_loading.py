@@ -95,6 +95,7 @@ def test_a_crafted_teacher_fails_the_run_with_a_clear_error_and_runs_nothing(tmp
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoints_the_trainer_writes_load_safely_and_resume(tmp_path):
     cfg = {
         "name": "t",

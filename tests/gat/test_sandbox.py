@@ -17,6 +17,8 @@ from worker.gat import sandbox
 from . import payloads
 from .conftest import fit_erm
 
+pytestmark = pytest.mark.slow  # bubblewrap children evaluating models
+
 CPU = torch.device("cpu")
 CONFIG = {
     "name": "ext",

@@ -282,6 +282,7 @@ def _play(lam: float, *, seed: int = 1, second_order: bool = True, epochs: int =
     return origin_probe([g[:512] for g in grads], [g[512:] for g in grads])["accuracy"]
 
 
+@pytest.mark.slow
 def test_multitask_gals_drive_task_id_toward_chance_where_alignment_is_reachable():
     """With the game on (lambda 1, second order through the non-linear heads) a fresh task-id
     probe falls toward chance (0.5; measured 0.60-0.63 over seeds); with lambda 0, or with the

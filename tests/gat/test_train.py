@@ -133,6 +133,7 @@ def test_a_checkpoint_never_runs_ahead_of_the_flushed_points(tmp_path, monkeypat
 @pytest.mark.parametrize(
     "scenario,method", [("defense", "great"), ("distill", "great"), ("multitask", "equal")]
 )
+@pytest.mark.slow
 def test_every_phase_after_the_last_checkpoint_resumes(tmp_path, scenario, method):
     """A crash after the last epoch's checkpoint (during the test evaluation, the teacher agreement
     or the panel): training again into the directory finishes the job from that checkpoint."""

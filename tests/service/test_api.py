@@ -212,6 +212,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @schema.parametrize()
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
 def test_no_input_produces_a_server_error(case, api):
     """Signed in on the lab stack (auth on), so the inputs reach the handlers, not just the 401."""
     headers = {"Authorization": f"Bearer {api.token}"} if api.token else None

@@ -60,7 +60,9 @@ def test_launch_watch_robustness_compare_export(page, lab):
     # again with them: wait for the run's points (the chart may not exist yet), not a race.
     for chart in ("loss", "accuracy"):
         wait_until(
-            page, f"Number(document.querySelector('[data-chart=\"{chart}\"]')?.dataset.points) > 0", timeout=30
+            page,
+            f"Number(document.querySelector('[data-chart=\"{chart}\"]')?.dataset.points) > 0",
+            timeout=30,
         )
     assert points(page, '[data-chart="histogram"]') > 0
     page.locator('[data-chart="loss"] .u-over').hover()  # scrolls it into view, cursor in the plot
