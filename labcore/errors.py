@@ -23,10 +23,6 @@ def invalid(*errors: tuple[Loc, str]) -> Refused:
     return Refused(422, [{"loc": loc, "msg": msg, "type": "value_error"} for loc, msg in errors])
 
 
-def not_found(what: str) -> Refused:
-    return Refused(404, what)
-
-
 def conflict(what: str) -> Refused:
     return Refused(409, what)
 

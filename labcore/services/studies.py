@@ -163,7 +163,7 @@ def _standard_rows(s: Session, q, norm: str, eps: float | None) -> list[tuple]:
         summ = (
             s.scalar(
                 select(EvalSummary.data)
-                .where(EvalSummary.run_id == run.id, panels.of_job(EvalSummary, -1, row.job_id))
+                .where(EvalSummary.run_id == run.id, panels.of_job(EvalSummary, run.id, row.job_id))
                 .order_by(EvalSummary.id.desc())
             )
             or {}
@@ -175,7 +175,7 @@ def _standard_rows(s: Session, q, norm: str, eps: float | None) -> list[tuple]:
                     SanityCheck.run_id == run.id,
                     SanityCheck.passed.is_(False),
                     SanityCheck.severity == "masking",
-                    panels.of_job(SanityCheck, -1, row.job_id),
+                    panels.of_job(SanityCheck, run.id, row.job_id),
                 )
             ).all()
             latest[run.id] = (row, run, summ, sorted(failed))
